@@ -50,3 +50,7 @@ class ValidationErrors(AutomcError, ValueError):
     def __str__(self) -> str:
         head = f"{len(self.errors)} bad row(s); nothing was written"
         return "\n".join([head, *(str(e) for e in self.errors)])
+
+
+class CompressionError(AutomcError, RuntimeError):
+    """A compression method could not do what was asked (target out of reach, training diverged, ...)."""

@@ -1,0 +1,100 @@
+"""Measurements kept apart from every method: parameters, FLOPs, top-1 accuracy with a Wilson interval,
+and the paper's relative ratios PR, FR, AR."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers such as BN running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
+    """FLOPs of one forward pass per image, as ``torch.utils.flop_counter`` counts them.
+
+    One multiply-accumulate counts as **2 FLOPs** (convolutions and matrix products only; BN, ReLU, pooling
+    and additions are not counted), which matches the AutoMC paper's tables (ResNet-56 ≈ 0.25 GFLOPs).
+    """
+    x = example_input[:1]
+    dev = next((p.device for p in model.parameters()), x.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x.to(dev).float())
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 accuracy on ``total`` images with its 95% Wilson score interval."""
+
+    correct: int
+    total: int
+
+    @property
+    def top1(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.total)
+
+    def to_dict(self) -> dict[str, float | int]:
+        lo, hi = self.interval
+        return {"top1": self.top1, "correct": self.correct, "total": self.total,
+                "ci95_low": lo, "ci95_high": hi}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (``(0, 1)`` when ``n == 0``)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def param_reduction(params_before: int, params_after: int) -> float:
+    """PR = 1 - P'/P."""
+    return 1.0 - params_after / params_before
+
+
+def flops_reduction(flops_before: int, flops_after: int) -> float:
+    """FR = 1 - F'/F."""
+    return 1.0 - flops_after / flops_before
+
+
+def accuracy_change(acc_before: float, acc_after: float) -> float:
+    """AR = (acc' - acc) / acc, the paper's *relative* accuracy change."""
+    return (acc_after - acc_before) / acc_before if acc_before else 0.0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Size and quality of one model: parameters, FLOPs (2 per MAC) and accuracy on validation and test."""
+
+    params: int
+    flops: int
+    acc_val: float
+    acc_test: float
+    test_total: int = 0
+    test_correct: int = 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        d = asdict(self)
+        lo, hi = wilson_interval(self.test_correct, self.test_total)
+        d.update(acc_test_ci95_low=lo, acc_test_ci95_high=hi)
+        return d
