@@ -1,0 +1,121 @@
+"""Named, parameterised Cypher queries: declared once here, run by every backend and by ``automc kb query``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from automc.errors import NotFoundError, ValidationError
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type = str
+    default: Any = _REQUIRED
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    text: str
+    params: tuple[Param, ...] = ()
+
+    def bind(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Check and convert parameters (CLI values arrive as strings); raises ``ValidationError``."""
+        known = {p.name: p for p in self.params}
+        extra = sorted(set(given) - set(known))
+        if extra:
+            raise ValidationError(f"query {self.name!r} takes no parameter {extra[0]!r}", field=extra[0])
+        out = {}
+        for p in self.params:
+            if p.name not in given:
+                if p.default is _REQUIRED:
+                    raise ValidationError(f"query {self.name!r} needs --param {p.name}=...", field=p.name)
+                out[p.name] = p.default
+                continue
+            value = given[p.name]
+            try:
+                out[p.name] = p.type(value) if value is not None else None
+            except (TypeError, ValueError):
+                raise ValidationError(f"expected {p.type.__name__}, got {value!r}", field=p.name) from None
+        return out
+
+
+QUERIES: dict[str, Query] = {q.name: q for q in (
+    Query("methods", "the compression methods with their hyperparameters and techniques",
+          "MATCH (m:Method) "
+          "OPTIONAL MATCH (m)-[:HAS_HYPERPARAMETER]->(h:Hyperparameter) "
+          "WITH m, collect(h.name) AS hyperparameters "
+          "OPTIONAL MATCH (m)-[:USES_TECHNIQUE]->(t:Technique) "
+          "RETURN m.name AS method, m.title AS title, hyperparameters, collect(t.name) AS techniques "
+          "ORDER BY method"),
+    Query("strategies-of-method", "catalogue strategies of one method",
+          "MATCH (s:Strategy)-[:HAS_METHOD]->(m:Method {name: $method}) WHERE s.in_catalog = true "
+          "RETURN s.id AS strategy, s.settings AS settings ORDER BY strategy LIMIT $limit",
+          (Param("method"), Param("limit", int, 100000))),
+    Query("strategies-with-setting", "strategies that use one hyperparameter setting, e.g. kd_alpha=0.3",
+          "MATCH (s:Strategy)-[:HAS_SETTING]->(h:HyperparameterSetting {id: $setting}) "
+          "RETURN s.id AS strategy, s.method AS method ORDER BY strategy LIMIT $limit",
+          (Param("setting"), Param("limit", int, 100000))),
+    Query("settings-of-strategy", "the hyperparameter settings of one strategy",
+          "MATCH (s:Strategy {id: $strategy})-[:HAS_SETTING]->(h:HyperparameterSetting) "
+          "RETURN h.hyperparameter AS hyperparameter, h.value AS value ORDER BY hyperparameter",
+          (Param("strategy"),)),
+    Query("methods-with-technique", "methods that use one technique",
+          "MATCH (m:Method)-[:USES_TECHNIQUE]->(t:Technique {name: $technique}) RETURN m.name AS method "
+          "ORDER BY method", (Param("technique"),)),
+    Query("experiences-of-method", "published and measured results of one method (any level)",
+          "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task) WHERE e.algorithm = $method "
+          "RETURN e.id AS id, e.level AS level, t.model AS model, t.dataset AS dataset, e.target_pr AS target_pr, "
+          "e.pr AS pr, e.fr AS fr, e.ar AS ar, e.settings AS settings, e.source AS source "
+          "ORDER BY model, dataset, pr, id", (Param("method"),)),
+    Query("experiences-on-dataset", "results reported on one dataset",
+          "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task {dataset: $dataset}) "
+          "RETURN e.algorithm AS algorithm, t.model AS model, e.pr AS pr, e.fr AS fr, e.ar AS ar, "
+          "e.source AS source ORDER BY algorithm, model, pr", (Param("dataset"),)),
+    Query("experience-rows", "experiences with task features, for learning (NN_exp)",
+          "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task) "
+          "OPTIONAL MATCH (e)-[:EXP_OF_STRATEGY]->(s:Strategy) "
+          "RETURN e.id AS id, e.level AS level, e.algorithm AS method, s.id AS strategy, e.settings AS settings, "
+          "e.target_pr AS target_pr, e.ar AS ar, e.pr AS pr, e.fr AS fr, t.id AS task, t.num_classes AS num_classes, "
+          "t.image_size AS image_size, t.image_channels AS image_channels, t.num_images AS num_images, "
+          "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY id"),
+    Query("tasks", "tasks known to the knowledge base",
+          "MATCH (t:Task) RETURN t.id AS task, t.model AS model, t.dataset AS dataset, t.num_images AS images, "
+          "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY task"),
+    Query("evaluations", "evaluated schemes, filtered by task, search run and state (null = any)",
+          "MATCH (e:Evaluation)-[:EVAL_OF_SCHEME]->(s:Scheme) MATCH (e)-[:EVAL_ON_TASK]->(t:Task) "
+          "WHERE ($task IS NULL OR t.id = $task) AND ($run IS NULL OR e.search_run = $run) "
+          "AND ($state IS NULL OR e.state = $state) "
+          "RETURN e.id AS id, e.state AS state, s.text AS scheme, s.id AS scheme_id, t.id AS task, "
+          "e.search_run AS search_run, e.target_pr AS target_pr, e.params AS params, e.flops AS flops, "
+          "e.accuracy AS accuracy, e.accuracy_low AS accuracy_low, e.accuracy_high AS accuracy_high, "
+          "e.val_accuracy AS val_accuracy, e.ar AS ar, e.pr AS pr, e.fr AS fr, e.seconds AS seconds, "
+          "e.device AS device, e.created AS created ORDER BY created, id",
+          (Param("task", str, None), Param("run", str, None), Param("state", str, "COMPLETE"))),
+    Query("best-evaluations", "the most accurate complete evaluations on a task reaching a parameter reduction",
+          "MATCH (e:Evaluation {state: 'COMPLETE'})-[:EVAL_ON_TASK]->(t:Task {id: $task}) "
+          "MATCH (e)-[:EVAL_OF_SCHEME]->(s:Scheme) WHERE e.pr >= $min_pr "
+          "RETURN s.text AS scheme, e.pr AS pr, e.fr AS fr, e.accuracy AS accuracy, e.ar AS ar "
+          "ORDER BY accuracy DESC LIMIT $limit",
+          (Param("task"), Param("min_pr", float, 0.0), Param("limit", int, 10))),
+    Query("scheme-steps", "the ordered strategies of one scheme",
+          "MATCH (s:Scheme {id: $scheme})-[r:STEP]->(x:Strategy) RETURN r.position AS position, x.id AS strategy "
+          "ORDER BY position", (Param("scheme"),)),
+    Query("embedding-runs", "embedding trainings written to the store",
+          "MATCH (r:EmbeddingRun) RETURN r.id AS id, r.created AS created, r.kb_version AS kb_version, "
+          "r.config AS config, r.metrics AS metrics ORDER BY created"),
+)}
+
+
+def get(name: str) -> Query:
+    """The named query; raises ``NotFoundError`` listing the names."""
+    try:
+        return QUERIES[name]
+    except KeyError:
+        raise NotFoundError(f"no named query {name!r}; known: {', '.join(sorted(QUERIES))}") from None

@@ -1,0 +1,296 @@
+"""The store interface: one Cypher-speaking base class that owns the semantics, small backends below it.
+
+Contract (every backend): each ``write`` and each evaluation update is one transaction (all or nothing);
+upserts MERGE on natural keys, so writing the same thing twice changes nothing; query text is parameterised
+(only schema constants are ever formatted into it); driver errors surface as ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from automc.catalog import Catalog, Scheme, format_value, setting_id
+from automc.errors import NotFoundError, SchemaVersionError, StoreError
+from automc.kb import queries
+from automc.kb.records import GraphBatch, TaskFeatures
+from automc.kb.schema import KG_RELATIONS, NODE, NODES, REL, RELS, SCHEMA_VERSION
+
+_BATCH = 5000
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+class Store(ABC):
+    """A knowledge-graph store. Subclasses provide a connection layer; everything else lives here."""
+
+    uri: str
+
+    # -- connection layer (backends) -------------------------------------------------------------------------
+    @abstractmethod
+    def _run(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run one parameterised query (inside the open transaction, if any); rows as dicts."""
+
+    @abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Commit on success, roll back on any exception, raise driver errors as ``StoreError``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection (and the embedded store's lock)."""
+
+    @abstractmethod
+    def _cast(self, expr: str, typ: str) -> str:
+        """Cypher expression converting ``expr`` to the schema type ``typ`` (nulls stay null)."""
+
+    @abstractmethod
+    def _ddl(self) -> list[str]:
+        """Statements creating the schema (idempotent)."""
+
+    @abstractmethod
+    def _is_empty(self) -> bool:
+        """True when the database holds no automc schema at all."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ----------------------------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create the schema in an empty store, or check the stored version; raises ``SchemaVersionError``."""
+        if self._is_empty():
+            for stmt in self._ddl():
+                self._run(stmt)
+            self._run("MERGE (m:Meta {key: $k}) SET m.value = $v", {"k": "schema_version", "v": str(SCHEMA_VERSION)})
+            return
+        found = self.schema_version()
+        if found != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"store {self.uri} has schema version {found}, this automc needs {SCHEMA_VERSION}: "
+                f"run 'automc kb export' with the automc that wrote it, then 'automc kb import' into a new store")
+
+    def schema_version(self) -> int | None:
+        try:
+            rows = self._run("MATCH (m:Meta {key: $k}) RETURN m.value AS v", {"k": "schema_version"})
+        except StoreError:
+            return None
+        return int(rows[0]["v"]) if rows else None
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def query(self, cypher: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a user's Cypher query with parameters; rows as dicts."""
+        return self._run(cypher, dict(params or {}))
+
+    def named(self, name: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a named query from ``automc.kb.queries``; raises ``NotFoundError`` or ``ValidationError``."""
+        q = queries.get(name)
+        return self._run(q.text, q.bind(params or {}))
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Node count per label and relationship count per type (labels are schema constants)."""
+        nodes = {n.label: self._run(f"MATCH (n:{n.label}) RETURN count(n) AS c")[0]["c"] for n in NODES}
+        rels = {r.name: self._run(f"MATCH (:{r.src})-[x:{r.name}]->(:{r.dst}) RETURN count(x) AS c")[0]["c"]
+                for r in RELS}
+        nodes.pop("Meta", None)
+        return {"nodes": nodes, "relationships": rels}
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    def write(self, batch: GraphBatch) -> None:
+        """Upsert a batch of nodes then relationships, all in one transaction."""
+        with self.transaction():
+            for node in NODES:
+                rows = list(batch.nodes.get(node.label, {}).values())
+                for keys, group in _group_by_keys(rows):
+                    self._upsert_nodes(node.label, keys, group)
+            for rel in RELS:
+                rows = list(batch.rels.get(rel.name, {}).values())
+                for keys, group in _group_by_keys(rows):
+                    self._upsert_rels(rel.name, keys, group)
+
+    def _upsert_nodes(self, label: str, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+        node = NODE[label]
+        bad = set(keys) - set(node.names)
+        if bad:
+            raise StoreError(f"{label} has no property {sorted(bad)[0]!r}")
+        sets = ", ".join(f"n.{k} = {self._cast('row.' + k, node.type_of(k))}" for k in keys if k != node.key)
+        q = (f"UNWIND $rows AS row MERGE (n:{label} {{{node.key}: {self._cast('row.' + node.key, 'STRING')}}})"
+             + (f" SET {sets}" if sets else ""))
+        for i in range(0, len(rows), _BATCH):
+            self._run(q, {"rows": rows[i:i + _BATCH]})
+
+    def _upsert_rels(self, name: str, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+        rel = REL[name]
+        src, dst = NODE[rel.src], NODE[rel.dst]
+        types = dict(rel.properties)
+        props = [k for k in keys if k not in ("src", "dst")]
+        ident = f" {{{rel.key}: {self._cast('row.' + rel.key, types[rel.key])}}}" if rel.key else ""
+        sets = ", ".join(f"r.{k} = {self._cast('row.' + k, types[k])}" for k in props if k != rel.key)
+        q = (f"UNWIND $rows AS row MATCH (a:{rel.src} {{{src.key}: row.src}}) "
+             f"MATCH (b:{rel.dst} {{{dst.key}: row.dst}}) MERGE (a)-[r:{name}{ident}]->(b)"
+             + (f" SET {sets}" if sets else ""))
+        for i in range(0, len(rows), _BATCH):
+            self._run(q, {"rows": rows[i:i + _BATCH]})
+
+    # -- catalogue -------------------------------------------------------------------------------------------
+    def write_catalog(self, catalog: Catalog) -> None:
+        """Write methods, techniques, hyperparameters, settings and every grid strategy with R1-R5."""
+        self.write(catalog_batch(catalog))
+
+    def strategies(self, method: str | None = None, *, in_catalog: bool = True) -> list[dict[str, Any]]:
+        """Strategy rows (id, method, settings dict, embedding or None)."""
+        rows = self._run(
+            "MATCH (s:Strategy) WHERE ($m IS NULL OR s.method = $m) AND ($c = false OR s.in_catalog = true) "
+            "RETURN s.id AS id, s.method AS method, s.settings AS settings, s.embedding AS embedding "
+            "ORDER BY s.id", {"m": method, "c": in_catalog})
+        for r in rows:
+            r["settings"] = json.loads(r["settings"])
+        return rows
+
+    def kg_triples(self) -> list[tuple[str, str, str]]:
+        """All R1-R5 triples as (head key, relation, tail key), in a stable order."""
+        out: list[tuple[str, str, str]] = []
+        for name in KG_RELATIONS:
+            rel = REL[name]
+            hk, tk = NODE[rel.src].key, NODE[rel.dst].key
+            rows = self._run(f"MATCH (a:{rel.src})-[:{name}]->(b:{rel.dst}) RETURN a.{hk} AS h, b.{tk} AS t")
+            out.extend(sorted((r["h"], name, r["t"]) for r in rows))
+        return out
+
+    # -- embeddings ------------------------------------------------------------------------------------------
+    def set_embeddings(self, label: str, vectors: Mapping[str, list[float]], run: Mapping[str, Any]) -> str:
+        """Store ``embedding`` on nodes of ``label`` and an EmbeddingRun record, in one transaction."""
+        if "embedding" not in NODE[label].names:
+            raise StoreError(f"{label} nodes carry no embedding")
+        run_id = str(run.get("id") or uuid.uuid4().hex[:16])
+        batch = GraphBatch()
+        for key, vec in vectors.items():
+            batch.node(label, **{NODE[label].key: key, "embedding": [float(x) for x in vec]})
+        batch.node("EmbeddingRun", id=run_id, created=run.get("created", now()),
+                   kb_version=str(run.get("kb_version", "")), config=json.dumps(run.get("config", {})),
+                   metrics=json.dumps(run.get("metrics", {})))
+        self.write(batch)
+        return run_id
+
+    def embeddings(self, label: str = "Strategy") -> dict[str, list[float]]:
+        key = NODE[label].key
+        rows = self._run(f"MATCH (n:{label}) WHERE n.embedding IS NOT NULL RETURN n.{key} AS k, n.embedding AS e")
+        return {r["k"]: r["e"] for r in rows}
+
+    def content_version(self) -> str:
+        """A fingerprint of the knowledge content (counts of every node and relationship type)."""
+        s = self.stats()
+        from automc.kb.records import content_id
+        return content_id({k: v for k, v in s["nodes"].items() if k not in ("EmbeddingRun",)}, s["relationships"])
+
+    # -- evaluations -----------------------------------------------------------------------------------------
+    def start_evaluation(self, task: TaskFeatures, scheme: Scheme, *, target_pr: float | None = None,
+                         search_run: str | None = None, device: str = "") -> str:
+        """Record a RUNNING evaluation of ``scheme`` on ``task`` (with the scheme and task) and return its id."""
+        eval_id = uuid.uuid4().hex
+        batch = scheme_batch(scheme)
+        task_key = batch.task(task)
+        batch.node("Evaluation", id=eval_id, state="RUNNING", search_run=search_run, target_pr=target_pr,
+                   device=device, created=now())
+        batch.rel("EVAL_OF_SCHEME", eval_id, scheme.id)
+        batch.rel("EVAL_ON_TASK", eval_id, task_key)
+        if search_run:
+            batch.rel("EVAL_IN_RUN", eval_id, search_run)
+        self.write(batch)
+        return eval_id
+
+    def finish_evaluation(self, eval_id: str, result: Mapping[str, Any]) -> None:
+        """Mark an evaluation COMPLETE with its measurements; raises ``NotFoundError``."""
+        self._check_eval(eval_id)
+        props = {k: result[k] for k in NODE["Evaluation"].names if k in result and k != "id"}
+        if "steps" in props and not isinstance(props["steps"], str):
+            props["steps"] = json.dumps(props["steps"])
+        batch = GraphBatch()
+        batch.node("Evaluation", id=eval_id, **props, state="COMPLETE", finished=now())
+        self.write(batch)
+
+    def fail_evaluation(self, eval_id: str, error: str) -> None:
+        self._check_eval(eval_id)
+        batch = GraphBatch()
+        batch.node("Evaluation", id=eval_id, state="FAIL", error=error[:2000], finished=now())
+        self.write(batch)
+
+    def _check_eval(self, eval_id: str) -> None:
+        if not self._run("MATCH (e:Evaluation {id: $id}) RETURN e.id AS id", {"id": eval_id}):
+            raise NotFoundError(f"no evaluation {eval_id!r} in {self.uri}")
+
+    def evaluations(self, *, task: str | None = None, search_run: str | None = None,
+                    state: str | None = "COMPLETE") -> list[dict[str, Any]]:
+        """Evaluations (with their scheme text and task id), oldest first."""
+        return self.named("evaluations", {"task": task, "run": search_run, "state": state})
+
+
+def _group_by_keys(rows: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(sorted(r)), []).append(r)
+    yield from groups.items()
+
+
+def catalog_batch(catalog: Catalog) -> GraphBatch:
+    """The whole catalogue as graph changes: E1-E5 nodes and R1-R5 relationships."""
+    b = GraphBatch()
+    for name, desc in catalog.techniques.items():
+        b.node("Technique", name=name, description=desc)
+    for h in catalog.hyperparameters.values():
+        b.node("Hyperparameter", name=h.name, description=h.description, type=h.type, domain=json.dumps(h.domain))
+    for m in catalog.methods.values():
+        b.node("Method", name=m.name, title=m.title, reference=m.reference)
+        for t in m.techniques:
+            b.rel("USES_TECHNIQUE", m.name, t)
+        for hp, values in m.grid.items():
+            b.rel("HAS_HYPERPARAMETER", m.name, hp)
+            for v in values:
+                add_setting(b, hp, v, in_catalog=True)
+    for s in catalog.strategies():
+        add_strategy(b, s.method, s.settings, in_catalog=True)
+    return b
+
+
+def add_setting(b: GraphBatch, hp: str, value: Any, *, in_catalog: bool) -> str:
+    key = setting_id(hp, value)
+    existing = b.nodes.get("HyperparameterSetting", {}).get(key)
+    b.node("HyperparameterSetting", id=key, hyperparameter=hp, value=json.dumps(value),
+           in_catalog=in_catalog or bool(existing and existing.get("in_catalog")))
+    b.rel("HAS_VALUE", hp, key)
+    return key
+
+
+def add_strategy(b: GraphBatch, method: str, settings: tuple[tuple[str, Any], ...], *, in_catalog: bool) -> str:
+    inner = ",".join(f"{k}={format_value(v)}" for k, v in settings)
+    key = f"{method}({inner})"
+    b.node("Strategy", id=key, method=method, settings=json.dumps(dict(settings), sort_keys=True),
+           in_catalog=in_catalog)
+    b.rel("HAS_METHOD", key, method)
+    for hp, v in settings:
+        b.rel("HAS_SETTING", key, setting_id(hp, v))
+    return key
+
+
+def scheme_batch(scheme: Scheme) -> GraphBatch:
+    """A scheme node with its ordered STEP relationships (strategies outside the grid are added)."""
+    b = GraphBatch()
+    b.node("Scheme", id=scheme.id, text=scheme.text, length=len(scheme))
+    for pos, s in enumerate(scheme.strategies):
+        for hp, v in s.settings:
+            add_setting(b, hp, v, in_catalog=False)
+        add_strategy(b, s.method, s.settings, in_catalog=False)
+        b.rel("STEP", scheme.id, s.id, position=pos)
+    # Writing in_catalog=False must not demote catalogue strategies or settings: drop the flag, MERGE keeps it.
+    for label in ("Strategy", "HyperparameterSetting"):
+        for props in b.nodes.get(label, {}).values():
+            props.pop("in_catalog", None)
+    return b
