@@ -18,7 +18,7 @@ def default_store_uri() -> str:
     if os.environ.get("AUTOMC_STORE"):
         return os.environ["AUTOMC_STORE"]
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return f"ladybug://{base / 'automc' / 'kb'}"
+    return f"ladybug://{base / 'automc' / 'kb.lbug'}"
 
 
 def open_store(uri: str | Store | None = None) -> Store:

@@ -262,9 +262,9 @@ def catalog_batch(catalog: Catalog) -> GraphBatch:
 
 def add_setting(b: GraphBatch, hp: str, value: Any, *, in_catalog: bool) -> str:
     key = setting_id(hp, value)
-    existing = b.nodes.get("HyperparameterSetting", {}).get(key)
-    b.node("HyperparameterSetting", id=key, hyperparameter=hp, value=json.dumps(value),
-           in_catalog=in_catalog or bool(existing and existing.get("in_catalog")))
+    # Only the catalogue sets the flag: writing False could demote a setting another method's grid uses.
+    flag = {"in_catalog": True} if in_catalog else {}
+    b.node("HyperparameterSetting", id=key, hyperparameter=hp, value=json.dumps(value), **flag)
     b.rel("HAS_VALUE", hp, key)
     return key
 
@@ -272,8 +272,8 @@ def add_setting(b: GraphBatch, hp: str, value: Any, *, in_catalog: bool) -> str:
 def add_strategy(b: GraphBatch, method: str, settings: tuple[tuple[str, Any], ...], *, in_catalog: bool) -> str:
     inner = ",".join(f"{k}={format_value(v)}" for k, v in settings)
     key = f"{method}({inner})"
-    b.node("Strategy", id=key, method=method, settings=json.dumps(dict(settings), sort_keys=True),
-           in_catalog=in_catalog)
+    flag = {"in_catalog": True} if in_catalog else {}
+    b.node("Strategy", id=key, method=method, settings=json.dumps(dict(settings), sort_keys=True), **flag)
     b.rel("HAS_METHOD", key, method)
     for hp, v in settings:
         b.rel("HAS_SETTING", key, setting_id(hp, v))
@@ -289,8 +289,4 @@ def scheme_batch(scheme: Scheme) -> GraphBatch:
             add_setting(b, hp, v, in_catalog=False)
         add_strategy(b, s.method, s.settings, in_catalog=False)
         b.rel("STEP", scheme.id, s.id, position=pos)
-    # Writing in_catalog=False must not demote catalogue strategies or settings: drop the flag, MERGE keeps it.
-    for label in ("Strategy", "HyperparameterSetting"):
-        for props in b.nodes.get(label, {}).values():
-            props.pop("in_catalog", None)
     return b

@@ -1,0 +1,1 @@
+"""The ``automc`` command line (Typer + Rich): thin wrappers over the library functions."""
