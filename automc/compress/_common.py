@@ -1,0 +1,29 @@
+"""Small helpers the methods share: catalogue parameters with defaults, and the reduction check."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from automc.catalog import load_catalog
+from automc.errors import CompressionError
+
+
+def resolve_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` validated against the catalogue; missing values take the grid's middle value.
+
+    Raises ``NotFoundError`` / ``ValidationError`` for an unknown method, name or out-of-domain value.
+    """
+    cat = load_catalog()
+    m = cat.method(method)
+    given = cat.make_strategy(method, dict(params), complete=False).params
+    return {k: given.get(k, values[len(values) // 2]) for k, values in m.grid.items()}
+
+
+def check_reduction(method: str, params_before: int, params_after: int, ratio: float,
+                    tolerance: float = 0.03) -> None:
+    """Raise ``CompressionError`` unless ``1 - after/before`` is within ``tolerance`` of ``ratio``."""
+    got = 1.0 - params_after / params_before
+    if abs(got - ratio) > tolerance:
+        raise CompressionError(f"{method} removed {got:.1%} of the parameters instead of {ratio:.1%} "
+                               f"(tolerance ±{tolerance:.0%})")
