@@ -4,12 +4,14 @@ Pure functions on ``nn.Conv2d`` plus two replacement modules. Each replacement m
 ``spec()`` (a JSON-able dict) and is rebuilt with ``module_from_spec``; ``lowrank_specs(model)`` /
 ``apply_specs(model, specs)`` are what saving needs so a compressed model reloads from a state dict.
 
-Only plain convs are factorised: ``groups == 1``, zero padding, a kernel larger than 1x1, and not already part
-of a replacement module (so a second low-rank step on a low-rank model leaves the factors alone).
+Only plain convs are factorised: ``groups == 1``, zero padding, a kernel larger than 1x1. On a model that is
+already low-rank that includes the k x k core / basis conv inside a replacement module, so replacements nest
+(path ``a.conv1.core`` inside ``a.conv1``); the 1x1 factors are never factorised.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from automc.errors import ValidationError
+from automc.errors import CompressionError, ValidationError
 
 __all__ = [
     "FilterBasisConv",
@@ -50,6 +52,15 @@ def _geometry(conv: nn.Conv2d) -> dict[str, Any]:
     }
 
 
+def _kernel_geometry(conv: nn.Conv2d) -> dict[str, Any]:
+    g = _geometry(conv)
+    return {k: g[k] for k in ("kernel_size", "stride", "padding", "dilation")}
+
+
+def _in_channels(m: nn.Module) -> int:
+    return m.in_channels if isinstance(m, nn.Conv2d) else int(m.spec()["in_channels"])  # type: ignore[operator]
+
+
 def _as_conv_arg(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
@@ -68,23 +79,24 @@ class Tucker2Conv(nn.Module):
         super().__init__()
         r_in, r_out = int(ranks[0]), int(ranks[1])
         self.first = nn.Conv2d(in_channels, r_in, 1, bias=False)
-        self.core = nn.Conv2d(r_in, r_out, _as_conv_arg(kernel_size), _as_conv_arg(stride),
-                              _as_conv_arg(padding), _as_conv_arg(dilation), bias=False)
+        self.core: nn.Module = nn.Conv2d(r_in, r_out, _as_conv_arg(kernel_size), _as_conv_arg(stride),
+                                         _as_conv_arg(padding), _as_conv_arg(dilation), bias=False)
         self.last = nn.Conv2d(r_out, out_channels, 1, bias=bias)
+        self._geometry = _kernel_geometry(self.core)
 
     @property
     def ranks(self) -> tuple[int, int]:
-        return self.core.in_channels, self.core.out_channels
+        return self.first.out_channels, self.last.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.core(self.first(x)))
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able description; ``module_from_spec(m.spec())`` rebuilds the same shapes."""
-        geo = _geometry(self.core)
-        geo.update(in_channels=self.first.in_channels, out_channels=self.last.out_channels,
-                   bias=self.last.bias is not None)
-        return {"type": self.kind, **geo, "ranks": list(self.ranks)}
+        """JSON-able description; ``module_from_spec(m.spec())`` rebuilds the same shapes. The core may
+        itself be replaced later (it then has its own spec at ``<path>.core``). Read from the live layers,
+        so it stays right after channel pruning."""
+        return {"type": self.kind, "in_channels": self.first.in_channels, "out_channels": self.last.out_channels,
+                **copy.deepcopy(self._geometry), "bias": self.last.bias is not None, "ranks": list(self.ranks)}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Tucker2Conv:
@@ -127,22 +139,26 @@ class FilterBasisConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, dilation: Any = 1, basis: int = 1, bias: bool = False) -> None:
         super().__init__()
-        self.basis = nn.Conv2d(in_channels, int(basis), _as_conv_arg(kernel_size), _as_conv_arg(stride),
-                               _as_conv_arg(padding), _as_conv_arg(dilation), bias=False)
+        self.basis: nn.Module = nn.Conv2d(in_channels, int(basis), _as_conv_arg(kernel_size),
+                                          _as_conv_arg(stride), _as_conv_arg(padding), _as_conv_arg(dilation),
+                                          bias=False)
         self.combine = nn.Conv2d(int(basis), out_channels, 1, bias=bias)
+        self._geometry = _kernel_geometry(self.basis)
 
     @property
     def rank(self) -> int:
-        return self.basis.out_channels
+        return self.combine.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine(self.basis(x))
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able description; ``module_from_spec(m.spec())`` rebuilds the same shapes."""
-        geo = _geometry(self.basis)
-        geo.update(out_channels=self.combine.out_channels, bias=self.combine.bias is not None)
-        return {"type": self.kind, **geo, "basis": self.rank}
+        """JSON-able description; ``module_from_spec(m.spec())`` rebuilds the same shapes. The basis conv may
+        itself be replaced later (it then has its own spec at ``<path>.basis``). Read from the live layers,
+        so it stays right after channel pruning."""
+        return {"type": self.kind, "in_channels": _in_channels(self.basis),
+                "out_channels": self.combine.out_channels, **copy.deepcopy(self._geometry),
+                "bias": self.combine.bias is not None, "basis": self.rank}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> FilterBasisConv:
@@ -192,8 +208,9 @@ def lowrank_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def apply_specs(model: nn.Module, specs: Mapping[str, Mapping[str, Any]]) -> nn.Module:
-    """Put freshly built replacement modules at the paths of ``specs`` (in place), ready for a state dict."""
-    for name, spec in specs.items():
+    """Put freshly built replacement modules at the paths of ``specs`` (in place), ready for a state dict;
+    outer replacements are built before the ones nested in them."""
+    for name, spec in sorted(specs.items(), key=lambda kv: kv[0].count(".")):
         set_module(model, name, module_from_spec(spec))
     return model
 
@@ -211,17 +228,15 @@ def _check_plain(conv: nn.Conv2d) -> None:
 
 
 def decomposable_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Plain k x k convs (k > 1) that are not part of a replacement module, in module order."""
-    inside: set[str] = set()
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, REPLACEMENTS):
-            inside.update(f"{name}.{child}" for child, _ in m.named_modules() if child)
-            continue
-        if (type(m) is nn.Conv2d and name not in inside and m.groups == 1 and m.padding_mode == "zeros"
-                and math.prod(m.kernel_size) > 1):
-            out.append((name, m))
-    return out
+    """Plain k x k convs (k > 1, groups 1, zero padding), in module order.
+
+    This includes the k x k core of a Tucker-2 layer and the basis conv of a filter-basis layer, so a
+    low-rank step on a low-rank model factorises those further (nested replacements); the 1x1 factors
+    are never offered.
+    """
+    return [(name, m) for name, m in model.named_modules()
+            if type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros"
+            and math.prod(m.kernel_size) > 1]
 
 
 def tucker2_params(conv: nn.Conv2d, ranks: tuple[int, int]) -> int:
@@ -302,3 +317,14 @@ def replace_convs(model: nn.Module, ranks: Mapping[str, Any],
     for name, r in ranks.items():
         set_module(model, name, build(model.get_submodule(name), r))
     return model
+
+
+def check_reduction(method: str, params_before: int, params_after: int, ratio: float,
+                    tolerance: float = 0.03) -> float:
+    """The achieved parameter reduction; ``CompressionError`` when it misses ``ratio`` by more than
+    ``tolerance`` (in shares of ``params_before``)."""
+    achieved = 1.0 - params_after / params_before
+    if abs(achieved - ratio) > tolerance:
+        raise CompressionError(f"{method} reached a parameter reduction of {achieved:.1%} instead of the "
+                               f"requested {ratio:.1%} (tolerance {tolerance:.0%})")
+    return achieved

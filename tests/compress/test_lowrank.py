@@ -99,8 +99,15 @@ def test_plan_hits_target_and_specs_reload(kind):
     fresh.load_state_dict(net.state_dict())
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(fresh(x), net(x))
-    # already-factorised layers are not offered again
-    assert {n for n, _ in lowrank.decomposable_convs(net)}.isdisjoint(ranks)
+    # a second step factorises the k x k part of each replacement (nested) and still reloads
+    inner = lowrank.decomposable_convs(net)
+    assert inner and all(n.rpartition(".")[0] in ranks for n, _ in inner)
+    ranks2, _ = lowrank.plan_ranks(inner, int(0.1 * total), lowrank.filter_basis_rank_at,
+                                   lowrank.filter_basis_params)
+    lowrank.replace_convs(net, ranks2, FilterBasisConv.from_conv)
+    fresh = lowrank.apply_specs(_net(), json.loads(json.dumps(lowrank.lowrank_specs(net))))
+    fresh.load_state_dict(net.state_dict())
+    assert torch.equal(fresh(x), net(x))
 
 
 def test_unreachable_target_reports_shortfall():
