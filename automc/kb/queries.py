@@ -88,16 +88,16 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("tasks", "tasks known to the knowledge base",
           "MATCH (t:Task) RETURN t.id AS task, t.model AS model, t.dataset AS dataset, t.num_images AS images, "
           "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY task"),
-    Query("evaluations", "evaluated schemes, filtered by task, search run and state (null = any)",
+    Query("evaluations", "evaluated schemes, filtered by task, search run and state (empty = any)",
           "MATCH (e:Evaluation)-[:EVAL_OF_SCHEME]->(s:Scheme) MATCH (e)-[:EVAL_ON_TASK]->(t:Task) "
-          "WHERE ($task IS NULL OR t.id = $task) AND ($run IS NULL OR e.search_run = $run) "
-          "AND ($state IS NULL OR e.state = $state) "
+          "WHERE ($task = '' OR t.id = $task) AND ($run = '' OR e.search_run = $run) "
+          "AND ($state = '' OR e.state = $state) "
           "RETURN e.id AS id, e.state AS state, s.text AS scheme, s.id AS scheme_id, t.id AS task, "
           "e.search_run AS search_run, e.target_pr AS target_pr, e.params AS params, e.flops AS flops, "
           "e.accuracy AS accuracy, e.accuracy_low AS accuracy_low, e.accuracy_high AS accuracy_high, "
           "e.val_accuracy AS val_accuracy, e.ar AS ar, e.pr AS pr, e.fr AS fr, e.seconds AS seconds, "
           "e.device AS device, e.created AS created ORDER BY created, id",
-          (Param("task", str, None), Param("run", str, None), Param("state", str, "COMPLETE"))),
+          (Param("task", str, ""), Param("run", str, ""), Param("state", str, "COMPLETE"))),
     Query("best-evaluations", "the most accurate complete evaluations on a task reaching a parameter reduction",
           "MATCH (e:Evaluation {state: 'COMPLETE'})-[:EVAL_ON_TASK]->(t:Task {id: $task}) "
           "MATCH (e)-[:EVAL_OF_SCHEME]->(s:Scheme) WHERE e.pr >= $min_pr "

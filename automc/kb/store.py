@@ -148,9 +148,9 @@ class Store(ABC):
     def strategies(self, method: str | None = None, *, in_catalog: bool = True) -> list[dict[str, Any]]:
         """Strategy rows (id, method, settings dict, embedding or None)."""
         rows = self._run(
-            "MATCH (s:Strategy) WHERE ($m IS NULL OR s.method = $m) AND ($c = false OR s.in_catalog = true) "
+            "MATCH (s:Strategy) WHERE ($m = '' OR s.method = $m) AND ($c = false OR s.in_catalog = true) "
             "RETURN s.id AS id, s.method AS method, s.settings AS settings, s.embedding AS embedding "
-            "ORDER BY s.id", {"m": method, "c": in_catalog})
+            "ORDER BY s.id", {"m": method or "", "c": in_catalog})
         for r in rows:
             r["settings"] = json.loads(r["settings"])
         return rows
@@ -230,7 +230,8 @@ class Store(ABC):
     def evaluations(self, *, task: str | None = None, search_run: str | None = None,
                     state: str | None = "COMPLETE") -> list[dict[str, Any]]:
         """Evaluations (with their scheme text and task id), oldest first."""
-        return self.named("evaluations", {"task": task, "run": search_run, "state": state})
+        # Empty strings, not nulls: LadybugDB cannot type a null parameter.
+        return self.named("evaluations", {"task": task or "", "run": search_run or "", "state": state or ""})
 
 
 def _group_by_keys(rows: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:

@@ -1,0 +1,69 @@
+"""``automc kb`` in-process with CliRunner, plus one smoke test of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+from typer.testing import CliRunner
+
+from automc.cli.app import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_stats_query_and_named_query(kb_copy):
+    store = f"ladybug://{kb_copy}"
+    res = _invoke("kb", "stats", "--store", store, "--json")
+    assert res.exit_code == 0
+    stats = json.loads(res.stdout)
+    assert stats["nodes"]["Strategy"] == 8934 and stats["nodes"]["Method"] == 6
+    res = _invoke("kb", "query", "--named", "strategies-of-method", "--param", "method=SFP", "--store", store, "--json")
+    assert res.exit_code == 0 and len(json.loads(res.stdout)) == 90
+    res = _invoke("kb", "query", "MATCH (m:Method {name: $m}) RETURN m.name AS name", "--param", "m=LeGR",
+                  "--store", store, "--json")
+    assert json.loads(res.stdout) == [{"name": "LeGR"}]
+    res = _invoke("kb", "query", "--named", "methods", "--store", store)
+    assert res.exit_code == 0 and "HOS" in res.stdout
+
+
+def test_errors_are_one_line_with_nonzero_exit(kb_copy, tmp_path):
+    store = f"ladybug://{kb_copy}"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("table,algorithm,model,dataset,target_pr,params_m,pr_pct,flops_g,fr_pct,acc_pct,acc_change_pct\n"
+                   "2,NS,resnet56,cifar10,0.4,0.54,40.02,0.12,55.68,89.19,-2.03\n"
+                   "2,NS,resnet56,mnist,0.4,0.54,40.02,0.12,55.68,89.19,-2.03\n")
+    res = _invoke("kb", "import", str(bad), "--store", store)
+    assert res.exit_code == 1
+    assert f"{bad}:3: dataset: unknown dataset 'mnist'" in res.stderr
+    res = _invoke("kb", "query", "--named", "nope", "--store", store)
+    assert res.exit_code == 1 and res.stderr.startswith("error: no named query 'nope'")
+    res = _invoke("kb", "query", "MATCH (n:Nope) RETURN n", "--store", store)
+    assert res.exit_code == 1 and "error:" in res.stderr
+
+
+def test_init_export_import_round_trip(tmp_path):
+    a, b = f"ladybug://{tmp_path / 'a.lbug'}", f"ladybug://{tmp_path / 'b.lbug'}"
+    res = _invoke("kb", "init", "--store", a, "--json")
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["added"]["Experience"] == 80
+    assert _invoke("kb", "export", str(tmp_path / "dump"), "--store", a).exit_code == 0
+    assert _invoke("kb", "import", str(tmp_path / "dump"), "--store", b).exit_code == 0
+    sa = json.loads(_invoke("kb", "stats", "--store", a, "--json").stdout)
+    sb = json.loads(_invoke("kb", "stats", "--store", b, "--json").stdout)
+    assert sa == sb
+
+
+def test_installed_console_script(tmp_path):
+    exe = shutil.which("automc")
+    assert exe, "the automc console script is not installed"
+    out = subprocess.run([exe, "kb", "methods"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "8934 strategies" in out.stdout
+    out = subprocess.run([exe, "kb", "stats", "--store", f"ladybug://{tmp_path / 'k.lbug'}", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["nodes"]["Strategy"] == 0

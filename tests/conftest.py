@@ -1,0 +1,64 @@
+"""Fixtures shared by the whole suite: ../shared data (skips when absent) and stores on every backend."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BACKENDS = ["ladybug", "neo4j"]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ../shared folder (real CIFAR subset, pretrained models, KB sources)."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent")
+    return SHARED
+
+
+def make_store(backend: str, tmp_path: Path):
+    from automc.kb import open_store
+
+    if backend == "ladybug":
+        return open_store(f"ladybug://{tmp_path / 'kb.lbug'}")
+    uri = os.environ.get("NEO4J_URI")
+    if not uri:
+        pytest.skip("NEO4J_URI is not set (start one with: docker compose up -d)")
+    store = open_store(uri)
+    # A test server is wiped: never point NEO4J_URI at a knowledge base you want to keep.
+    store.query("MATCH (n) WHERE NOT n:Meta DETACH DELETE n")
+    return store
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty store on each backend (Neo4j skipped unless NEO4J_URI is set)."""
+    s = make_store(request.param, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def initialised_kb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LadybugDB file with the catalogue and paper tables, built once; copy it before writing."""
+    from automc.importers import init_kb
+    from automc.kb import open_store
+
+    path = tmp_path_factory.mktemp("kb") / "kb.lbug"
+    with open_store(f"ladybug://{path}") as s:
+        init_kb(s)
+    return path
+
+
+@pytest.fixture
+def kb_copy(initialised_kb: Path, tmp_path: Path) -> Path:
+    """A private copy of the initialised knowledge base."""
+    dst = tmp_path / "kb.lbug"
+    for f in initialised_kb.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name.replace(initialised_kb.name, dst.name))
+    return dst
