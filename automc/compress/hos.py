@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import lowrank, surgery
+from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.metrics import count_params
 from automc.compress.train import Hooks, finetune
@@ -188,7 +189,7 @@ def _prune(model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float
     bs = task.budget.batch_size
     inputs = [x for x, _ in task.data.batches("train", bs, augment=False, max_batches=STAT_BATCHES)]
     scores = hos_scores(model, [x.to(task.device) for x in inputs], list(layers),
-                        str(params.get("hos_local_basis", "l1norm")), str(params.get("hos_global_basis", "P1")))
+                        str(params["hos_local_basis"]), str(params["hos_global_basis"]))
     share = ratio
     while share >= 0.01:
         try:
@@ -223,21 +224,23 @@ class HOS(Method):
     name: ClassVar[str] = "HOS"
 
     def compress(self, model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float) -> nn.Module:
+        p = resolve_params(self.name, params)
         p0 = count_params(model)
         example = task.data.example_input(1).to(task.device)
         student = copy.deepcopy(model).to(task.device)
-        student, _ = _prune(student, task, params, PRUNE_SHARE * ratio, example)
+        student, _ = _prune(student, task, p, PRUNE_SHARE * ratio, example)
         student, _ = tucker(student, count_params(student) - round((1 - ratio) * p0), task.seed)
-        lowrank.check_reduction(self.name, p0, count_params(student), ratio)
+        check_reduction(self.name, p0, count_params(student), ratio)
         budget = task.budget
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
-        aux = FeatureMSE(student, teacher, [n for n in feature_points(student) if n in dict(teacher.named_modules())])
-        factor = float(params.get("aux_mse_factor", 1.0))
+        names = dict(teacher.named_modules())
+        aux = FeatureMSE(student, teacher, [n for n in feature_points(student) if n in names])
+        factor = float(p["aux_mse_factor"])
         try:
-            finetune(student, task, budget.epochs_for(float(params.get("kd_finetune_epochs_factor", 1.0))),
-                     teacher=teacher, kd_temperature=KD_TEMPERATURE, kd_alpha=KD_ALPHA,
+            finetune(student, task, budget.epochs_for(p["kd_finetune_epochs_factor"]), teacher=teacher,
+                     kd_temperature=KD_TEMPERATURE, kd_alpha=KD_ALPHA,
                      hooks=Hooks(extra_loss=lambda *_: factor * aux.loss()) if factor > 0 else None)
         finally:
             aux.close()
-        finetune(student, task, budget.epochs_for(float(params.get("finetune_epochs_factor", 1.0))))
+        finetune(student, task, budget.epochs_for(p["finetune_epochs_factor"]))
         return student

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import lowrank
+from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.metrics import count_params
 from automc.compress.train import Hooks, finetune
@@ -70,13 +71,11 @@ class LFB(Method):
     name: ClassVar[str] = "LFB"
 
     def compress(self, model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float) -> nn.Module:
-        kind = str(params.get("aux_loss", "CE"))
-        factor = float(params.get("aux_loss_factor", 1.0))
-        if kind not in AUX_LOSSES:
-            raise ValueError(f"unknown aux_loss {kind!r}; expected one of {AUX_LOSSES}")
+        p = resolve_params(self.name, params)
+        kind, factor = str(p["aux_loss"]), float(p["aux_loss_factor"])
         p0 = count_params(model)
         student, _ = factorize(copy.deepcopy(model), ratio)
-        lowrank.check_reduction(self.name, p0, count_params(student), ratio)
+        check_reduction(self.name, p0, count_params(student), ratio)
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
 
         def extra_loss(_model: nn.Module, x: torch.Tensor, _y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -85,6 +84,5 @@ class LFB(Method):
             return factor * aux_loss(kind, logits, t)
 
         hooks = Hooks(extra_loss=extra_loss if factor > 0 else None)
-        finetune(student, task, task.budget.epochs_for(float(params.get("finetune_epochs_factor", 1.0))),
-                 hooks=hooks)
+        finetune(student, task, task.budget.epochs_for(p["finetune_epochs_factor"]), hooks=hooks)
         return student

@@ -5,10 +5,22 @@ Xu et al., "Light Multi-segment Activation for Model Compression", AAAI 2020.
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from automc.compress import lowrank, surgery
+from automc.compress._common import check_reduction, resolve_params
+from automc.compress.base import Method, Task
+from automc.compress.criteria import l1_weight
+from automc.compress.metrics import count_params
+from automc.compress.models import BasicBlock, Bottleneck, CifarResNet
+from automc.compress.train import finetune
+from automc.errors import CompressionError
 
 
 class MultiSegmentActivation(nn.Module):
@@ -17,7 +29,8 @@ class MultiSegmentActivation(nn.Module):
     f(x) = c + s0 * x + sum_j d_j * relu(x - b_j) over ``segments - 1`` learnable breakpoints b_j with slope
     changes d_j; initialised to ReLU (s0 = c = 0, one breakpoint at 0 with d = 1, the others spread over
     [-bound, bound] with d = 0). Evaluated as one table lookup (slope, intercept of x's segment), so memory
-    does not grow with the number of segments.
+    does not grow with the number of segments. Gradients of the shared parameters are averaged over the
+    positions of a sample rather than summed.
     """
 
     def __init__(self, segments: int = 8, bound: float = 2.0) -> None:
@@ -40,11 +53,15 @@ class MultiSegmentActivation(nn.Module):
         return self.breakpoints.numel() + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, order = torch.sort(self.breakpoints)
-        d = self.deltas[order]
-        zero = self.slope0.reshape(1)
-        slopes = torch.cat([zero, self.slope0 + torch.cumsum(d, 0)])  # slope of each segment
-        intercepts = torch.cat([self.offset.reshape(1), self.offset - torch.cumsum(d * b, 0)])
+        # The parameters are shared by every element of a sample, so their gradient is a sum over C*H*W
+        # positions; scale it to a mean (value unchanged) or plain SGD steps blow the function up.
+        g = 1.0 / max(1, x[0].numel()) if x.dim() > 1 else 1.0 / max(1, x.numel())
+        bp, dl, s0, c = (p * g + (p * (1 - g)).detach() for p in
+                         (self.breakpoints, self.deltas, self.slope0, self.offset))
+        b, order = torch.sort(bp)
+        d = dl[order]
+        slopes = torch.cat([s0.reshape(1), s0 + torch.cumsum(d, 0)])  # slope of each segment
+        intercepts = torch.cat([c.reshape(1), c - torch.cumsum(d * b, 0)])
         seg = torch.bucketize(x.detach(), b.detach().to(x.dtype))  # segment index: number of b_j < x
         return slopes.to(x.dtype)[seg] * x + intercepts.to(x.dtype)[seg]
 
@@ -57,3 +74,130 @@ class MultiSegmentActivation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"segments={self.segments}"
+
+
+# -- putting the activations into a model ---------------------------------------------------------------------
+
+class _LMABasicBlock(BasicBlock):
+    """``models.BasicBlock`` with its two ReLUs as modules ``act1``, ``act2``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class _LMABottleneck(Bottleneck):
+    """``models.Bottleneck`` with its three ReLUs as modules ``act1``..``act3``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act3(out + self.shortcut(x))
+
+
+class _LMACifarResNet(CifarResNet):
+    """``models.CifarResNet`` with its stem ReLU as the module ``act``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+# Built-in modules that call F.relu: their LMA twin and the activation slots it adds.
+_FUNCTIONAL_RELU: dict[type[nn.Module], tuple[type[nn.Module], tuple[str, ...]]] = {
+    BasicBlock: (_LMABasicBlock, ("act1", "act2")),
+    Bottleneck: (_LMABottleneck, ("act1", "act2", "act3")),
+    CifarResNet: (_LMACifarResNet, ("act",)),
+}
+
+
+def _open_slots(model: nn.Module) -> list[str]:
+    """Give built-in blocks that apply ``F.relu`` activation slots (in place; an ``nn.ReLU`` each, so the
+    function is unchanged); returns every activation path: new slots and the model's ``nn.ReLU`` modules."""
+    for _, m in list(model.named_modules()):
+        if type(m) in _FUNCTIONAL_RELU:
+            twin, slots = _FUNCTIONAL_RELU[type(m)]
+            for slot in slots:
+                m.add_module(slot, nn.ReLU())
+            m.__class__ = twin
+    return [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+
+def install_activations(model: nn.Module, segments: int) -> list[str]:
+    """Replace every ReLU of ``model`` (in place) by a ReLU-initialised ``MultiSegmentActivation``; returns
+    the activation paths. Modules of unknown types that call ``F.relu`` inside ``forward`` keep it."""
+    paths = _open_slots(model)
+    for path in paths:
+        lowrank.set_module(model, path, MultiSegmentActivation(segments))
+    return paths
+
+
+def activation_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Module path -> spec of every multi-segment activation of ``model``."""
+    return {n: m.spec() for n, m in model.named_modules() if isinstance(m, MultiSegmentActivation)}
+
+
+def apply_activation_specs(model: nn.Module, specs: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """Rebuild the activations described by ``specs`` on a fresh (pruned, ...) model, ready for its state
+    dict (in place); returns ``model``."""
+    if specs:
+        _open_slots(model)
+    for path, spec in specs.items():
+        lowrank.set_module(model, path, MultiSegmentActivation.from_spec(dict(spec)))
+    return model
+
+
+def uniform_scores(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Channel scores that shrink every prunable layer by about the same share: each filter's L1-norm rank
+    percentile inside its layer."""
+    scores = l1_weight(surgery.prunable_layers(model, example))
+    out = {}
+    for name, s in scores.items():
+        ranks = torch.empty_like(s)
+        ranks[torch.argsort(s, stable=True)] = torch.arange(len(s), dtype=s.dtype)
+        out[name] = (ranks + 1) / len(s)
+    return out
+
+
+# -- the method -----------------------------------------------------------------------------------------------
+
+MAX_LAYER_PRUNE_RATIO = 0.9  # LMA has no such hyperparameter in the catalogue
+
+
+class LMA(Method):
+    """Distil the input model into a narrower copy of itself with multi-segment activations.
+
+    Student: a copy of the input model whose block-internal channels are all narrowed by about the same
+    share (L1-norm rank percentile per layer, through ``surgery.prune_by_scores``, at most 90% of a layer), so
+    that with its activations it has ``(1 - ratio)`` of the input's parameters; it keeps the surviving
+    weights as initialisation. Every ReLU becomes a ``MultiSegmentActivation`` with ``lma_segments``
+    segments (ReLU at the start). Trained for ``finetune_epochs_factor`` x the budget on
+    ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL`` against the input model at temperature ``kd_temperature``.
+    """
+
+    name: ClassVar[str] = "LMA"
+
+    def compress(self, model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float) -> nn.Module:
+        p = resolve_params(self.name, params)
+        p0 = count_params(model)
+        example = task.data.example_input(1).to(task.device)
+        student = copy.deepcopy(model).to(task.device)
+        segments = int(p["lma_segments"])
+        probe = copy.deepcopy(student)
+        install_activations(probe, segments)
+        share = ratio + (count_params(probe) - p0) / p0  # the activations' own parameters count too
+        if share > 0:
+            try:
+                student, _ = surgery.prune_by_scores(student, uniform_scores(student, example), share,
+                                                     MAX_LAYER_PRUNE_RATIO, example)
+            except CompressionError as e:
+                raise CompressionError(f"LMA builds its student by narrowing block-internal channels: {e}") from e
+        install_activations(student, segments)
+        check_reduction(self.name, p0, count_params(student), ratio)
+        teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
+        finetune(student, task, task.budget.epochs_for(p["finetune_epochs_factor"]), teacher=teacher,
+                 kd_temperature=float(p["kd_temperature"]), kd_alpha=float(p["kd_alpha"]))
+        return student

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from automc.errors import CompressionError, ValidationError
+from automc.errors import ValidationError
 
 __all__ = [
     "FilterBasisConv",
@@ -318,13 +318,3 @@ def replace_convs(model: nn.Module, ranks: Mapping[str, Any],
         set_module(model, name, build(model.get_submodule(name), r))
     return model
 
-
-def check_reduction(method: str, params_before: int, params_after: int, ratio: float,
-                    tolerance: float = 0.03) -> float:
-    """The achieved parameter reduction; ``CompressionError`` when it misses ``ratio`` by more than
-    ``tolerance`` (in shares of ``params_before``)."""
-    achieved = 1.0 - params_after / params_before
-    if abs(achieved - ratio) > tolerance:
-        raise CompressionError(f"{method} reached a parameter reduction of {achieved:.1%} instead of the "
-                               f"requested {ratio:.1%} (tolerance {tolerance:.0%})")
-    return achieved

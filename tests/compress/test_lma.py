@@ -1,7 +1,18 @@
+import copy
+import json
+
 import pytest
 import torch
 
-from automc.compress.lma import MultiSegmentActivation
+from automc.compress import lma
+from automc.compress.base import Task, TrainBudget
+from automc.compress.data import synthetic
+from automc.compress.lma import LMA, MultiSegmentActivation
+from automc.compress.metrics import count_flops, count_params
+from automc.compress.models import build_model
+from automc.compress.surgery import replay
+from automc.compress.train import evaluate, finetune
+from automc.errors import CompressionError
 
 
 @pytest.mark.parametrize("segments", [2, 3, 6, 8, 10])
@@ -19,7 +30,69 @@ def test_activation_is_the_hinge_sum_and_learns():
         for p in act.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     x = torch.randn(1000) * 3
-    ref = act.offset + act.slope0 * x + sum(d * torch.relu(x - b) for d, b in zip(act.deltas, act.breakpoints, strict=True))
+    hinges = zip(act.deltas, act.breakpoints, strict=True)
+    ref = act.offset + act.slope0 * x + sum(d * torch.relu(x - b) for d, b in hinges)
     assert torch.allclose(act(x), ref, atol=1e-5)
     act(x).square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in act.parameters())
+
+
+def test_training_keeps_the_activation_stable():
+    torch.manual_seed(0)
+    data = synthetic()
+    task = Task(data, 0.5, TrainBudget(epochs=3, batch_size=32, lr=0.1))
+    model = build_model("resnet8", 4, width=8)
+    lma.install_activations(model, 10)
+    finetune(model, task, 2)
+    assert evaluate(model, data).top1 > 0.6
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = synthetic()
+    task = Task(data, 0.5, TrainBudget(epochs=3, batch_size=32, lr=0.05))
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4, width=8)
+    finetune(model, task, 8)
+    assert evaluate(model, data).top1 > 0.9
+    return model, task
+
+
+PARAMS = {"lma_segments": 8, "kd_temperature": 3, "kd_alpha": 0.5, "finetune_epochs_factor": 1.0}
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.7])
+def test_lma_hits_ratio_and_stays_learnable(trained, ratio):
+    model, task = trained
+    before = copy.deepcopy(model.state_dict())
+    out = LMA().compress(model, task, PARAMS, ratio)
+    assert abs((1 - count_params(out) / count_params(model)) - ratio) <= 0.03
+    x = task.data.example_input(2)
+    assert count_flops(out, x) < count_flops(model, x)
+    assert out(x).shape == model(x).shape
+    acts = lma.activation_specs(out)
+    assert len(acts) == 7 and all(s["segments"] == 8 for s in acts.values())  # stem + 2 per block
+    assert evaluate(out, task.data).top1 > 0.6
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_student_reloads_from_record_and_specs(trained):
+    model, task = trained
+    out = LMA().compress(model, task, {**PARAMS, "finetune_epochs_factor": 0.2}, 0.5)
+    # what saving needs: the pruned shapes (here read off the state dict) and the activation specs
+    fresh = build_model("resnet8", 4, width=8)
+    record = [(name, list(range(out.get_submodule(name).out_channels, m.out_channels)))
+              for name, m in fresh.named_modules() if name.endswith(".conv1")
+              and out.get_submodule(name).out_channels < m.out_channels]
+    replay(fresh, record, task.data.example_input(1))
+    lma.apply_activation_specs(fresh, json.loads(json.dumps(lma.activation_specs(out))))
+    fresh.load_state_dict(out.state_dict())
+    fresh.eval()
+    x = task.data.example_input(2)
+    assert torch.allclose(fresh(x), out(x), atol=1e-5)
+
+
+def test_out_of_reach_student_says_why(trained):
+    model, task = trained
+    with pytest.raises(CompressionError, match="block-internal"):
+        LMA().compress(model, task, PARAMS, 0.95)
