@@ -23,6 +23,11 @@ from automc.compress.train import finetune
 from automc.errors import CompressionError
 
 
+def _scale_grad(p: torch.Tensor, g: float) -> torch.Tensor:
+    """``p`` in value, ``g * grad`` in the backward pass."""
+    return p * g + (p * (1 - g)).detach()
+
+
 class MultiSegmentActivation(nn.Module):
     """Continuous piecewise-linear activation with ``segments`` pieces, shared by a layer's channels.
 
@@ -56,10 +61,9 @@ class MultiSegmentActivation(nn.Module):
         # The parameters are shared by every element of a sample, so their gradient is a sum over C*H*W
         # positions; scale it to a mean (value unchanged) or plain SGD steps blow the function up.
         g = 1.0 / max(1, x[0].numel()) if x.dim() > 1 else 1.0 / max(1, x.numel())
-        bp, dl, s0, c = (p * g + (p * (1 - g)).detach() for p in
-                         (self.breakpoints, self.deltas, self.slope0, self.offset))
-        b, order = torch.sort(bp)
-        d = dl[order]
+        b, order = torch.sort(_scale_grad(self.breakpoints, g))
+        d = _scale_grad(self.deltas, g)[order]
+        s0, c = _scale_grad(self.slope0, g), _scale_grad(self.offset, g)
         slopes = torch.cat([s0.reshape(1), s0 + torch.cumsum(d, 0)])  # slope of each segment
         intercepts = torch.cat([c.reshape(1), c - torch.cumsum(d * b, 0)])
         seg = torch.bucketize(x.detach(), b.detach().to(x.dtype))  # segment index: number of b_j < x
