@@ -158,13 +158,18 @@ def build_model(name: str, num_classes: int = 10, *, width: int | None = None) -
     Raises ``ValidationError`` for an unknown name.
     """
     key = name.lower().replace("-", "").replace("_", "")
+    model: nn.Module
     if m := re.fullmatch(r"resnet(\d+)", key):
         depth = int(m.group(1))
         bottleneck = depth == 164 or ((depth - 2) % 6 != 0 and (depth - 2) % 9 == 0)
-        return CifarResNet(depth, num_classes, width or 16, bottleneck=bottleneck)
-    if m := re.fullmatch(r"vgg(\d+)(bn)?", key):
-        return CifarVGG(int(m.group(1)), num_classes, width or 64)
-    return _torchvision_model(name, num_classes)
+        model = CifarResNet(depth, num_classes, width or 16, bottleneck=bottleneck)
+    elif m := re.fullmatch(r"vgg(\d+)(bn)?", key):
+        model = CifarVGG(int(m.group(1)), num_classes, width or 64)
+    else:
+        model = _torchvision_model(name, num_classes)
+    # How to rebuild this model; saving.describe() writes it next to the weights.
+    model.automc_base = {"name": name, "num_classes": num_classes, "width": width}
+    return model
 
 
 def _torchvision_model(name: str, num_classes: int) -> nn.Module:

@@ -1,0 +1,139 @@
+"""``automc compress``: apply a scheme to a model, print before/after, save the result.
+
+``compress`` is the plain function (returns data, never prints or exits); ``compress_cmd`` declares the
+options, forwards, and renders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from rich.table import Table
+
+from automc.catalog import Scheme, load_catalog
+from automc.cli._util import console, err_console, handle_errors, print_json, store_option
+from automc.compress.base import Task, TrainBudget
+from automc.compress.data import load_data
+from automc.compress.models import build_model, load_weights
+from automc.compress.saving import save_compressed
+from automc.compress.scheme import SchemeResult, apply_scheme, measure
+from automc.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class CompressRun:
+    result: SchemeResult
+    paths: dict[str, Path]
+    task_info: dict[str, Any]
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValidationError(f"unknown device {name!r}; use cpu or cuda", field="--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValidationError("CUDA is not available on this machine; use --device cpu", field="--device")
+    return torch.device(name)
+
+
+def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | None = None,
+             target_pr: float = 0.4, epochs: float = 10.0, data_fraction: float = 1.0, seed: int = 0,
+             device: str | None = None, batch_size: int = 128, lr: float = 0.01,
+             progress: Any = None) -> CompressRun:
+    """Load model and data, apply ``scheme`` with gamma = ``target_pr``, save into ``out``.
+
+    Raises ``ValidationError`` / ``NotFoundError`` for bad input and ``CompressionError`` when a method fails.
+    """
+    if not 0.0 < target_pr < 1.0:
+        raise ValidationError(f"must be in (0, 1), got {target_pr}", field="--target-pr")
+    if epochs < 0:
+        raise ValidationError(f"must be ≥ 0, got {epochs}", field="--epochs")
+    parsed: Scheme = load_catalog().parse_scheme(scheme)
+    dev = _device(device)
+    torch.manual_seed(seed)
+    ds = load_data(data, fraction=data_fraction, seed=seed, device=dev)
+    net = build_model(model, ds.num_classes)
+    if weights is not None:
+        load_weights(net, weights)
+    task = Task(ds, target_pr, TrainBudget(epochs=epochs, batch_size=batch_size, lr=lr), dev, seed)
+    before = measure(net, task)
+    result = apply_scheme(net, parsed, task, progress=progress, before=before)
+    paths = save_compressed(result.model, out, ds.example_input(2), mean=ds.mean, std=ds.std,
+                            extra={"scheme": parsed.text, "target_pr": target_pr})
+    (Path(out) / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
+    info = {"model": model, "dataset": Path(data).name, "num_classes": ds.num_classes,
+            "image_size": ds.input_shape[-1], "image_channels": ds.input_shape[0],
+            "num_images": ds.size("train") + ds.size("val"), "base_accuracy": before.acc_test,
+            "params": float(before.params), "flops": float(before.flops), "device": str(dev)}
+    return CompressRun(result, paths, info)
+
+
+def _record_in_store(store_uri: str | None, task_info: dict[str, Any], scheme: Scheme | str,
+                     result: SchemeResult, target_pr: float | None = None) -> str:
+    """Record the evaluation of ``scheme`` on the task in the knowledge base; returns the evaluation id."""
+    from automc.kb import TaskFeatures, open_store
+
+    if isinstance(scheme, str):
+        scheme = load_catalog().parse_scheme(scheme)
+    features = TaskFeatures(**{k: v for k, v in task_info.items() if k in TaskFeatures.__dataclass_fields__})
+    with open_store(store_uri) as store:
+        eval_id = store.start_evaluation(features, scheme, target_pr=target_pr,
+                                         device=str(task_info.get("device", "")))
+        store.finish_evaluation(eval_id, result.evaluation_record())
+    return eval_id
+
+
+def _table(result: SchemeResult) -> Table:
+    b = result.before
+    t = Table(title=result.scheme, title_justify="left")
+    for col in ("", "parameters", "FLOPs", "val acc", "test acc"):
+        t.add_column(col, justify="right" if col else "left")
+    t.add_row("before", f"{b.params:,}", f"{b.flops / 1e6:,.1f} M", f"{b.acc_val:.2%}", f"{b.acc_test:.2%}")
+    for i, s in enumerate(result.steps, 1):
+        m = s.measurement
+        t.add_row(f"step {i} {s.method}", f"{m.params:,}", f"{m.flops / 1e6:,.1f} M", f"{m.acc_val:.2%}",
+                  f"{m.acc_test:.2%}")
+    t.add_row("change", f"PR {result.pr:.1%}", f"FR {result.fr:.1%}", "", f"AR {result.ar:+.2%}")
+    return t
+
+
+@handle_errors
+def compress_cmd(
+    model: str = typer.Option(..., "--model", help="resnet20/32/44/56/110/164, vgg11/13/16/19, or torchvision"),
+    data: Path = typer.Option(..., "--data", help=".npz, CIFAR python batches, or train/ + test/ folders"),
+    scheme: str = typer.Option(..., "--scheme", help='e.g. "NS(target_ratio_factor=0.5) > LeGR()"'),
+    out: Path = typer.Option(..., "--out", help="directory for the compressed model"),
+    weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict (.th/.pt)"),
+    target_pr: float = typer.Option(0.4, "--target-pr", help="parameter-reduction target gamma"),
+    epochs: float = typer.Option(10.0, "--epochs", help="base fine-tune budget the epoch factors multiply"),
+    data_fraction: float = typer.Option(1.0, "--data-fraction", help="stratified share of the training data"),
+    seed: int = typer.Option(0, "--seed"),
+    store: str | None = store_option(),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(0.01, "--lr", help="fine-tune learning rate"),
+) -> None:
+    """Apply a compression scheme to a model and save the result."""
+    progress = None if json_out else (lambda msg: err_console.print(msg, highlight=False))
+    run = compress(model, data, scheme, out, weights=weights, target_pr=target_pr, epochs=epochs,
+                   data_fraction=data_fraction, seed=seed, device=device, batch_size=batch_size, lr=lr,
+                   progress=progress)
+    eval_id = None
+    if store is not None:
+        eval_id = _record_in_store(store, run.task_info, scheme, run.result, target_pr)
+    if json_out:
+        obj = run.result.to_dict()
+        obj.update(out=str(out), standalone=str(run.paths["standalone"]), evaluation=eval_id)
+        print_json(obj)
+        return
+    console.print(_table(run.result))
+    console.print(f"saved to {out} ({run.paths['standalone'].name}, state_dict.pt, architecture.json)")
+    if eval_id:
+        console.print(f"recorded evaluation {eval_id}")
