@@ -4,22 +4,20 @@
 """
 
 from automc.compress.base import Method, Task, TrainBudget, step_ratio
+from automc.compress.hos import HOS
 from automc.compress.legr import LearnedGlobalRanking
+from automc.compress.lfb import LFB
+from automc.compress.lma import LMA
 from automc.compress.ns import NetworkSlimming
 from automc.compress.sfp import SoftFilterPruning
-
-# HOS, LFB and LMA (hos.py, lfb.py, lma.py) are registered here once their modules are committed:
-# from automc.compress.hos import HOS
-# from automc.compress.lfb import LFB
-# from automc.compress.lma import LMA
 
 METHODS: dict[str, type[Method]] = {
     NetworkSlimming.name: NetworkSlimming,
     SoftFilterPruning.name: SoftFilterPruning,
     LearnedGlobalRanking.name: LearnedGlobalRanking,
-    # HOS.name: HOS,
-    # LFB.name: LFB,
-    # LMA.name: LMA,
+    HOS.name: HOS,
+    LFB.name: LFB,
+    LMA.name: LMA,
 }
 
 __all__ = ["METHODS", "Method", "Task", "TrainBudget", "step_ratio"]
