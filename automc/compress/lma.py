@@ -69,12 +69,20 @@ class MultiSegmentActivation(nn.Module):
         seg = torch.bucketize(x.detach(), b.detach().to(x.dtype))  # segment index: number of b_j < x
         return slopes.to(x.dtype)[seg] * x + intercepts.to(x.dtype)[seg]
 
+    kind = "multi_segment_activation"
+
     def spec(self) -> dict[str, Any]:
-        return {"type": "multi_segment_activation", "segments": self.segments}
+        """JSON-able description (``lowrank.lowrank_specs`` / ``apply_specs`` carry it through saving)."""
+        return {"type": self.kind, "segments": self.segments}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MultiSegmentActivation:
         return cls(int(spec["segments"]))
+
+    @classmethod
+    def prepare(cls, model: nn.Module) -> None:
+        """Open the activation slots of built-in blocks that call ``F.relu`` (before specs are applied)."""
+        _open_slots(model)
 
     def extra_repr(self) -> str:
         return f"segments={self.segments}"
@@ -142,16 +150,6 @@ def install_activations(model: nn.Module, segments: int) -> list[str]:
 def activation_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Module path -> spec of every multi-segment activation of ``model``."""
     return {n: m.spec() for n, m in model.named_modules() if isinstance(m, MultiSegmentActivation)}
-
-
-def apply_activation_specs(model: nn.Module, specs: Mapping[str, Mapping[str, Any]]) -> nn.Module:
-    """Rebuild the activations described by ``specs`` on a fresh (pruned, ...) model, ready for its state
-    dict (in place); returns ``model``."""
-    if specs:
-        _open_slots(model)
-    for path, spec in specs.items():
-        lowrank.set_module(model, path, MultiSegmentActivation.from_spec(dict(spec)))
-    return model
 
 
 def uniform_scores(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:

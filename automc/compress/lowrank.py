@@ -185,31 +185,44 @@ class FilterBasisConv(nn.Module):
         return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
 
-SPEC_TYPES: dict[str, type[Tucker2Conv] | type[FilterBasisConv]] = {
+SPEC_TYPES: dict[str, type[nn.Module]] = {
     Tucker2Conv.kind: Tucker2Conv,
     FilterBasisConv.kind: FilterBasisConv,
 }
-REPLACEMENTS = tuple(SPEC_TYPES.values())
+"""Replacement module classes by spec ``type``. A class needs ``kind``, ``spec()`` and ``from_spec(spec)``;
+an optional ``prepare(model)`` classmethod runs before its modules are put back (LMA opens activation
+slots). ``lma.MultiSegmentActivation`` is added by ``_spec_types`` (lma imports this module)."""
+
+
+def _spec_types() -> dict[str, type[nn.Module]]:
+    from automc.compress.lma import MultiSegmentActivation
+
+    return {**SPEC_TYPES, MultiSegmentActivation.kind: MultiSegmentActivation}
 
 
 def module_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     """A freshly initialised replacement module of the shape ``spec`` describes."""
-    try:
-        cls = SPEC_TYPES[spec["type"]]
-    except KeyError:
-        raise ValidationError(f"unknown low-rank layer type {spec.get('type')!r}; known: {list(SPEC_TYPES)}",
-                              field="layers") from None
-    return cls.from_spec(spec)
+    types = _spec_types()
+    if spec.get("type") not in types:
+        raise ValidationError(f"unknown replacement layer type {spec.get('type')!r}; known: {list(types)}",
+                              field="replaced")
+    return types[spec["type"]].from_spec(spec)  # type: ignore[attr-defined]
 
 
 def lowrank_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Module path -> spec of every replacement module in ``model``."""
-    return {name: m.spec() for name, m in model.named_modules() if isinstance(m, REPLACEMENTS)}
+    """Module path -> spec of every replacement module in ``model`` (low-rank layers, LMA activations)."""
+    kinds = tuple(_spec_types().values())
+    return {name: m.spec() for name, m in model.named_modules() if isinstance(m, kinds)}  # type: ignore[operator]
 
 
 def apply_specs(model: nn.Module, specs: Mapping[str, Mapping[str, Any]]) -> nn.Module:
     """Put freshly built replacement modules at the paths of ``specs`` (in place), ready for a state dict;
     outer replacements are built before the ones nested in them."""
+    types = _spec_types()
+    for kind in sorted({s.get("type") for s in specs.values()} & set(types)):
+        prepare = getattr(types[kind], "prepare", None)
+        if prepare is not None:
+            prepare(model)
     for name, spec in sorted(specs.items(), key=lambda kv: kv[0].count(".")):
         set_module(model, name, module_from_spec(spec))
     return model

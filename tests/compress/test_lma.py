@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from automc.compress import lma
+from automc.compress import lma, lowrank
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
 from automc.compress.lma import LMA, MultiSegmentActivation
@@ -79,13 +79,13 @@ def test_lma_hits_ratio_and_stays_learnable(trained, ratio):
 def test_student_reloads_from_record_and_specs(trained):
     model, task = trained
     out = LMA().compress(model, task, {**PARAMS, "finetune_epochs_factor": 0.2}, 0.5)
-    # what saving needs: the pruned shapes (here read off the state dict) and the activation specs
+    # the pruned shapes (as a record) plus the activation specs rebuild the student
     fresh = build_model("resnet8", 4, width=8)
     record = [(name, list(range(out.get_submodule(name).out_channels, m.out_channels)))
               for name, m in fresh.named_modules() if name.endswith(".conv1")
               and out.get_submodule(name).out_channels < m.out_channels]
     replay(fresh, record, task.data.example_input(1))
-    lma.apply_activation_specs(fresh, json.loads(json.dumps(lma.activation_specs(out))))
+    lowrank.apply_specs(fresh, json.loads(json.dumps(lowrank.lowrank_specs(out))))
     fresh.load_state_dict(out.state_dict())
     fresh.eval()
     x = task.data.example_input(2)
@@ -96,3 +96,23 @@ def test_out_of_reach_student_says_why(trained):
     model, task = trained
     with pytest.raises(CompressionError, match="block-internal"):
         LMA().compress(model, task, PARAMS, 0.95)
+
+
+def test_chain_of_the_three_methods_saves_and_reloads(tmp_path):
+    saving = pytest.importorskip("automc.compress.saving")
+    from automc.compress.hos import HOS
+    from automc.compress.lfb import LFB
+
+    data = synthetic()
+    task = Task(data, 0.5, TrainBudget(epochs=1, batch_size=32, lr=0.05))
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4, width=8)
+    x = data.example_input(2)
+    s1 = LMA().compress(model, task, {"finetune_epochs_factor": 0.2}, 0.3)
+    s2 = HOS().compress(s1, task, {"kd_finetune_epochs_factor": 0.2, "finetune_epochs_factor": 0.2}, 0.3)
+    s3 = LFB().compress(s2, task, {"finetune_epochs_factor": 0.2}, 0.3)
+    for i, s in enumerate((s1, s2, s3)):
+        assert abs(1 - count_params(s) / count_params([model, s1, s2][i]) - 0.3) <= 0.03
+        saving.save_compressed(s, tmp_path / str(i), x)
+        again = saving.load_compressed(tmp_path / str(i))
+        assert torch.allclose(again(x), s.eval()(x), atol=1e-5)
