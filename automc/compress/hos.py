@@ -30,6 +30,7 @@ from torch import nn
 from automc.compress import lowrank, surgery
 from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
+from automc.compress.lma import put_back_activations, take_out_activations
 from automc.compress.metrics import count_params
 from automc.compress.train import Hooks, finetune
 from automc.errors import CompressionError
@@ -190,13 +191,19 @@ def _prune(model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float
     inputs = [x for x, _ in task.data.batches("train", bs, augment=False, max_batches=STAT_BATCHES)]
     scores = hos_scores(model, [x.to(task.device) for x in inputs], list(layers),
                         str(params["hos_local_basis"]), str(params["hos_global_basis"]))
-    share = ratio
-    while share >= 0.01:
-        try:
-            pruned, _ = surgery.prune_by_scores(model, scores, share, MAX_LAYER_PRUNE_RATIO, example)
-            return pruned, share
-        except CompressionError:
-            share /= 2
+    p0 = count_params(model)
+    taken = take_out_activations(model)  # LMA activations: keep Torch-Pruning away from their parameters
+    try:
+        bare = count_params(model)
+        share = ratio
+        while share >= 0.01:
+            try:
+                pruned, _ = surgery.prune_by_scores(model, scores, share * p0 / bare, MAX_LAYER_PRUNE_RATIO, example)
+                return put_back_activations(pruned, taken), share
+            except CompressionError:
+                share /= 2
+    finally:
+        put_back_activations(model, taken)
     return model, 0.0
 
 

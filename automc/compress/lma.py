@@ -70,6 +70,7 @@ class MultiSegmentActivation(nn.Module):
         return slopes.to(x.dtype)[seg] * x + intercepts.to(x.dtype)[seg]
 
     kind = "multi_segment_activation"
+    channel_free = True  # no parameter has a channel dimension: channel surgery must never slice them
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description (``lowrank.lowrank_specs`` / ``apply_specs`` carry it through saving)."""
@@ -152,6 +153,26 @@ def activation_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
     return {n: m.spec() for n, m in model.named_modules() if isinstance(m, MultiSegmentActivation)}
 
 
+def take_out_activations(model: nn.Module) -> dict[str, MultiSegmentActivation]:
+    """Swap every multi-segment activation for a parameter-free ReLU (in place); returns them by path.
+
+    Torch-Pruning would otherwise treat their (per-layer, not per-channel) parameters as channel-coupled and
+    slice them; prune with them taken out, then ``put_back_activations``.
+    """
+    taken = {n: m for n, m in model.named_modules() if isinstance(m, MultiSegmentActivation)}
+    for path in taken:
+        lowrank.set_module(model, path, nn.ReLU())
+    return taken
+
+
+def put_back_activations(model: nn.Module, taken: Mapping[str, nn.Module]) -> nn.Module:
+    """Undo ``take_out_activations`` on ``model`` (or on a pruned copy of it)."""
+    device = next(model.parameters()).device
+    for path, m in taken.items():
+        lowrank.set_module(model, path, m.to(device))
+    return model
+
+
 def uniform_scores(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
     """Channel scores that shrink every prunable layer by about the same share: each filter's L1-norm rank
     percentile inside its layer."""
@@ -188,15 +209,19 @@ class LMA(Method):
         example = task.data.example_input(1).to(task.device)
         student = copy.deepcopy(model).to(task.device)
         segments = int(p["lma_segments"])
-        probe = copy.deepcopy(student)
+        taken = take_out_activations(student)  # an LMA model again: keep its learned activations
+        bare = count_params(student)
+        probe = put_back_activations(copy.deepcopy(student), copy.deepcopy(taken))
         install_activations(probe, segments)
-        share = ratio + (count_params(probe) - p0) / p0  # the activations' own parameters count too
+        activation_params = count_params(probe) - bare
+        share = 1 - ((1 - ratio) * p0 - activation_params) / bare  # of the activation-free student
         if share > 0:
             try:
                 student, _ = surgery.prune_by_scores(student, uniform_scores(student, example), share,
                                                      MAX_LAYER_PRUNE_RATIO, example)
             except CompressionError as e:
                 raise CompressionError(f"LMA builds its student by narrowing block-internal channels: {e}") from e
+        put_back_activations(student, taken)
         install_activations(student, segments)
         check_reduction(self.name, p0, count_params(student), ratio)
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
