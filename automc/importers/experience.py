@@ -84,8 +84,9 @@ def _add_row(batch: GraphBatch, catalog: Catalog, c: RowChecker, source: str) ->
     batch.rel("EXP_ON_TASK", exp_id, task_key)
     batch.rel("EXP_OF_METHOD", exp_id, method_name)
     for hp, v in strategy.settings:
-        in_grid = v in method.grid[hp]
-        batch.rel("EXP_WITH_SETTING", exp_id, add_setting(batch, hp, v, in_catalog=in_grid))
+        key = add_setting(batch, hp, v, in_catalog=v in method.grid[hp])
+        if not complete:  # a strategy-level experience reaches its settings through the strategy (R2)
+            batch.rel("EXP_WITH_SETTING", exp_id, key)
     if complete:
         key = add_strategy(batch, method_name, strategy.settings, in_catalog=catalog.in_grid(strategy))
         batch.rel("EXP_OF_STRATEGY", exp_id, key)

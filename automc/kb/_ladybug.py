@@ -18,7 +18,9 @@ _LOCK_RE = re.compile(r"lock", re.I)
 
 
 class LadybugStore(Store):
-    """A store in one LadybugDB directory; one process writes at a time (an OS file lock guards it)."""
+    """A store in one LadybugDB file; one process opens it at a time (an OS file lock guards it)."""
+
+    single_writer = True
 
     def __init__(self, path: str | Path, *, lock_timeout: float | None = None) -> None:
         import ladybug

@@ -24,6 +24,7 @@ class Query:
     description: str
     text: str
     params: tuple[Param, ...] = ()
+    bulk: bool = False  # returns a whole table for learning, not an interactive answer
 
     def bind(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Check and convert parameters (CLI values arrive as strings); raises ``ValidationError``."""
@@ -73,18 +74,19 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task) WHERE e.algorithm = $method "
           "RETURN e.id AS id, e.level AS level, t.model AS model, t.dataset AS dataset, e.target_pr AS target_pr, "
           "e.pr AS pr, e.fr AS fr, e.ar AS ar, e.settings AS settings, e.source AS source "
-          "ORDER BY model, dataset, pr, id", (Param("method"),)),
+          "ORDER BY model, dataset, pr, id LIMIT $limit", (Param("method"), Param("limit", int, 1000))),
     Query("experiences-on-dataset", "results reported on one dataset",
           "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task {dataset: $dataset}) "
           "RETURN e.algorithm AS algorithm, t.model AS model, e.pr AS pr, e.fr AS fr, e.ar AS ar, "
-          "e.source AS source ORDER BY algorithm, model, pr", (Param("dataset"),)),
+          "e.source AS source ORDER BY algorithm, model, pr LIMIT $limit",
+          (Param("dataset"), Param("limit", int, 1000))),
     Query("experience-rows", "experiences with task features, for learning (NN_exp)",
           "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task) "
           "OPTIONAL MATCH (e)-[:EXP_OF_STRATEGY]->(s:Strategy) "
           "RETURN e.id AS id, e.level AS level, e.algorithm AS method, s.id AS strategy, e.settings AS settings, "
           "e.target_pr AS target_pr, e.ar AS ar, e.pr AS pr, e.fr AS fr, t.id AS task, t.num_classes AS num_classes, "
           "t.image_size AS image_size, t.image_channels AS image_channels, t.num_images AS num_images, "
-          "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY id"),
+          "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY id", bulk=True),
     Query("tasks", "tasks known to the knowledge base",
           "MATCH (t:Task) RETURN t.id AS task, t.model AS model, t.dataset AS dataset, t.num_images AS images, "
           "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY task"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from automc.kb.schema import NODE, REL
@@ -30,9 +31,12 @@ class TaskFeatures:
     params: float  # parameters of the base model
     flops: float  # FLOPs of the base model (None-free; 0 when unknown)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        return f"{self.model}/{self.dataset}#{content_id(asdict(self), n=8)}"
+        return f"{self.model}/{self.dataset}#{content_id(*self.values(), n=8)}"
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
     def vector(self) -> list[float]:
         """Raw numeric features in a fixed order (normalise before learning)."""
@@ -59,10 +63,12 @@ class GraphBatch:
         self.rels.setdefault(name, {})[ident] = {"src": src, "dst": dst, **props}
 
     def task(self, t: TaskFeatures) -> str:
+        if t.id in self.nodes.get("Task", {}):
+            return t.id
         self.node("Model", name=t.model)
         self.node("Dataset", name=t.dataset, num_classes=t.num_classes, image_size=t.image_size,
                   image_channels=t.image_channels)
-        key = self.node("Task", id=t.id, **asdict(t))
+        key = self.node("Task", id=t.id, **dict(zip(t.__dataclass_fields__, t.values(), strict=True)))
         self.rel("OF_MODEL", key, t.model)
         self.rel("ON_DATASET", key, t.dataset)
         return key

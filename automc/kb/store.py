@@ -116,29 +116,69 @@ class Store(ABC):
                 for keys, group in _group_by_keys(rows):
                     self._upsert_rels(rel.name, keys, group)
 
+    # A backend whose store has a single writer (LadybugDB's file lock) may look up what exists and CREATE the rest,
+    # which is several times faster than MERGE; with concurrent writers (Neo4j) MERGE keeps upserts race-free.
+    single_writer: bool = False
+
     def _upsert_nodes(self, label: str, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
         node = NODE[label]
         bad = set(keys) - set(node.names)
         if bad:
             raise StoreError(f"{label} has no property {sorted(bad)[0]!r}")
-        sets = ", ".join(f"n.{k} = {self._cast('row.' + k, node.type_of(k))}" for k in keys if k != node.key)
-        q = (f"UNWIND $rows AS row MERGE (n:{label} {{{node.key}: {self._cast('row.' + node.key, 'STRING')}}})"
-             + (f" SET {sets}" if sets else ""))
+        types = dict(node.properties)
+        props = [k for k in keys if k != node.key]
         for i in range(0, len(rows), _BATCH):
-            self._run(q, {"rows": rows[i:i + _BATCH]})
+            chunk = _coerce(rows[i:i + _BATCH], types)
+            if self.single_writer:
+                cols = "".join(f", n.{k} AS {k}" for k in props)
+                found = {r["__k"]: r for r in self._run(
+                    f"UNWIND $keys AS k MATCH (n:{label} {{{node.key}: k}}) RETURN n.{node.key} AS __k{cols}",
+                    {"keys": [r[node.key] for r in chunk]})}
+                new = [r for r in chunk if r[node.key] not in found]
+                chunk = [r for r in chunk if r[node.key] in found
+                         and any(found[r[node.key]][k] != r[k] for k in props)]
+                if new:
+                    cols = ", ".join(f"{k}: {self._expr(k, types[k], new)}" for k in keys)
+                    self._run(f"UNWIND $rows AS row CREATE (n:{label} {{{cols}}})", {"rows": new})
+                if not chunk:
+                    continue
+            sets = ", ".join(f"n.{k} = {self._expr(k, types[k], chunk)}" for k in props)
+            q = (f"UNWIND $rows AS row MERGE (n:{label} {{{node.key}: row.{node.key}}})"
+                 + (f" SET {sets}" if sets else ""))
+            self._run(q, {"rows": chunk})
 
     def _upsert_rels(self, name: str, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
         rel = REL[name]
         src, dst = NODE[rel.src], NODE[rel.dst]
-        types = dict(rel.properties)
-        props = [k for k in keys if k not in ("src", "dst")]
-        ident = f" {{{rel.key}: {self._cast('row.' + rel.key, types[rel.key])}}}" if rel.key else ""
-        sets = ", ".join(f"r.{k} = {self._cast('row.' + k, types[k])}" for k in props if k != rel.key)
-        q = (f"UNWIND $rows AS row MATCH (a:{rel.src} {{{src.key}: row.src}}) "
-             f"MATCH (b:{rel.dst} {{{dst.key}: row.dst}}) MERGE (a)-[r:{name}{ident}]->(b)"
-             + (f" SET {sets}" if sets else ""))
+        types = {**dict(rel.properties), "src": "STRING", "dst": "STRING"}
+        bad = set(keys) - set(types)
+        if bad:
+            raise StoreError(f"{name} has no property {sorted(bad)[0]!r}")
+        props = [k for k in keys if k not in ("src", "dst", rel.key)]
+        # Two MATCH clauses, not one comma pattern: LadybugDB plans the latter as a much slower join.
+        ends = (f"UNWIND $rows AS row MATCH (a:{rel.src} {{{src.key}: row.src}}) "
+                f"MATCH (b:{rel.dst} {{{dst.key}: row.dst}}) ")
         for i in range(0, len(rows), _BATCH):
-            self._run(q, {"rows": rows[i:i + _BATCH]})
+            chunk = _coerce(rows[i:i + _BATCH], types)
+            ident = f" {{{rel.key}: {self._expr(rel.key, types[rel.key], chunk)}}}" if rel.key else ""
+            if self.single_writer and not props:
+                kcol = f", r.{rel.key} AS k" if rel.key else ""
+                # Expand from the looked-up sources only: matching both ends makes LadybugDB join.
+                found = {(r["s"], r["d"], r.get("k")) for r in self._run(
+                    f"UNWIND $srcs AS s MATCH (a:{rel.src} {{{src.key}: s}})-[r:{name}]->(b:{rel.dst}) "
+                    f"RETURN a.{src.key} AS s, b.{dst.key} AS d{kcol}",
+                    {"srcs": sorted({r["src"] for r in chunk})})}
+                new = [r for r in chunk if (r["src"], r["dst"], r.get(rel.key) if rel.key else None) not in found]
+                if new:
+                    self._run(ends + f"CREATE (a)-[r:{name}{ident}]->(b)", {"rows": new})
+                continue
+            sets = ", ".join(f"r.{k} = {self._expr(k, types[k], chunk)}" for k in props)
+            self._run(ends + f"MERGE (a)-[r:{name}{ident}]->(b)" + (f" SET {sets}" if sets else ""), {"rows": chunk})
+
+    def _expr(self, key: str, typ: str, chunk: list[dict[str, Any]]) -> str:
+        """``row.key``; cast only when the whole chunk is null there (the driver cannot infer a type then)."""
+        expr = f"row.{key}"
+        return self._cast(expr, typ) if all(r[key] is None for r in chunk) else expr
 
     # -- catalogue -------------------------------------------------------------------------------------------
     def write_catalog(self, catalog: Catalog) -> None:
@@ -234,6 +274,25 @@ class Store(ABC):
         return self.named("evaluations", {"task": task or "", "run": search_run or "", "state": state or ""})
 
 
+_PY_TYPES = {"DOUBLE": float, "INT64": int, "BOOLEAN": bool, "STRING": str}
+
+
+def _coerce(rows: list[dict[str, Any]], types: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Values in the schema's Python types, so the driver infers the right column types without casts."""
+    out = []
+    for r in rows:
+        c = {}
+        for k, v in r.items():
+            if v is None:
+                c[k] = None
+            elif types[k] == "DOUBLE[]":
+                c[k] = [float(x) for x in v]
+            else:
+                c[k] = _PY_TYPES[types[k]](v)
+        out.append(c)
+    return out
+
+
 def _group_by_keys(rows: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
@@ -265,6 +324,10 @@ def add_setting(b: GraphBatch, hp: str, value: Any, *, in_catalog: bool) -> str:
     key = setting_id(hp, value)
     # Only the catalogue sets the flag: writing False could demote a setting another method's grid uses.
     flag = {"in_catalog": True} if in_catalog else {}
+    seen = b.nodes.get("HyperparameterSetting", {}).get(key)
+    if seen is not None:
+        seen.update(flag)
+        return key
     b.node("HyperparameterSetting", id=key, hyperparameter=hp, value=json.dumps(value), **flag)
     b.rel("HAS_VALUE", hp, key)
     return key
@@ -274,6 +337,10 @@ def add_strategy(b: GraphBatch, method: str, settings: tuple[tuple[str, Any], ..
     inner = ",".join(f"{k}={format_value(v)}" for k, v in settings)
     key = f"{method}({inner})"
     flag = {"in_catalog": True} if in_catalog else {}
+    seen = b.nodes.get("Strategy", {}).get(key)
+    if seen is not None:
+        seen.update(flag)
+        return key
     b.node("Strategy", id=key, method=method, settings=json.dumps(dict(settings), sort_keys=True), **flag)
     b.rel("HAS_METHOD", key, method)
     for hp, v in settings:
