@@ -52,3 +52,18 @@ def test_off_grid_value_inside_domain_is_a_valid_strategy():
     cat = load_catalog()
     s = cat.parse_strategy("NS(finetune_epochs_factor=0.26)")
     assert not cat.in_grid(s)
+
+
+def test_every_catalogue_method_is_implemented_and_tested_and_vice_versa():
+    """PyKEEN's test of the tests: catalogue, registry and test modules name the same six methods."""
+    from pathlib import Path
+
+    from automc.compress import METHODS
+
+    cat = load_catalog()
+    assert set(METHODS) == set(cat.methods)
+    for name, cls in METHODS.items():
+        assert cls.name == name
+    test_text = "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "compress").glob("test_*.py"))
+    for name, cls in METHODS.items():
+        assert cls.__name__ in test_text or f'"{name}"' in test_text, f"no test exercises {name}"
