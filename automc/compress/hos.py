@@ -15,6 +15,15 @@ A near-Gaussian, low-magnitude response carries little information; high scores 
 Across layers (``hos_global_basis``): ``P1`` compares raw scores; ``P2`` divides each layer's scores by
 their layer mean; ``P3`` uses each filter's rank percentile inside its layer (close to uniform per-layer
 pruning). The lowest global scores are removed by ``surgery.prune_by_scores``.
+
+The method (``HOS.compress``): (1) prune ``PRUNE_SHARE`` (half) of the step's parameter reduction by those
+scores (block-internal channels only, at most ``MAX_LAYER_PRUNE_RATIO`` of a layer; the share is halved
+until the surgery can reach it, and is 0 on a model with no prunable layer); (2) replace the plain k x k
+convs by Tucker-2 layers (``lowrank.Tucker2Conv``: 1x1 -> r_in x r_out k x k core -> 1x1, HOOI) with one
+common rank share chosen so the total reduction hits the target; (3) fine-tune for
+``kd_finetune_epochs_factor`` x budget with distillation from the input model (T = 4, alpha = 0.5) plus
+``aux_mse_factor`` x the MSE between student and teacher stage outputs (``FeatureMSE``); (4) plain
+fine-tune for ``finetune_epochs_factor`` x budget.
 """
 
 from __future__ import annotations
@@ -207,7 +216,7 @@ def _prune(model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float
     return model, 0.0
 
 
-def tucker(model: nn.Module, n_remove: int, seed: int = 0) -> tuple[nn.Module, dict[str, tuple[int, int]]]:
+def tucker(model: nn.Module, n_remove: int) -> tuple[nn.Module, dict[str, tuple[int, int]]]:
     """Replace the plain k x k convs of ``model`` (in place) by Tucker-2 layers so that at least (and close to)
     ``n_remove`` parameters go; ``CompressionError`` when that is out of reach."""
     if n_remove <= 0:
@@ -218,7 +227,7 @@ def tucker(model: nn.Module, n_remove: int, seed: int = 0) -> tuple[nn.Module, d
         raise CompressionError(
             f"HOS: Tucker-2 of the {len(convs)} plain k x k convs can remove at most {removed} parameters, "
             f"{n_remove} are needed after pruning; lower the target")
-    return lowrank.replace_convs(model, ranks, lambda c, r: lowrank.Tucker2Conv.from_conv(c, r, seed)), ranks
+    return lowrank.replace_convs(model, ranks, lowrank.Tucker2Conv.from_conv), ranks
 
 
 class HOS(Method):
@@ -236,7 +245,7 @@ class HOS(Method):
         example = task.data.example_input(1).to(task.device)
         student = copy.deepcopy(model).to(task.device)
         student, _ = _prune(student, task, p, PRUNE_SHARE * ratio, example)
-        student, _ = tucker(student, count_params(student) - round((1 - ratio) * p0), task.seed)
+        student, _ = tucker(student, count_params(student) - round((1 - ratio) * p0))
         check_reduction(self.name, p0, count_params(student), ratio)
         budget = task.budget
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
