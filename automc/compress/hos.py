@@ -162,7 +162,8 @@ def feature_points(model: nn.Module) -> list[str]:
 
 class FeatureMSE:
     """Captures the outputs of the same-named modules of a student and a teacher with forward hooks and
-    gives the mean MSE over the pairs whose shapes agree (pruned stages whose widths changed are skipped)."""
+    gives the mean relative MSE (MSE / teacher mean square) over the pairs whose shapes agree (pruned stages
+    whose widths changed are skipped)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, points: list[str]) -> None:
         self.s: dict[str, torch.Tensor] = {}
@@ -182,7 +183,9 @@ class FeatureMSE:
         pairs = [(s, self.t[n]) for n, s in self.s.items() if n in self.t and self.t[n].shape == s.shape]
         if not pairs:
             return torch.zeros(())
-        return sum(F.mse_loss(s.float(), t.detach().float()) for s, t in pairs) / len(pairs)
+        # MSE relative to the teacher's mean square, so the term is scale-free across stages and models
+        return sum(F.mse_loss(s.float(), t.detach().float()) / t.detach().float().square().mean().clamp_min(1e-6)
+                   for s, t in pairs) / len(pairs)
 
     def close(self) -> None:
         for h in self.handles:

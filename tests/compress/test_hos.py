@@ -88,8 +88,8 @@ def trained():
     return model, task
 
 
-PARAMS = {"hos_local_basis": "skew_kur", "hos_global_basis": "P3", "kd_finetune_epochs_factor": 0.5,
-          "finetune_epochs_factor": 0.5, "aux_mse_factor": 3}
+PARAMS = {"hos_local_basis": "skew_kur", "hos_global_basis": "P3", "kd_finetune_epochs_factor": 1.0,
+          "finetune_epochs_factor": 1.0, "aux_mse_factor": 3}
 
 
 @pytest.mark.parametrize("ratio", [0.4, 0.7])
