@@ -199,9 +199,8 @@ def _prune(model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float
     layers = surgery.prunable_layers(model, example)
     if not layers or ratio <= 0:
         return model, 0.0
-    bs = task.budget.batch_size
-    inputs = [x for x, _ in task.data.batches("train", bs, augment=False, max_batches=STAT_BATCHES)]
-    scores = hos_scores(model, [x.to(task.device) for x in inputs], list(layers),
+    inputs = lowrank.train_inputs(task, STAT_BATCHES)
+    scores = hos_scores(model, inputs, list(layers),
                         str(params["hos_local_basis"]), str(params["hos_global_basis"]))
     p0 = count_params(model)
     taken = take_out_activations(model)  # LMA activations: keep Torch-Pruning away from their parameters
@@ -250,6 +249,7 @@ class HOS(Method):
         student, _ = _prune(student, task, p, PRUNE_SHARE * ratio, example)
         student, _ = tucker(student, count_params(student) - round((1 - ratio) * p0))
         check_reduction(self.name, p0, count_params(student), ratio)
+        lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
         budget = task.budget
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
         names = dict(teacher.named_modules())

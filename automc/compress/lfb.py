@@ -74,8 +74,9 @@ class LFB(Method):
         p = resolve_params(self.name, params)
         kind, factor = str(p["aux_loss"]), float(p["aux_loss_factor"])
         p0 = count_params(model)
-        student, _ = factorize(copy.deepcopy(model), ratio)
+        student, _ = factorize(copy.deepcopy(model).to(task.device), ratio)
         check_reduction(self.name, p0, count_params(student), ratio)
+        lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
 
         def extra_loss(_model: nn.Module, x: torch.Tensor, _y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

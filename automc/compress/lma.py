@@ -224,6 +224,7 @@ class LMA(Method):
         put_back_activations(student, taken)
         install_activations(student, segments)
         check_reduction(self.name, p0, count_params(student), ratio)
+        lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
         finetune(student, task, task.budget.epochs_for(p["finetune_epochs_factor"]), teacher=teacher,
                  kd_temperature=float(p["kd_temperature"]), kd_alpha=float(p["kd_alpha"]))

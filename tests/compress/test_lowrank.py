@@ -134,3 +134,13 @@ def test_unreachable_target_reports_shortfall():
     _, removed = lowrank.plan_ranks(lowrank.decomposable_convs(net), total, lowrank.tucker2_ranks_at,
                                     lowrank.tucker2_params)
     assert removed < total
+
+
+def test_recalibrate_bn_matches_the_data_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    batches = [torch.randn(8, 3, 6, 6) * 2 + 1 for _ in range(3)]
+    lowrank.recalibrate_bn(net, batches)
+    feats = torch.cat([net[0](x) for x in batches])
+    assert torch.allclose(net[1].running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    assert not net.training and net[1].momentum == 0.1
