@@ -62,3 +62,4 @@ def test_aux_losses():
     s, t = torch.randn(5, 4), torch.randn(5, 4)
     assert aux_loss("CE", t, t) < aux_loss("CE", s, t)
     assert aux_loss("NLL", s, t) == torch.nn.functional.cross_entropy(s, t.argmax(1))
+

@@ -120,3 +120,19 @@ def test_chain_of_the_three_methods_saves_and_reloads(tmp_path):
         saving.save_compressed(s, tmp_path / str(i), x)
         again = saving.load_compressed(tmp_path / str(i))
         assert torch.allclose(again(x), s.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["HOS", "LFB", "LMA"])
+def test_methods_on_a_vgg(name):
+    from automc.compress import METHODS
+
+    data = synthetic(size=32)
+    task = Task(data, 0.5, TrainBudget(epochs=2, batch_size=32, lr=0.05))
+    torch.manual_seed(0)
+    vgg = build_model("vgg11", 4, width=8)
+    finetune(vgg, task, 5)
+    assert evaluate(vgg, data).top1 > 0.9
+    task = Task(data, 0.5, TrainBudget(epochs=2, batch_size=32, lr=0.01))
+    out = METHODS[name]().compress(vgg, task, {}, 0.4)
+    assert abs((1 - count_params(out) / count_params(vgg)) - 0.4) <= 0.03
+    assert evaluate(out, data).top1 > 0.6
