@@ -56,7 +56,7 @@ class EmbedConfig:
     use_experience: bool = True  # NN_exp refinement (Algorithm 1, lines 6-9)
     exp_steps: int = 5  # NN_exp optimiser steps after each KG epoch
     exp_lr: float = 0.01
-    exp_embedding_lr: float = 0.003
+    exp_embedding_lr: float = 0.001  # how far NN_exp moves the strategy embeddings (0: frozen)
     exp_hidden: int = 16
     exp_dropout: float = 0.3
     exp_weight_decay: float = 1e-2
@@ -150,7 +150,7 @@ def train(factory: TriplesFactory, experiences: ExperienceSet | None = None, con
             model.fit_bernoulli(h, r, t)
         h, r, t = h.to(device), r.to(device), t.to(device)
         loader = model.loader(h, r, t, batch_size=config.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(config.seed))
+                              generator=torch.Generator().manual_seed(config.seed)) if h.numel() else None
         kg_opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         nn_exp = exp_opt = None
         if use_exp:
@@ -167,7 +167,7 @@ def train(factory: TriplesFactory, experiences: ExperienceSet | None = None, con
         for epoch in range(config.epochs):
             model.train()
             total, batches = 0.0, 0
-            if len(factory):
+            if loader is not None:  # no triples: only NN_exp trains the (random) embeddings
                 for bh, br, bt in loader:
                     kg_opt.zero_grad()
                     loss = model.loss(bh, br, bt)
