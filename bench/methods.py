@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from automc.compress import METHODS
+from automc.compress import METHODS, lowrank
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import load_data
 from automc.compress.metrics import wilson_interval
@@ -49,7 +49,8 @@ PAPER_AR_RESNET56_04 = {"LeGR": -0.38, "HOS": -0.95, "LFB": -1.15, "NS": -2.03, 
 
 
 def tp_l2_baseline(model: torch.nn.Module, task: Task, ratio: float, epochs: float) -> torch.nn.Module:
-    """Torch-Pruning ``MagnitudeImportance(p=2)`` (group L2, mean-normalised) + surgery + KD fine-tune."""
+    """Torch-Pruning ``MagnitudeImportance(p=2)`` (group L2, mean-normalised) + surgery + BN re-estimation
+    + KD fine-tune."""
     import torch_pruning as tp
 
     example = task.data.example_input()
@@ -61,6 +62,7 @@ def tp_l2_baseline(model: torch.nn.Module, task: Task, ratio: float, epochs: flo
         group = an.graph.get_pruning_group(lay.conv, tp.prune_conv_out_channels, idxs=list(range(lay.channels)))
         scores[name] = imp(group).detach().cpu()
     student, _ = prune_by_scores(student, scores, ratio, 0.9, example)
+    lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
     finetune(student, task, epochs, teacher=model, kd_alpha=0.5, kd_temperature=4.0)
     return student
 

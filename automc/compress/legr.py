@@ -6,10 +6,12 @@ Each prunable layer ``l`` ranks its channels by ``alpha_l * norm(score) + kappa_
 regularised evolutionary search (Real et al. 2019): a population of up to ``population`` candidates,
 tournament selection of a parent, mutation of a random subset of its (alpha, kappa), the oldest candidate
 retired. A candidate's fitness is the validation accuracy (``eval_batches`` batches of the ``"val"`` split)
-of the model pruned to ``ratio`` with its ranking and fine-tuned for ``ea_finetune_epochs_factor × budget``
-epochs. The search spends about ``ea_epochs_factor × budget`` epochs: it evaluates
-``ea_steps / (candidate_steps + eval cost)`` candidates, clamped to ``[min_candidates, max_candidates]``.
-Finally the model is pruned with the best ranking and fine-tuned for ``finetune_epochs_factor × budget``.
+of the model pruned to ``ratio`` with its ranking, its BN statistics re-estimated on ``bn_batches`` training
+batches (as in EagleEye, Li et al. 2020: without it a few fine-tune steps rank candidates by noise), and
+fine-tuned for ``ea_finetune_epochs_factor × budget`` epochs. The search spends about
+``ea_epochs_factor × budget`` epochs: it evaluates ``ea_steps / (candidate_steps + eval cost)`` candidates,
+clamped to ``[min_candidates, max_candidates]``. Finally the model is pruned with the best ranking, its BN
+statistics re-estimated, and fine-tuned for ``finetune_epochs_factor × budget``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from automc.compress import lowrank
 from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import CRITERIA
@@ -53,6 +56,7 @@ class LearnedGlobalRanking(Method):
     population: ClassVar[int] = 32
     tournament: ClassVar[int] = 4
     eval_batches: ClassVar[int] = 4
+    bn_batches: ClassVar[int] = 4
     eval_batch_size: ClassVar[int] = 256
     min_candidates: ClassVar[int] = 2
     max_candidates: ClassVar[int] = 64
@@ -72,12 +76,14 @@ class LearnedGlobalRanking(Method):
         cand_epochs = task.budget.epochs_for(p["ea_finetune_epochs_factor"])
         cand_steps = steps_for(task, cand_epochs)
         ea_steps = steps_for(task, task.budget.epochs_for(p["ea_epochs_factor"]))
-        n_eval = round(ea_steps / max(1.0, cand_steps + self.eval_batches / 3))
+        n_eval = round(ea_steps / max(1.0, cand_steps + (self.eval_batches + self.bn_batches) / 3))
         n_eval = max(self.min_candidates, min(self.max_candidates, n_eval))
         rng = random.Random(task.seed)
+        bn_inputs = lowrank.train_inputs(task, self.bn_batches)
 
         def fitness(cand: Candidate) -> float:
             pruned, _ = prune_by_scores(model, transformed_scores(base, cand), ratio, max_layer, example)
+            lowrank.recalibrate_bn(pruned, bn_inputs)
             finetune(pruned, task, cand_epochs)
             acc = evaluate(pruned, task.data, "val", batch_size=self.eval_batch_size,
                            max_batches=self.eval_batches)
@@ -99,6 +105,7 @@ class LearnedGlobalRanking(Method):
                 best = child
         self.best_ = best
         pruned, _ = prune_by_scores(model, transformed_scores(base, best), ratio, max_layer, example)
+        lowrank.recalibrate_bn(pruned, lowrank.train_inputs(task))
         finetune(pruned, task, ft_epochs)
         check_reduction(self.name, p0, count_params(pruned), ratio)
         return pruned

@@ -5,7 +5,7 @@ ICCV 2017, https://arxiv.org/abs/1708.06519).
    ``sparsity · Σ|γ|`` on the scaling factors of the block-internal BNs (through ``Hooks.regularize``).
 2. Remove the channels with the smallest |γ| globally until ``ratio`` of the parameters are gone, never more
    than ``max_layer_prune_ratio`` of one layer (``surgery.prune_by_scores``).
-3. Fine-tune for the second half of the budget.
+3. Re-estimate the BN statistics on a few training batches, then fine-tune for the second half of the budget.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from automc.compress import lowrank
 from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l2_bn
@@ -47,6 +48,7 @@ class NetworkSlimming(Method):
         finetune(model, task, epochs * self.sparsity_share, hooks=Hooks(regularize=l1_on_gammas))
         layers = prunable_layers(model, example)
         model, _ = prune_by_scores(model, l2_bn(layers), ratio, p["max_layer_prune_ratio"], example)
+        lowrank.recalibrate_bn(model, lowrank.train_inputs(task))
         finetune(model, task, epochs * (1 - self.sparsity_share))
         check_reduction(self.name, p0, count_params(model), ratio)
         return model
