@@ -19,7 +19,7 @@ def embed_cmd(store: str = store_option(),
               model: str = typer.Option("transr", "--model", help=f"one of: {', '.join(MODELS)}"),
               seed: int = typer.Option(0, "--seed"),
               device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]"),
-              threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for training"),
+              threads: int = typer.Option(EmbedConfig.threads, "--threads", min=1, help="CPU threads for training"),
               no_experience: bool = typer.Option(False, "--no-experience", help="skip NN_exp refinement"),
               save: Path = typer.Option(None, "--save", help="also write result.json + embeddings.npz here"),
               json_out: bool = typer.Option(False, "--json")) -> None:

@@ -62,7 +62,9 @@ class EmbedConfig:
     exp_weight_decay: float = 1e-2
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # CPU threads for torch during training (None: leave torch's setting)
+    # torch CPU threads while training (None: leave torch's setting). One is as fast for these small matrices
+    # and does not collapse when other jobs share the cores (bench/results/embed_bench.md).
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

@@ -35,3 +35,12 @@ def test_embed_command_json_and_errors(planted):
     assert out["config"]["model"] == "transe" and out["metrics"]["num_experiences"] == 0
     bad = CliRunner().invoke(_app(), ["embed", "--store", uri, "--model", "nope"])
     assert bad.exit_code == 1 and "unknown model 'nope'" in bad.output
+
+
+def test_registered_as_automc_kb_embed(planted):
+    from automc.cli.app import app
+
+    uri, _ = planted
+    res = CliRunner().invoke(app, ["kb", "embed", "--store", uri, "--epochs", "1", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["metrics"]["num_triples"] == 326
