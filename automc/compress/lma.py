@@ -23,9 +23,72 @@ from automc.compress.train import finetune
 from automc.errors import CompressionError
 
 
-def _scale_grad(p: torch.Tensor, g: float) -> torch.Tensor:
-    """``p`` in value, ``g * grad`` in the backward pass."""
-    return p * g + (p * (1 - g)).detach()
+def _tables(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sorted breakpoints, their order, slope per segment, intercept per segment) from the flat vector."""
+    b, order = torch.sort(w[:k])
+    d = w[k: 2 * k][order]
+    s0, c = w[2 * k], w[2 * k + 1]
+    zero = torch.zeros(1, dtype=w.dtype, device=w.device)
+    slopes = s0 + torch.cat([zero, torch.cumsum(d, 0)])
+    intercepts = c - torch.cat([zero, torch.cumsum(d * b, 0)])
+    return b, order, slopes, intercepts
+
+
+def _piecewise_linear(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    b, _, slopes, intercepts = _tables(w, k)
+    seg = torch.bucketize(x, b.to(x.dtype))  # segment index: number of breakpoints below x
+    return slopes.to(x.dtype)[seg] * x + intercepts.to(x.dtype)[seg]
+
+
+class _PiecewiseLinear(torch.autograd.Function):
+    """The activation as one autograd node: Torch-Pruning sees an element-wise op of x (its dependency
+    graph blows up on the small parameter-side tensors otherwise), and only x and w are kept for backward.
+
+    Gradients of w are averaged over the positions of a sample rather than summed (the parameters are
+    shared by all C*H*W of them), or plain SGD steps blow the function up.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x, w)
+        ctx.k = k
+        with torch.no_grad():
+            return _piecewise_linear(x, w, k)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):  # noqa: ANN001, ANN205
+        x, w = ctx.saved_tensors
+        k = ctx.k
+        b, order, slopes, _ = _tables(w.detach(), k)
+        seg = torch.bucketize(x, b.to(x.dtype))
+        gx = gy * slopes.to(gy.dtype)[seg]
+        flat = seg.flatten()
+        g_s = torch.zeros(k + 1, dtype=torch.float64, device=x.device).index_add_(
+            0, flat, (gy * x).flatten().to(torch.float64))
+        g_i = torch.zeros(k + 1, dtype=torch.float64, device=x.device).index_add_(
+            0, flat, gy.flatten().to(torch.float64))
+        above_s = g_s.flip(0).cumsum(0).flip(0)[1:]  # sum over segments i > j, for sorted breakpoint j
+        above_i = g_i.flip(0).cumsum(0).flip(0)[1:]
+        d_sorted = w.detach()[k: 2 * k][order].to(torch.float64)
+        gw = torch.zeros(2 * k + 2, dtype=torch.float64, device=x.device)
+        gw[:k][order] = -d_sorted * above_i
+        gw[k: 2 * k][order] = above_s - b.to(torch.float64) * above_i
+        gw[2 * k], gw[2 * k + 1] = g_s.sum(), g_i.sum()
+        scale = 1.0 / max(1, x[0].numel()) if x.dim() > 1 else 1.0 / max(1, x.numel())
+        return gx, (gw * scale).to(w.dtype), None
+
+
+class _Parameters(nn.PReLU):
+    """The flat parameter vector of a ``MultiSegmentActivation``; its ``forward`` is never called.
+
+    A PReLU only in type: Torch-Pruning counts parameters of known layer types as "wrapped" and leaves them
+    alone, whereas it slices free-standing parameters as if they had a channel dimension (these have none).
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:
+        super().__init__(num_parameters=values.numel())
+        with torch.no_grad():
+            self.weight.copy_(values)
 
 
 class MultiSegmentActivation(nn.Module):
@@ -35,7 +98,8 @@ class MultiSegmentActivation(nn.Module):
     changes d_j; initialised to ReLU (s0 = c = 0, one breakpoint at 0 with d = 1, the others spread over
     [-bound, bound] with d = 0). Evaluated as one table lookup (slope, intercept of x's segment), so memory
     does not grow with the number of segments. Gradients of the shared parameters are averaged over the
-    positions of a sample rather than summed.
+    positions of a sample rather than summed. The 2 * segments parameters live in one vector
+    ``params.weight`` = [b_1..b_k, d_1..d_k, s0, c].
     """
 
     def __init__(self, segments: int = 8, bound: float = 2.0) -> None:
@@ -48,29 +112,35 @@ class MultiSegmentActivation(nn.Module):
         b[zero] = 0.0
         d = torch.zeros(k)
         d[zero] = 1.0
-        self.breakpoints = nn.Parameter(b)
-        self.deltas = nn.Parameter(d)
-        self.slope0 = nn.Parameter(torch.zeros(()))
-        self.offset = nn.Parameter(torch.zeros(()))
+        self.k = k
+        self.params = _Parameters(torch.cat([b, d, torch.zeros(2)]))
+
+    @property
+    def breakpoints(self) -> torch.Tensor:
+        return self.params.weight[: self.k]
+
+    @property
+    def deltas(self) -> torch.Tensor:
+        return self.params.weight[self.k: 2 * self.k]
+
+    @property
+    def slope0(self) -> torch.Tensor:
+        return self.params.weight[2 * self.k]
+
+    @property
+    def offset(self) -> torch.Tensor:
+        return self.params.weight[2 * self.k + 1]
 
     @property
     def segments(self) -> int:
-        return self.breakpoints.numel() + 1
+        return self.k + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The parameters are shared by every element of a sample, so their gradient is a sum over C*H*W
-        # positions; scale it to a mean (value unchanged) or plain SGD steps blow the function up.
-        g = 1.0 / max(1, x[0].numel()) if x.dim() > 1 else 1.0 / max(1, x.numel())
-        b, order = torch.sort(_scale_grad(self.breakpoints, g))
-        d = _scale_grad(self.deltas, g)[order]
-        s0, c = _scale_grad(self.slope0, g), _scale_grad(self.offset, g)
-        slopes = torch.cat([s0.reshape(1), s0 + torch.cumsum(d, 0)])  # slope of each segment
-        intercepts = torch.cat([c.reshape(1), c - torch.cumsum(d * b, 0)])
-        seg = torch.bucketize(x.detach(), b.detach().to(x.dtype))  # segment index: number of b_j < x
-        return slopes.to(x.dtype)[seg] * x + intercepts.to(x.dtype)[seg]
+        if not torch.jit.is_scripting():
+            return _PiecewiseLinear.apply(x, self.params.weight, self.k)
+        return _piecewise_linear(x, self.params.weight, self.k)
 
     kind = "multi_segment_activation"
-    channel_free = True  # no parameter has a channel dimension: channel surgery must never slice them
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description (``lowrank.lowrank_specs`` / ``apply_specs`` carry it through saving)."""
@@ -156,8 +226,9 @@ def activation_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
 def take_out_activations(model: nn.Module) -> dict[str, MultiSegmentActivation]:
     """Swap every multi-segment activation for a parameter-free ReLU (in place); returns them by path.
 
-    Torch-Pruning would otherwise treat their (per-layer, not per-channel) parameters as channel-coupled and
-    slice them; prune with them taken out, then ``put_back_activations``.
+    HOS and LMA prune with the activations taken out (then ``put_back_activations``), so the dependency graph
+    is the plain one. (Other methods need not: the activation is one autograd node and its parameters sit in
+    a PReLU-typed holder, so Torch-Pruning neither slices them nor loses its way in their small tensors.)
     """
     taken = {n: m for n, m in model.named_modules() if isinstance(m, MultiSegmentActivation)}
     for path in taken:

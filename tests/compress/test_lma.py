@@ -27,14 +27,13 @@ def test_activation_is_the_hinge_sum_and_learns():
     torch.manual_seed(0)
     act = MultiSegmentActivation(6)
     with torch.no_grad():
-        for p in act.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
+        act.params.weight.add_(torch.randn(12) * 0.5)
     x = torch.randn(1000) * 3
     hinges = zip(act.deltas, act.breakpoints, strict=True)
     ref = act.offset + act.slope0 * x + sum(d * torch.relu(x - b) for d, b in hinges)
     assert torch.allclose(act(x), ref, atol=1e-5)
     act(x).square().mean().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in act.parameters())
+    assert (act.params.weight.grad != 0).all()
 
 
 def test_training_keeps_the_activation_stable():
@@ -136,3 +135,16 @@ def test_methods_on_a_vgg(name):
     out = METHODS[name]().compress(vgg, task, {}, 0.4)
     assert abs((1 - count_params(out) / count_params(vgg)) - 0.4) <= 0.03
     assert evaluate(out, data).top1 > 0.6
+
+
+@pytest.mark.parametrize("name", ["NS", "SFP", "LeGR"])
+def test_pruning_methods_after_lma_keep_the_activations_whole(trained, name):
+    from automc.compress import METHODS
+
+    model, task = trained
+    student = LMA().compress(model, task, {**PARAMS, "finetune_epochs_factor": 0.2}, 0.2)
+    params = {"NS": {"finetune_epochs_factor": 0.2}, "SFP": {"sfp_epochs_factor": 0.2},
+              "LeGR": {"finetune_epochs_factor": 0.2, "ea_epochs_factor": 0.4}}[name]
+    out = METHODS[name]().compress(student, task, params, 0.3)
+    acts = [m for m in out.modules() if isinstance(m, MultiSegmentActivation)]
+    assert len(acts) == 7 and all(a.params.weight.numel() == 2 * PARAMS["lma_segments"] for a in acts)
