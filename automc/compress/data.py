@@ -126,7 +126,8 @@ def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     """Build ``Data`` from uint8 image arrays (NHWC when ``channels_last_input``, else NCHW) and int labels.
 
     ``fraction`` keeps a stratified seeded sample of the training part; ``val_fraction`` of what remains
-    (stratified, seeded) becomes the validation split. ``device`` defaults to CUDA when available.
+    (stratified, seeded) becomes the validation split. ``device`` defaults to CUDA when available; data
+    larger than half the free GPU memory stays on the CPU.
     """
     x_train, x_test = np.asarray(x_train), np.asarray(x_test)
     y_train = np.asarray(y_train).astype(np.int64).ravel()
@@ -151,6 +152,8 @@ def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     tr_idx, va_idx = keep[~is_val], keep[is_val]
     nc = num_classes or int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda" and (x_train.nbytes + x_test.nbytes) > 0.5 * torch.cuda.mem_get_info(dev)[0]:
+        dev = torch.device("cpu")  # too big for the GPU: keep it in host memory, batches move one at a time
 
     def imgs(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a))
