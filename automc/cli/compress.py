@@ -30,6 +30,7 @@ class CompressRun:
     result: SchemeResult
     paths: dict[str, Path]
     task_info: dict[str, Any]
+    evaluation: str | None = None
 
 
 def _device(name: str | None) -> torch.device:
@@ -45,10 +46,12 @@ def _device(name: str | None) -> torch.device:
 def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | None = None,
              target_pr: float = 0.4, epochs: float = 10.0, data_fraction: float = 1.0, seed: int = 0,
              device: str | None = None, batch_size: int = 128, lr: float = 0.01,
-             progress: Any = None) -> CompressRun:
+             progress: Any = None, store: str | None = None) -> CompressRun:
     """Load model and data, apply ``scheme`` with gamma = ``target_pr``, save into ``out``.
 
-    Raises ``ValidationError`` / ``NotFoundError`` for bad input and ``CompressionError`` when a method fails.
+    With ``store``, the evaluation is recorded RUNNING before training and COMPLETE (or FAIL) after, so a killed
+    run leaves a trace. Raises ``ValidationError`` / ``NotFoundError`` for bad input and ``CompressionError``
+    when a method fails.
     """
     if not 0.0 < target_pr < 1.0:
         raise ValidationError(f"must be in (0, 1), got {target_pr}", field="--target-pr")
@@ -63,30 +66,44 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
         load_weights(net, weights)
     task = Task(ds, target_pr, TrainBudget(epochs=epochs, batch_size=batch_size, lr=lr), dev, seed)
     before = measure(net, task)
-    result = apply_scheme(net, parsed, task, progress=progress, before=before)
-    paths = save_compressed(result.model, out, ds.example_input(2), mean=ds.mean, std=ds.std,
-                            extra={"scheme": parsed.text, "target_pr": target_pr})
-    (Path(out) / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
     info = {"model": model, "dataset": Path(data).name, "num_classes": ds.num_classes,
             "image_size": ds.input_shape[-1], "image_channels": ds.input_shape[0],
             "num_images": ds.size("train") + ds.size("val"), "base_accuracy": before.acc_test,
             "params": float(before.params), "flops": float(before.flops), "device": str(dev)}
-    return CompressRun(result, paths, info)
+    # The store is opened only around each write: a LadybugDB file stays free for others while training runs.
+    eval_id = _start_evaluation(store, info, parsed, target_pr) if store is not None else None
+    try:
+        result = apply_scheme(net, parsed, task, progress=progress, before=before)
+        paths = save_compressed(result.model, out, ds.example_input(2), mean=ds.mean, std=ds.std,
+                                extra={"scheme": parsed.text, "target_pr": target_pr})
+        (Path(out) / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
+    except BaseException as e:
+        if eval_id is not None:
+            _end_evaluation(store, eval_id, error=f"{type(e).__name__}: {e}")
+        raise
+    if eval_id is not None:
+        _end_evaluation(store, eval_id, record=result.evaluation_record())
+    return CompressRun(result, paths, info, eval_id)
 
 
-def _record_in_store(store_uri: str | None, task_info: dict[str, Any], scheme: Scheme | str,
-                     result: SchemeResult, target_pr: float | None = None) -> str:
-    """Record the evaluation of ``scheme`` on the task in the knowledge base; returns the evaluation id."""
+def _start_evaluation(store_uri: str, task_info: dict[str, Any], scheme: Scheme, target_pr: float) -> str:
+    """Record a RUNNING evaluation of ``scheme`` on the task; returns its id."""
     from automc.kb import TaskFeatures, open_store
 
-    if isinstance(scheme, str):
-        scheme = load_catalog().parse_scheme(scheme)
     features = TaskFeatures(**{k: v for k, v in task_info.items() if k in TaskFeatures.__dataclass_fields__})
-    with open_store(store_uri) as store:
-        eval_id = store.start_evaluation(features, scheme, target_pr=target_pr,
-                                         device=str(task_info.get("device", "")))
-        store.finish_evaluation(eval_id, result.evaluation_record())
-    return eval_id
+    with open_store(store_uri) as s:
+        return s.start_evaluation(features, scheme, target_pr=target_pr, device=str(task_info.get("device", "")))
+
+
+def _end_evaluation(store_uri: str, eval_id: str, *, record: dict[str, Any] | None = None,
+                    error: str | None = None) -> None:
+    from automc.kb import open_store
+
+    with open_store(store_uri) as s:
+        if error is not None:
+            s.fail_evaluation(eval_id, error)
+        else:
+            s.finish_evaluation(eval_id, record or {})
 
 
 def _table(result: SchemeResult) -> Table:
@@ -124,10 +141,8 @@ def compress_cmd(
     progress = None if json_out else (lambda msg: err_console.print(msg, highlight=False))
     run = compress(model, data, scheme, out, weights=weights, target_pr=target_pr, epochs=epochs,
                    data_fraction=data_fraction, seed=seed, device=device, batch_size=batch_size, lr=lr,
-                   progress=progress)
-    eval_id = None
-    if store is not None:
-        eval_id = _record_in_store(store, run.task_info, scheme, run.result, target_pr)
+                   progress=progress, store=store)
+    eval_id = run.evaluation
     if json_out:
         obj = run.result.to_dict()
         obj.update(out=str(out), standalone=str(run.paths["standalone"]), evaluation=eval_id)

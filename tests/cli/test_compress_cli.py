@@ -76,3 +76,19 @@ def test_record_in_store(inputs, tmp_path):
         rows = s.evaluations()
     (row,) = [row for row in rows if row["id"] == eval_id]
     assert row["state"] == "COMPLETE" and row["scheme"].startswith("NS(") and abs(row["pr"] - 0.4) <= 0.03
+
+
+def test_failed_compression_is_recorded_as_fail(inputs, tmp_path):
+    """A method that cannot reach its target leaves a FAIL evaluation with the reason, not a RUNNING one."""
+    from automc.kb import open_store
+
+    uri = f"ladybug://{tmp_path / 'kb.lbug'}"
+    scheme = "NS(target_ratio_factor=1.0, finetune_epochs_factor=0.2, max_layer_prune_ratio=0.7)"
+    r = runner.invoke(app, _args(inputs, "--target-pr", "0.9", "--scheme", scheme, "--out", str(tmp_path / "o"),
+                                 "--store", uri))
+    assert r.exit_code == 1 and "error: " in r.stderr and "max_layer_prune_ratio" in r.stderr
+    with open_store(uri) as s:
+        assert s.evaluations(state="RUNNING") == [] and s.evaluations(state="COMPLETE") == []
+        (failed,) = s.evaluations(state="FAIL")
+        assert failed["scheme"].startswith("NS(")
+        assert s.query("MATCH (e:Evaluation {id: $id}) RETURN e.error AS error", {"id": failed["id"]})[0]["error"]
