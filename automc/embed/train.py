@@ -54,9 +54,9 @@ class EmbedConfig:
     margin: float = 1.0
     num_negatives: int = 1
     use_experience: bool = True  # NN_exp refinement (Algorithm 1, lines 6-9)
-    exp_steps: int = 5  # NN_exp optimiser steps after each KG epoch
+    exp_steps: int = 10  # NN_exp optimiser steps after each KG epoch
     exp_lr: float = 0.01
-    exp_embedding_lr: float = 0.001  # how far NN_exp moves the strategy embeddings (0: frozen)
+    exp_embedding_lr: float = 1e-4  # how far NN_exp moves the strategy embeddings (0: frozen); see the bench
     exp_hidden: int = 16
     exp_dropout: float = 0.3
     exp_weight_decay: float = 1e-2
