@@ -80,3 +80,19 @@ def test_fit_writes_every_entity_type_and_a_run_that_round_trip(planted, tmp_pat
 def test_config_rejects_unknown_model():
     with pytest.raises(ValidationError, match="transr"):
         EmbedConfig(model="distmult")
+
+
+def test_nn_exp_gradients_refine_the_strategy_embeddings(planted_store):
+    f = TriplesFactory.from_store(planted_store)
+    exps, _ = store_experiences(planted_store, f)
+    kg_only = train(f, None, EmbedConfig(epochs=3, **FAST)).entity_embeddings()
+    frozen = train(f, exps, EmbedConfig(epochs=3, exp_embedding_lr=0.0, **FAST))
+    refined = train(f, exps, EmbedConfig(epochs=3, exp_embedding_lr=0.05, **FAST))
+    # with a zero embedding step NN_exp trains but the KG embeddings stay those of TransR alone (up to the
+    # float rounding of re-applying the norm constraint)
+    assert torch.allclose(frozen.entity_embeddings(), kg_only, atol=1e-6)
+    assert frozen.history[-1]["exp_loss"] > 0
+    moved = (refined.entity_embeddings() - kg_only).norm(dim=1)
+    in_bags = sorted({e for bag in exps.bags for e in bag})
+    others = sorted(set(range(f.num_entities)) - set(in_bags))
+    assert moved[in_bags].mean() > moved[others].mean() > 0
