@@ -5,24 +5,11 @@ import pytest
 import torch
 
 from automc.compress import lowrank
-from automc.compress.base import Task, TrainBudget
-from automc.compress.data import synthetic
 from automc.compress.lfb import LFB, aux_loss
 from automc.compress.metrics import count_flops, count_params
 from automc.compress.models import build_model
-from automc.compress.train import evaluate, finetune
+from automc.compress.train import evaluate
 from automc.errors import CompressionError
-
-
-@pytest.fixture(scope="module")
-def trained():
-    data = synthetic()
-    task = Task(data, 0.5, TrainBudget(epochs=3, batch_size=32, lr=0.05))
-    torch.manual_seed(0)
-    model = build_model("resnet8", 4, width=8)
-    finetune(model, task, 8)
-    assert evaluate(model, data).top1 > 0.9
-    return model, task
 
 
 @pytest.mark.parametrize(("ratio", "aux"), [(0.4, "CE"), (0.7, "NLL")])

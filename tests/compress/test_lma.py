@@ -46,17 +46,6 @@ def test_training_keeps_the_activation_stable():
     assert evaluate(model, data).top1 > 0.6
 
 
-@pytest.fixture(scope="module")
-def trained():
-    data = synthetic()
-    task = Task(data, 0.5, TrainBudget(epochs=3, batch_size=32, lr=0.05))
-    torch.manual_seed(0)
-    model = build_model("resnet8", 4, width=8)
-    finetune(model, task, 8)
-    assert evaluate(model, data).top1 > 0.9
-    return model, task
-
-
 PARAMS = {"lma_segments": 8, "kd_temperature": 3, "kd_alpha": 0.5, "finetune_epochs_factor": 1.0}
 
 
