@@ -33,6 +33,7 @@ from automc.kb import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO.parent / "shared" / "kb-sources" / "method-papers-experience.csv"
+ALGO = "NN_exp (Algorithm 1: TransR + NN_exp)"
 
 
 def build_store(path: Path, csv: Path) -> str:
@@ -117,7 +118,7 @@ def nn_exp_kfold(factory: TriplesFactory, experiences, config: EmbedConfig, *, f
         y = te.targets[:, 0]
         levels += list(te.levels)
         trained = train(factory, tr, config)
-        errors["NN_exp (Algorithm 1: TransR + NN_exp)"] += (trained.predict(te)[:, 0] - y).abs().tolist()
+        errors[ALGO] += (trained.predict(te)[:, 0] - y).abs().tolist()
         frozen = train(factory, tr, EmbedConfig(**{**config.to_dict(), "exp_embedding_lr": 0.0}))
         errors["NN_exp, embeddings not refined (exp_embedding_lr=0)"] += (
             frozen.predict(te)[:, 0] - y).abs().tolist()
@@ -135,11 +136,16 @@ def nn_exp_kfold(factory: TriplesFactory, experiences, config: EmbedConfig, *, f
         print(f"  fold {k + 1}/{folds}: " + ", ".join(f"{n[:28]} {statistics.fmean(e):.4f}"
                                                       for n, e in errors.items()), flush=True)
     out = {"experiences": len(exps), "folds": folds,
-           "by_level": {lv: levels.count(lv) for lv in sorted(set(levels))}, "mae_ar": {}}
+           "by_level": {lv: levels.count(lv) for lv in sorted(set(levels))}, "mae_ar": {}, "errors": dict(errors)}
+    ours = errors[ALGO]
     for name, errs in errors.items():
         per_level = {lv: statistics.fmean(e for e, lv2 in zip(errs, levels, strict=True) if lv2 == lv)
                      for lv in sorted(set(levels))}
-        out["mae_ar"][name] = {"all": statistics.fmean(errs), **per_level}
+        # paired difference to Algorithm 1 over the same held-out records: mean and its standard error
+        diff = [a - b for a, b in zip(errs, ours, strict=True)]
+        se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        out["mae_ar"][name] = {"all": statistics.fmean(errs), **per_level,
+                               "minus_algorithm1": statistics.fmean(diff), "minus_algorithm1_se": se}
     return out
 
 
@@ -175,10 +181,14 @@ def markdown(res: dict) -> str:
     levels = list(nx["by_level"])
     lines += ["", f"## NN_exp: mean absolute error of AR, {nx['folds']}-fold over {nx['experiences']} experiences "
               f"({', '.join(f'{n} {lv}-level' for lv, n in nx['by_level'].items())})", "",
-              "| predictor | MAE AR (all) | " + " | ".join(f"{lv}-level" for lv in levels) + " |",
-              "|---|---|" + "---|" * len(levels)]
+              "| predictor | MAE AR (all) | " + " | ".join(f"{lv}-level" for lv in levels)
+              + " | minus Algorithm 1 (paired, ± SE) |",
+              "|---|---|" + "---|" * len(levels) + "---|"]
     for name, v in nx["mae_ar"].items():
-        lines.append(f"| {name} | {v['all']:.4f} | " + " | ".join(f"{v[lv]:.4f}" for lv in levels) + " |")
+        paired = (f"{v['minus_algorithm1']:+.4f} ± {v['minus_algorithm1_se']:.4f}" if "minus_algorithm1" in v
+                  and name != ALGO else "")
+        lines.append(f"| {name} | {v['all']:.4f} | " + " | ".join(f"{v[lv]:.4f}" for lv in levels)
+                     + f" | {paired} |")
     lines += ["", "## Notes", "", *res.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -237,7 +247,7 @@ def notes(res: dict) -> list[str]:
     """What the numbers say, computed from them, plus what is structural about the data."""
     out = []
     mae = {k: v["all"] for k, v in res["nn_exp"]["mae_ar"].items()}
-    ours = mae["NN_exp (Algorithm 1: TransR + NN_exp)"]
+    ours = mae[ALGO]
     base = {k.removeprefix("baseline: "): v for k, v in mae.items() if k.startswith("baseline")}
     verdict = "beats" if all(ours < b for b in base.values()) else "does NOT beat"
     listed = ", ".join(f"{k} {v:.4f}" for k, v in base.items())
@@ -256,8 +266,11 @@ def notes(res: dict) -> list[str]:
     frozen = mae.get("NN_exp, embeddings not refined (exp_embedding_lr=0)")
     if bare is not None:
         gap = bare - ours
-        out.append(f"- What the knowledge graph adds to NN_exp: {gap:+.4f} MAE (untrained embeddings {bare:.4f}). "
-                   + ("Small against fold noise: " if abs(gap) < 0.002 else "")
+        se = res["nn_exp"]["mae_ar"]["NN_exp on untrained embeddings (no KG)"].get("minus_algorithm1_se")
+        noise = se is not None and abs(gap) < 2 * se
+        out.append(f"- What the knowledge graph adds to NN_exp: {gap:+.4f} MAE (untrained embeddings {bare:.4f}"
+                   + (f"; paired SE {se:.4f}" if se is not None else "") + "). "
+                   + ("Within noise: " if noise else "")
                    + "most of NN_exp's gain over the baselines comes from the task features and the reduction "
                    "target; with 126 records the strategy embedding mainly has to carry the method, which the "
                    "per-method baseline shows is worth only a little here.")
@@ -289,10 +302,14 @@ def notes(res: dict) -> list[str]:
         out.append(f"- Full-catalogue `fit` with {t['threads']} torch thread(s): {t['fit_seconds']:.1f} s "
                    f"({ok} the 60 s target; load average {t['loadavg_before'][0]} -> {t['loadavg_after'][0]} on "
                    f"{res['machine']['cores']} cores).")
-    if len(res["timing"]) > 1:
-        out.append("- On this shared 2-core VM other developers' jobs kept the load average near 4; with 2 torch "
-                   "(OpenMP) threads the training threads then oversubscribe the cores and run several times "
-                   "slower than with one. The workload is small matrices, where one thread is as fast anyway, so "
+    by_threads = {t["threads"]: t for t in res["timing"]}
+    if 1 in by_threads and 2 in by_threads:
+        loads = [x for t in res["timing"] for x in (t["loadavg_before"][0], t["loadavg_after"][0])]
+        ratio = by_threads[2]["fit_seconds"] / by_threads[1]["fit_seconds"]
+        out.append(f"- This 2-core VM was shared with other developers' jobs (1-minute load average "
+                   f"{min(loads)}-{max(loads)} during the timing runs); 2 torch (OpenMP) threads then oversubscribe "
+                   f"the cores and the run took {ratio:.0f}x as long as with one thread. We could not measure on an "
+                   "idle machine. The workload is small matrices, where one thread is as fast anyway, so "
                    "`EmbedConfig.threads` defaults to 1 (`--threads` to change it). Results differ in the last "
                    "float digits between thread counts; with the same seed and thread count they are identical.")
     return out

@@ -246,7 +246,9 @@ class NNExp(nn.Module):
         return (err * w).sum() / w.sum().clamp_min(1e-8)
 
 
-def pool_strategies(entity_embedding: Tensor, experiences: ExperienceSet, device: torch.device | str = "cpu") -> Tensor:
-    """Each experience's strategy embedding ``(n, d)``: the mean over its bag (differentiable)."""
-    flat, offsets = experiences.bag_tensors(device)
+def pool_strategies(entity_embedding: Tensor, experiences: ExperienceSet, device: torch.device | str = "cpu", *,
+                    bags: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Each experience's strategy embedding ``(n, d)``: the mean over its bag (differentiable); ``bags`` are
+    precomputed ``experiences.bag_tensors(device)``."""
+    flat, offsets = bags if bags is not None else experiences.bag_tensors(device)
     return F.embedding_bag(flat, entity_embedding, offsets, mode="mean")

@@ -166,6 +166,7 @@ def train(factory: TriplesFactory, experiences: ExperienceSet | None = None, con
                  "weight_decay": 0.0, "lr": config.exp_embedding_lr},
             ])
             feats, targets = experiences.features.to(device), experiences.targets.to(device)
+            bags = experiences.bag_tensors(device)
         for epoch in range(config.epochs):
             model.train()
             total, batches = 0.0, 0
@@ -185,7 +186,7 @@ def train(factory: TriplesFactory, experiences: ExperienceSet | None = None, con
                 exp_loss = 0.0
                 for _ in range(config.exp_steps):
                     exp_opt.zero_grad()
-                    pooled = pool_strategies(entity_matrix(model), experiences, device)
+                    pooled = pool_strategies(entity_matrix(model), experiences, device, bags=bags)
                     loss = nn_exp.loss(pooled, feats, targets)
                     loss.backward()
                     exp_opt.step()
