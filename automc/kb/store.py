@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import uuid
 from abc import ABC, abstractmethod
@@ -226,10 +227,13 @@ class Store(ABC):
         return {r["k"]: r["e"] for r in rows}
 
     def content_version(self) -> str:
-        """A fingerprint of the knowledge content (counts of every node and relationship type)."""
-        s = self.stats()
-        from automc.kb.records import content_id
-        return content_id({k: v for k, v in s["nodes"].items() if k not in ("EmbeddingRun",)}, s["relationships"])
+        """A fingerprint of what embeddings learn from: every R1-R5 triple and every experience's values."""
+        digest = hashlib.sha256()
+        for triple in self.kg_triples():
+            digest.update("\x1f".join(triple).encode() + b"\n")
+        for row in self.named("experience-rows"):
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+        return digest.hexdigest()[:16]
 
     # -- evaluations -----------------------------------------------------------------------------------------
     def start_evaluation(self, task: TaskFeatures, scheme: Scheme, *, target_pr: float | None = None,

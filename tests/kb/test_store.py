@@ -125,3 +125,16 @@ def test_ladybug_schema_version_mismatch_is_refused(tmp_path):
 def test_unknown_store_scheme():
     with pytest.raises(ValidationError, match="scheme"):
         open_store("sqlite:///x.db")
+
+
+def test_content_version_follows_content_not_counts(store):
+    store.write_catalog(load_catalog())
+    batch = GraphBatch()
+    key = batch.task(TASK)
+    batch.node("Experience", id="e1", level="method", algorithm="NS", ar=-0.01, pr=0.4)
+    batch.rel("EXP_ON_TASK", "e1", key)
+    store.write(batch)
+    v1 = store.content_version()
+    assert store.content_version() == v1
+    store.query("MATCH (e:Experience {id: 'e1'}) SET e.ar = $ar", {"ar": -0.02})  # same counts, new content
+    assert store.content_version() != v1
