@@ -80,11 +80,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = load_data(args.data, fraction=args.data_fraction, seed=args.seed, device=dev)
     base = load_weights(build_model(args.model, data.num_classes), args.weights)
-    task = Task(data, 0.4, TrainBudget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr), dev, args.seed)
+    budget = TrainBudget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill_alpha=args.distill_alpha)
+    task = Task(data, 0.4, budget, dev, args.seed)
     t0 = time.perf_counter()
     before = measure(base, task)
     out: dict[str, Any] = {
         "model": args.model, "data": str(args.data), "epochs": args.epochs, "lr": args.lr,
+        "distill_alpha": args.distill_alpha,
         "batch_size": args.batch_size, "seed": args.seed, "device": str(dev), "machine": machine(),
         "train_images": data.size("train"), "val_images": data.size("val"), "test_images": data.size("test"),
         "settings": {m: SETTINGS.get(m, "Torch-Pruning MagnitudeImportance(p=2) + KD(T=4, alpha=0.5)")
@@ -167,6 +169,8 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.4,0.7", type=lambda s: [float(r) for r in s.split(",")])
     ap.add_argument("--epochs", default=3.0, type=float)
     ap.add_argument("--lr", default=0.01, type=float)
+    ap.add_argument("--distill-alpha", default=TrainBudget.distill_alpha, type=float,
+                    help="KD weight of NS/SFP/LeGR fine-tuning from the step's input model (0: labels only)")
     ap.add_argument("--batch-size", default=128, type=int)
     ap.add_argument("--data-fraction", default=1.0, type=float)
     ap.add_argument("--seed", default=0, type=int)

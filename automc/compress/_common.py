@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from automc.catalog import load_catalog
+from automc.compress.base import Task
 from automc.errors import CompressionError
 
 
@@ -27,3 +30,11 @@ def check_reduction(method: str, params_before: int, params_after: int, ratio: f
     if abs(got - ratio) > tolerance:
         raise CompressionError(f"{method} removed {got:.1%} of the parameters instead of {ratio:.1%} "
                                f"(tolerance ±{tolerance:.0%})")
+
+
+def distillation(task: Task, teacher: nn.Module) -> dict[str, Any]:
+    """``finetune`` keyword arguments that distil from ``teacher`` as the task's budget asks (none when 0)."""
+    b = task.budget
+    if b.distill_alpha <= 0:
+        return {}
+    return {"teacher": teacher, "kd_alpha": b.distill_alpha, "kd_temperature": b.distill_temperature}

@@ -23,6 +23,10 @@ class TrainBudget:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # Fine-tuning after pruning distils from the step's input model with this weight (0: labels only); with a
+    # 10% data sample this recovers several points over label-only fine-tuning at the same budget.
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
 
     def epochs_for(self, factor: float) -> float:
         return max(0.0, float(factor) * self.epochs)

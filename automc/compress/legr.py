@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from automc.compress import lowrank
-from automc.compress._common import check_reduction, resolve_params
+from automc.compress._common import check_reduction, distillation, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import CRITERIA
 from automc.compress.metrics import count_params
@@ -106,7 +106,7 @@ class LearnedGlobalRanking(Method):
         self.best_ = best
         pruned, _ = prune_by_scores(model, transformed_scores(base, best), ratio, max_layer, example)
         lowrank.recalibrate_bn(pruned, lowrank.train_inputs(task))
-        finetune(pruned, task, ft_epochs)
+        finetune(pruned, task, ft_epochs, **distillation(task, model))
         check_reduction(self.name, p0, count_params(pruned), ratio)
         return pruned
 

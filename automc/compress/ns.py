@@ -5,7 +5,8 @@ ICCV 2017, https://arxiv.org/abs/1708.06519).
    ``sparsity · Σ|γ|`` on the scaling factors of the block-internal BNs (through ``Hooks.regularize``).
 2. Remove the channels with the smallest |γ| globally until ``ratio`` of the parameters are gone, never more
    than ``max_layer_prune_ratio`` of one layer (``surgery.prune_by_scores``).
-3. Re-estimate the BN statistics on a few training batches, then fine-tune for the second half of the budget.
+3. Re-estimate the BN statistics on a few training batches, then fine-tune for the second half of the budget
+   (distilling from the input model, ``TrainBudget.distill_alpha``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from automc.compress import lowrank
-from automc.compress._common import check_reduction, resolve_params
+from automc.compress._common import check_reduction, distillation, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l2_bn
 from automc.compress.metrics import count_params
@@ -33,7 +34,7 @@ class NetworkSlimming(Method):
 
     def compress(self, model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float) -> nn.Module:
         p = resolve_params(self.name, params)
-        model = copy.deepcopy(model).to(task.device)
+        teacher, model = model, copy.deepcopy(model).to(task.device)
         p0 = count_params(model)
         epochs = task.budget.epochs_for(p["finetune_epochs_factor"])
         example = task.data.example_input()
@@ -49,6 +50,6 @@ class NetworkSlimming(Method):
         layers = prunable_layers(model, example)
         model, _ = prune_by_scores(model, l2_bn(layers), ratio, p["max_layer_prune_ratio"], example)
         lowrank.recalibrate_bn(model, lowrank.train_inputs(task))
-        finetune(model, task, epochs * (1 - self.sparsity_share))
+        finetune(model, task, epochs * (1 - self.sparsity_share), **distillation(task, teacher))
         check_reduction(self.name, p0, count_params(model), ratio)
         return model

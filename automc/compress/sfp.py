@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from automc.compress._common import check_reduction, resolve_params
+from automc.compress._common import check_reduction, distillation, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l2_weight
 from automc.compress.metrics import count_params
@@ -43,7 +43,7 @@ class SoftFilterPruning(Method):
 
     def compress(self, model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float) -> nn.Module:
         p = resolve_params(self.name, params)
-        model = copy.deepcopy(model).to(task.device)
+        teacher, model = model, copy.deepcopy(model).to(task.device)
         p0 = count_params(model)
         example = task.data.example_input()
         an = analyse(model, example)
@@ -71,7 +71,7 @@ class SoftFilterPruning(Method):
                 zero_filters(m)
 
         zero_filters(model)
-        finetune(model, task, 0.0, steps=total, hooks=Hooks(after_step=after_step))
+        finetune(model, task, 0.0, steps=total, hooks=Hooks(after_step=after_step), **distillation(task, teacher))
         model, _ = prune_channels(model, state["plan"], inplace=True, analysis=an)
         check_reduction(self.name, p0, count_params(model), ratio)
         return model

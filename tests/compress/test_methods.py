@@ -1,7 +1,9 @@
+
 """The method contract, run for every registered method: smaller by the asked ratio (±3 pp), input model
 untouched, still a working classifier; plus a few method-specific checks."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -38,8 +40,10 @@ def test_contract(method, ratio, syn_model, syn_task):
 
 @pytest.mark.parametrize("method", sorted(MINE))
 def test_stays_learnable(method, syn_model, syn_task):
-    out = METHODS[method]().compress(syn_model, syn_task, MINE[method], 0.4)
-    assert evaluate(out, syn_task.data).top1 > 0.6  # 4 classes: chance is 0.25
+    # 4 epochs: at 2, a method gets ~6 optimiser steps after pruning on this tiny task, too few to judge
+    task = dataclasses.replace(syn_task, budget=dataclasses.replace(syn_task.budget, epochs=4))
+    out = METHODS[method]().compress(syn_model, task, MINE[method], 0.4)
+    assert evaluate(out, task.data).top1 > 0.6  # 4 classes: chance is 0.25
 
 
 def test_bad_params_raise(syn_model, syn_task):
