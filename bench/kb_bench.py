@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--neo4j", default=None, help="also run on this Neo4j URI (its database is wiped)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         rows_csv = Path(tmp) / "experience.csv"
         synthetic_csv(rows_csv, args.rows)
@@ -104,12 +106,14 @@ def main() -> None:
             s.close()
             results.append(bench_store(args.neo4j, rows_csv))
     report = {"rows": args.rows, "machine": machine(), "results": results,
+              "load_average": [load_before, os.getloadavg()[0]],
               "targets": {"import_seconds": 30, "named_query_ms": 100}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kb_bench.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     lines = [f"# KB benchmark: {args.rows} synthetic experience rows", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
-             f"Python {report['machine']['python']}.", "",
+             f"Python {report['machine']['python']}; 1-minute load average {report['load_average'][0]:.2f} before, "
+             f"{report['load_average'][1]:.2f} after (other jobs may share the cores).", "",
              "| store | init (catalogue + paper tables) s | import s | re-import s (adds nothing) | "
              "slowest interactive named query, median ms | target |", "|---|---|---|---|---|---|"]
     for r in results:
