@@ -86,11 +86,7 @@ class LadybugStore(Store):
         self._run("COMMIT")
 
     def close(self) -> None:
-        for obj in ("_conn", "_db"):
-            handle = self.__dict__.pop(obj, None)
-            if handle is not None:
-                with contextlib.suppress(Exception):
-                    handle.close()
+        self._close_handles("_conn", "_db")
 
     def _cast(self, expr: str, typ: str) -> str:
         return f"CAST({expr} AS {typ})"

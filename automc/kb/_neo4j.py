@@ -69,11 +69,7 @@ class Neo4jStore(Store):
             raise StoreError(f"commit failed: {e}") from e
 
     def close(self) -> None:
-        for name in ("_session", "_driver"):
-            handle = self.__dict__.pop(name, None)
-            if handle is not None:
-                with contextlib.suppress(Exception):
-                    handle.close()
+        self._close_handles("_session", "_driver")
 
     def _cast(self, expr: str, typ: str) -> str:
         return _CASTS[typ].format(expr)

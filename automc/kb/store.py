@@ -59,6 +59,14 @@ class Store(ABC):
     def _is_empty(self) -> bool:
         """True when the database holds no automc schema at all."""
 
+    def _close_handles(self, *names: str) -> None:
+        """Close and forget driver handles, innermost first; closing twice is harmless."""
+        for name in names:
+            handle = self.__dict__.pop(name, None)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()
+
     def __enter__(self) -> Store:
         return self
 
