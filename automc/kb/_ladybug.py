@@ -45,11 +45,7 @@ class LadybugStore(Store):
                 time.sleep(0.2)
         self._conn = ladybug.Connection(self._db)
         self._depth = 0
-        try:
-            self.ensure_schema()
-        except BaseException:
-            self.close()
-            raise
+        self._checked_open()
 
     def _run(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         try:

@@ -32,11 +32,7 @@ class Neo4jStore(Store):
             raise StoreError(f"cannot connect to {uri}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         self._session = self._driver.session(database=self._database)
         self._tx: Any = None
-        try:
-            self.ensure_schema()
-        except BaseException:
-            self.close()
-            raise
+        self._checked_open()
 
     def _run(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         import neo4j.exceptions

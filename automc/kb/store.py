@@ -59,6 +59,14 @@ class Store(ABC):
     def _is_empty(self) -> bool:
         """True when the database holds no automc schema at all."""
 
+    def _checked_open(self) -> None:
+        """Backends call this last in ``__init__``: check the schema, and never leak a connection on failure."""
+        try:
+            self.ensure_schema()
+        except BaseException:
+            self.close()
+            raise
+
     def _close_handles(self, *names: str) -> None:
         """Close and forget driver handles, innermost first; closing twice is harmless."""
         for name in names:
