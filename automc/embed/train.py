@@ -17,12 +17,12 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn.kge import KGEModel, RotatE, TransE
 
-from automc.embed.experience import FEATURES, TARGETS, ExperienceSet, NNExp, pool_strategies, store_experiences
+from automc.embed.experience import FEATURES, TARGETS, ExperienceSet, NNExp, experience_set, pool_strategies
 from automc.embed.transr import TransR
 from automc.embed.triples import TriplesFactory, split_label
 from automc.errors import ValidationError
 from automc.kb.schema import NODE
-from automc.kb.store import Store
+from automc.kb.store import Store, content_fingerprint
 
 # Node labels that carry an ``embedding`` property (E1-E5).
 EMBEDDED_LABELS = tuple(n.label for n in NODE.values() if "embedding" in n.names)
@@ -255,11 +255,13 @@ def fit(store: Store, config: EmbedConfig | None = None, *, progress: Progress |
     """Train embeddings on the store's R1-R5 triples and experiences; with ``write``, store them on the E1-E5
     nodes (property ``embedding``) with an EmbeddingRun recording the KB version, config and metrics."""
     config = config or EmbedConfig()
-    kb_version = store.content_version()
-    factory = TriplesFactory.from_store(store)
+    # Read once: the KB version fingerprints exactly the triples and experiences trained on.
+    triples, rows = store.kg_triples(), store.named("experience-rows")
+    kb_version = content_fingerprint(triples, rows)
+    factory = TriplesFactory.from_kg_triples(triples)
     if not len(factory):
         raise ValidationError(f"store {store.uri} has no R1-R5 triples: run 'automc kb init' first")
-    experiences, info = store_experiences(store, factory) if config.use_experience else (None, {})
+    experiences, info = experience_set(rows, factory) if config.use_experience else (None, {})
     trained = train(factory, experiences, config, progress=progress)
     last = trained.history[-1] if trained.history else {}
     metrics: dict[str, Any] = {

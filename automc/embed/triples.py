@@ -27,11 +27,12 @@ def split_label(label: str) -> tuple[str, str]:
 
 def labeled_kg_triples(store: Store) -> list[Triple]:
     """The store's R1-R5 triples with entity labels prefixed by their node label (keys may collide across types)."""
-    out = []
-    for h, r, t in store.kg_triples():
-        rel = REL[r]
-        out.append((entity_label(rel.src, h), r, entity_label(rel.dst, t)))
-    return out
+    return label_triples(store.kg_triples())
+
+
+def label_triples(triples: list[Triple]) -> list[Triple]:
+    """``Store.kg_triples()`` rows with each key prefixed by its node label."""
+    return [(entity_label(REL[r].src, h), r, entity_label(REL[r].dst, t)) for h, r, t in triples]
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,12 @@ class TriplesFactory:
     @classmethod
     def from_store(cls, store: Store) -> TriplesFactory:
         """All R1-R5 triples of the store (relations indexed over every R1-R5 type, even absent ones)."""
-        return cls.from_labeled_triples(labeled_kg_triples(store), relations=KG_RELATIONS)
+        return cls.from_kg_triples(store.kg_triples())
+
+    @classmethod
+    def from_kg_triples(cls, triples: list[Triple]) -> TriplesFactory:
+        """From rows as ``Store.kg_triples()`` returns them."""
+        return cls.from_labeled_triples(label_triples(triples), relations=KG_RELATIONS)
 
     # -- views -------------------------------------------------------------------------------------------------
     @property

@@ -52,10 +52,7 @@ def import_file(store: Store, path: str | Path, *, catalog: Catalog | None = Non
         raise ValidationErrors(errors)
     before = store.stats()
     store.write(batch)
-    after = store.stats()
-    added = {k: after[g][k] - before[g][k] for g in ("nodes", "relationships") for k in after[g]
-             if after[g][k] != before[g][k]}
-    return ImportReport(str(path), fmt, n, added)
+    return ImportReport(str(path), fmt, n, _added(before, store.stats()))
 
 
 def init_kb(store: Store, *, catalog: Catalog | None = None) -> ImportReport:
@@ -64,7 +61,10 @@ def init_kb(store: Store, *, catalog: Catalog | None = None) -> ImportReport:
     before = store.stats()
     store.write_catalog(catalog)
     report = import_file(store, builtin_papers(), catalog=catalog)
-    after = store.stats()
-    added = {k: after[g][k] - before[g][k] for g in ("nodes", "relationships") for k in after[g]
-             if after[g][k] != before[g][k]}
-    return ImportReport("catalog + " + report.path, "init", report.rows, added)
+    return ImportReport("catalog + " + report.path, "init", report.rows, _added(before, store.stats()))
+
+
+def _added(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, int]:
+    """What a write added, per node label and relationship type (only the ones that changed)."""
+    return {k: after[g][k] - before[g][k] for g in ("nodes", "relationships") for k in after[g]
+            if after[g][k] != before[g][k]}

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from automc.catalog import Catalog, Scheme, format_value, setting_id
+from automc.catalog import Catalog, Scheme, Strategy, setting_id
 from automc.errors import NotFoundError, SchemaVersionError, StoreError
 from automc.kb import queries
 from automc.kb.records import GraphBatch, TaskFeatures
@@ -244,12 +244,7 @@ class Store(ABC):
 
     def content_version(self) -> str:
         """A fingerprint of what embeddings learn from: every R1-R5 triple and every experience's values."""
-        digest = hashlib.sha256()
-        for triple in self.kg_triples():
-            digest.update("\x1f".join(triple).encode() + b"\n")
-        for row in self.named("experience-rows"):
-            digest.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
-        return digest.hexdigest()[:16]
+        return content_fingerprint(self.kg_triples(), self.named("experience-rows"))
 
     # -- evaluations -----------------------------------------------------------------------------------------
     def start_evaluation(self, task: TaskFeatures, scheme: Scheme, *, target_pr: float | None = None,
@@ -292,6 +287,16 @@ class Store(ABC):
         """Evaluations (with their scheme text and task id), oldest first."""
         # Empty strings, not nulls: LadybugDB cannot type a null parameter.
         return self.named("evaluations", {"task": task or "", "run": search_run or "", "state": state or ""})
+
+
+def content_fingerprint(triples: list[tuple[str, str, str]], experience_rows: list[dict[str, Any]]) -> str:
+    """``Store.content_version`` of already-read triples and ``experience-rows``, so a reader need not read twice."""
+    digest = hashlib.sha256()
+    for triple in triples:
+        digest.update("\x1f".join(triple).encode() + b"\n")
+    for row in experience_rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 _PY_TYPES = {"DOUBLE": float, "INT64": int, "BOOLEAN": bool, "STRING": str}
@@ -354,8 +359,7 @@ def add_setting(b: GraphBatch, hp: str, value: Any, *, in_catalog: bool) -> str:
 
 
 def add_strategy(b: GraphBatch, method: str, settings: tuple[tuple[str, Any], ...], *, in_catalog: bool) -> str:
-    inner = ",".join(f"{k}={format_value(v)}" for k, v in settings)
-    key = f"{method}({inner})"
+    key = Strategy(method, settings).id
     flag = {"in_catalog": True} if in_catalog else {}
     seen = b.nodes.get("Strategy", {}).get(key)
     if seen is not None:

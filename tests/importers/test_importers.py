@@ -93,7 +93,6 @@ def test_shared_experience_records(shared_dir, kb_copy):
 
 def test_export_then_import_into_fresh_store_reproduces_stats(kb_copy, tmp_path):
     with open_store(f"ladybug://{kb_copy}") as s:
-        s.write_catalog  # noqa: B018 - the copy already holds catalogue + papers
         vecs = {r["id"]: [0.1, 0.2] for r in s.strategies("LFB")}
         s.set_embeddings("Strategy", vecs, {"config": {"d": 2}})
         original = s.stats()
