@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Property types, in LadybugDB's spelling; Neo4j is schemaless for properties and only gets key constraints.
 STRING, DOUBLE, INT64, BOOLEAN, DOUBLE_LIST = "STRING", "DOUBLE", "INT64", "BOOLEAN", "DOUBLE[]"
@@ -74,8 +74,16 @@ NODES: tuple[NodeType, ...] = (
     NodeType("Evaluation", "id", _props(
         "id", "state", "search_run", "target_pr:DOUBLE", "params:DOUBLE", "flops:DOUBLE", "accuracy:DOUBLE",
         "accuracy_low:DOUBLE", "accuracy_high:DOUBLE", "val_accuracy:DOUBLE", "ar:DOUBLE", "pr:DOUBLE",
-        "fr:DOUBLE", "seconds:DOUBLE", "device", "steps", "error", "created", "finished")),
-    NodeType("SearchRun", "id", _props("id", "algorithm", "config", "state", "started", "finished")),
+        "fr:DOUBLE", "seconds:DOUBLE", "device", "steps", "error", "created", "finished",
+        # v2: who runs it (stale detection), the search's view of it, and the step it adds to its parent
+        "host", "pid:INT64", "heartbeat", "fidelity", "round:INT64", "parent", "val_accuracy_low:DOUBLE",
+        "val_accuracy_high:DOUBLE", "step_ar:DOUBLE", "step_pr:DOUBLE", "epochs:DOUBLE", "data_fraction:DOUBLE",
+        "seed:INT64", "val_source", "train_seconds:DOUBLE")),
+    NodeType("SearchRun", "id", _props(
+        "id", "algorithm", "config", "state", "started", "finished",
+        # v2: what resume and reports need
+        "task", "seed:INT64", "target_pr:DOUBLE", "budget:INT64", "front", "strategy_state", "round:INT64",
+        "seconds:DOUBLE", "fingerprint", "host", "pid:INT64", "heartbeat", "error")),
     NodeType("EmbeddingRun", "id", _props("id", "created", "kb_version", "config", "metrics")),
     NodeType("Meta", "key", _props("key", "value")),
 )
@@ -96,6 +104,8 @@ RELS: tuple[RelType, ...] = (
     RelType("EVAL_OF_SCHEME", "Evaluation", "Scheme"),
     RelType("EVAL_ON_TASK", "Evaluation", "Task"),
     RelType("EVAL_IN_RUN", "Evaluation", "SearchRun"),
+    RelType("EXTENDS", "Scheme", "Scheme"),  # a scheme and its prefix one step shorter
+    RelType("RUN_ON_TASK", "SearchRun", "Task"),
 )
 
 NODE = {n.label: n for n in NODES}

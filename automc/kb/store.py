@@ -372,13 +372,19 @@ def add_strategy(b: GraphBatch, method: str, settings: tuple[tuple[str, Any], ..
     return key
 
 
-def scheme_batch(scheme: Scheme) -> GraphBatch:
-    """A scheme node with its ordered STEP relationships (strategies outside the grid are added)."""
-    b = GraphBatch()
+def scheme_batch(scheme: Scheme, b: GraphBatch | None = None) -> GraphBatch:
+    """A scheme node with its ordered STEP relationships and its chain of prefixes (``EXTENDS``), down to the
+    empty scheme that stands for the base model; strategies outside the grid are added."""
+    b = b if b is not None else GraphBatch()
     b.node("Scheme", id=scheme.id, text=scheme.text, length=len(scheme))
     for pos, s in enumerate(scheme.strategies):
         for hp, v in s.settings:
             add_setting(b, hp, v, in_catalog=False)
         add_strategy(b, s.method, s.settings, in_catalog=False)
         b.rel("STEP", scheme.id, s.id, position=pos)
+    if len(scheme):
+        prefix = Scheme(scheme.strategies[:-1])
+        if prefix.id not in b.nodes.get("Scheme", {}):
+            scheme_batch(prefix, b)
+        b.rel("EXTENDS", scheme.id, prefix.id)
     return b

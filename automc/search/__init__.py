@@ -1,0 +1,1 @@
+"""Search: strategies (progressive, baselines), F_mo, Pareto fronts, the search loop and its reports."""
