@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from automc.search.space import SearchSpace
-
     from automc.kb.records import TaskFeatures
+    from automc.search.space import SearchSpace
 
 SchemeKey = tuple[str, ...]  # strategy ids in order; () is the base model
 
