@@ -11,6 +11,8 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
+import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -248,19 +250,29 @@ class Store(ABC):
 
     # -- evaluations -----------------------------------------------------------------------------------------
     def start_evaluation(self, task: TaskFeatures, scheme: Scheme, *, target_pr: float | None = None,
-                         search_run: str | None = None, device: str = "") -> str:
-        """Record a RUNNING evaluation of ``scheme`` on ``task`` (with the scheme and task) and return its id."""
+                         search_run: str | None = None, device: str = "",
+                         extra: Mapping[str, Any] | None = None) -> str:
+        """Record a RUNNING evaluation of ``scheme`` on ``task`` (with the scheme and task) and return its id.
+
+        The record names its owner (host, process id, heartbeat) so a later writer can tell a stale one;
+        ``extra`` adds Evaluation properties (fidelity, round, parent, ...).
+        """
         eval_id = uuid.uuid4().hex
         batch = scheme_batch(scheme)
         task_key = batch.task(task)
-        batch.node("Evaluation", id=eval_id, state="RUNNING", search_run=search_run, target_pr=target_pr,
-                   device=device, created=now())
+        props = {k: v for k, v in (extra or {}).items() if k in NODE["Evaluation"].names and k != "id"}
+        batch.node("Evaluation", **props, id=eval_id, state="RUNNING", search_run=search_run, target_pr=target_pr,
+                   device=device, created=now(), **owner())
         batch.rel("EVAL_OF_SCHEME", eval_id, scheme.id)
         batch.rel("EVAL_ON_TASK", eval_id, task_key)
         if search_run:
             batch.rel("EVAL_IN_RUN", eval_id, search_run)
         self.write(batch)
         return eval_id
+
+    def heartbeat(self, eval_id: str) -> None:
+        """Refresh a RUNNING evaluation's heartbeat (long work calls this now and then)."""
+        self._run("MATCH (e:Evaluation {id: $id}) SET e.heartbeat = $t", {"id": eval_id, "t": now()})
 
     def finish_evaluation(self, eval_id: str, result: Mapping[str, Any]) -> None:
         """Mark an evaluation COMPLETE with its measurements; raises ``NotFoundError``."""
@@ -287,6 +299,11 @@ class Store(ABC):
         """Evaluations (with their scheme text and task id), oldest first."""
         # Empty strings, not nulls: LadybugDB cannot type a null parameter.
         return self.named("evaluations", {"task": task or "", "run": search_run or "", "state": state or ""})
+
+
+def owner() -> dict[str, Any]:
+    """Who is writing: host, process id and a fresh heartbeat (stale detection reads them)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now()}
 
 
 def content_fingerprint(triples: list[tuple[str, str, str]], experience_rows: list[dict[str, Any]]) -> str:
