@@ -294,6 +294,7 @@ class LMA(Method):
                 raise CompressionError(f"LMA builds its student by narrowing block-internal channels: {e}") from e
         put_back_activations(student, taken)
         install_activations(student, segments)
+        student.to(task.device)  # the new activations are created on the CPU
         check_reduction(self.name, p0, count_params(student), ratio)
         lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
