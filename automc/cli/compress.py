@@ -163,12 +163,15 @@ def _end_evaluation(store_uri: str, eval_id: str, *, record: dict[str, Any] | No
             s.finish_evaluation(eval_id, record or {})
 
 
-def _table(result: SchemeResult, splits: dict[str, dict[str, Any]]) -> Table:
+def _sources(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """Which images each column of the table was measured on (and what the model was fine-tuned on)."""
+    return [f"{label}: {splits[k]['source']} ({splits[k]['images']:,} images)"
+            for label, k in (("val acc", "val"), ("test acc", "test"), ("fine-tuned on", "train")) if k in splits]
+
+
+def _table(result: SchemeResult) -> Table:
     b = result.before
-    caption = "\n".join(f"{label}: {splits[k]['source']} ({splits[k]['images']:,} images)"
-                         for label, k in (("val acc", "val"), ("test acc", "test"), ("fine-tuned on", "train"))
-                         if k in splits)
-    t = Table(title=result.scheme, title_justify="left", caption=caption or None, caption_justify="left")
+    t = Table(title=result.scheme, title_justify="left")
     for col in ("", "parameters", "FLOPs", "val acc", "test acc"):
         t.add_column(col, justify="right" if col else "left")
     t.add_row("before", f"{b.params:,}", f"{b.flops / 1e6:,.1f} M", f"{b.acc_val:.2%}", f"{b.acc_test:.2%}")
@@ -216,7 +219,9 @@ def compress_cmd(
         obj.update(out=str(out), standalone=str(run.paths["standalone"]), evaluation=eval_id, data=run.splits)
         print_json(obj)
         return
-    console.print(_table(run.result, run.splits))
+    console.print(_table(run.result))
+    for line in _sources(run.splits):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     console.print(f"saved to {out} ({run.paths['standalone'].name}, state_dict.pt, architecture.json)")
     if eval_id:
         console.print(f"recorded evaluation {eval_id}")

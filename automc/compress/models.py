@@ -190,6 +190,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only=True``): a state dict, or ``{"state_dict": ...}``; strips
     ``module.`` prefixes. Raises ``ValidationError`` naming the path."""
     p = Path(path)
+    if p.is_dir():
+        raise ValidationError("is a directory; expected a checkpoint file (.th/.pt)", path=str(p))
     if not p.is_file():
         raise ValidationError("weights file not found", path=str(p))
     try:
@@ -231,6 +233,10 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
         raise ValidationError(f"weights do not fit {type(model).__name__}: " + "; ".join(parts),
                               path=str(path))
+    bad = next((k for k in own if k in state and state[k].is_floating_point() and not state[k].isfinite().all()),
+               None)
+    if bad is not None:
+        raise ValidationError(f"weights contain NaN or infinite values (e.g. {bad})", path=str(path))
     model.load_state_dict(state, strict=False)
     return model
 
