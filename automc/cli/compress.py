@@ -108,17 +108,14 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
 
     from automc.compress.base import Task, TrainBudget
     from automc.compress.data import load_data
-    from automc.compress.models import build_model, check_fits, load_weights
+    from automc.compress.models import model_for_data
     from automc.compress.saving import save_compressed
     from automc.compress.scheme import apply_scheme, measure
 
     dev = _device(device)
     torch.manual_seed(seed)
     ds = load_data(data, val_data=val_data, val_from=val_from, fraction=data_fraction, seed=seed, device=dev)
-    net = build_model(model, ds.num_classes)
-    check_fits(net, ds.input_shape, ds.num_classes, data=ds.sources["train"])
-    if weights is not None:
-        load_weights(net, weights)
+    net = model_for_data(model, ds, weights)
     task = Task(ds, target_pr, TrainBudget(epochs=epochs, batch_size=batch_size, lr=lr), dev, seed)
     before = measure(net, task)
     splits = {k: {"source": ds.sources[k], "images": ds.size(k)} for k in ("train", "val", "test")}

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from automc.errors import ValidationError
+
+if TYPE_CHECKING:
+    from automc.compress.data import Data
 
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 164)
 VGG_CONFIGS: dict[int, list[int | str]] = {
@@ -281,3 +285,13 @@ def check_fits(model: nn.Module, input_shape: tuple[int, ...], num_classes: int,
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ValidationError(f"{name} gives outputs of shape {tuple(out.shape)} for {data}; expected "
                               f"(batch, {num_classes})", field="data")
+
+
+def model_for_data(name: str, data: Data, weights: str | Path | None = None, *, width: int | None = None) -> nn.Module:
+    """``build_model`` for ``data``'s class count, checked against its images (``check_fits``), with ``weights``
+    loaded when given; every misfit is one ``ValidationError``."""
+    model = build_model(name, data.num_classes, width=width)
+    check_fits(model, data.input_shape, data.num_classes, data=data.sources.get("train", "the data"))
+    if weights is not None:
+        load_weights(model, weights)
+    return model
