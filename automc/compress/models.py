@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from automc.errors import ValidationError
+
+if TYPE_CHECKING:
+    from automc.compress.data import Data
 
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 164)
 VGG_CONFIGS: dict[int, list[int | str]] = {
@@ -190,6 +194,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only=True``): a state dict, or ``{"state_dict": ...}``; strips
     ``module.`` prefixes. Raises ``ValidationError`` naming the path."""
     p = Path(path)
+    if p.is_dir():
+        raise ValidationError("is a directory; expected a checkpoint file (.th/.pt)", path=str(p))
     if not p.is_file():
         raise ValidationError("weights file not found", path=str(p))
     try:
@@ -211,6 +217,14 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    head = _classifier_name(model)
+    if head is not None and f"{head}.weight" in wrong and state[f"{head}.weight"].ndim == 2:
+        file_classes, own_classes = state[f"{head}.weight"].shape[0], own[f"{head}.weight"].shape[0]
+        others = [k for k in wrong if not k.startswith(f"{head}.")]
+        if not others and not missing and not unexpected:
+            raise ValidationError(f"the checkpoint's classifier ({head}) has {file_classes} classes but the data "
+                                  f"has {own_classes}: use weights trained on these classes, or data with "
+                                  f"labels 0..{file_classes - 1}", path=str(path))
     if missing or unexpected or wrong:
         parts = []
         if wrong:
@@ -223,6 +237,10 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
         raise ValidationError(f"weights do not fit {type(model).__name__}: " + "; ".join(parts),
                               path=str(path))
+    bad = next((k for k in own if k in state and state[k].is_floating_point() and not state[k].isfinite().all()),
+               None)
+    if bad is not None:
+        raise ValidationError(f"weights contain NaN or infinite values (e.g. {bad})", path=str(path))
     model.load_state_dict(state, strict=False)
     return model
 
@@ -233,3 +251,47 @@ def num_classes_of(model: nn.Module) -> int:
     if not linears:
         raise ValidationError("the model has no Linear classifier layer", field="model")
     return linears[-1].out_features
+
+
+def _classifier_name(model: nn.Module) -> str | None:
+    """Module name of the model's last Linear layer (its classifier), if it has one."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def check_fits(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, *, data: str = "the data") -> None:
+    """Raise ``ValidationError`` unless ``model`` takes ``input_shape`` (C, H, W) images and has one output per
+    class of ``data`` (a description such as ``x_train of cifar10.npz``); runs one forward pass on zeros."""
+    c, h, w = input_shape
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)), None)
+    name = type(model).__name__
+    if isinstance(first, nn.Conv2d) and first.in_channels != c:
+        raise ValidationError(f"{data} has {c}-channel images but {name} expects {first.in_channels} channels",
+                              field="data")
+    outputs = num_classes_of(model)
+    if outputs != num_classes:
+        raise ValidationError(f"{data} has {num_classes} classes but {name} has {outputs} outputs", field="data")
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(1, c, h, w, device=next(model.parameters()).device))
+    except RuntimeError as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValidationError(f"{name} cannot take the {h}x{w} images of {data} ({first_line})",
+                              field="data") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ValidationError(f"{name} gives outputs of shape {tuple(out.shape)} for {data}; expected "
+                              f"(batch, {num_classes})", field="data")
+
+
+def model_for_data(name: str, data: Data, weights: str | Path | None = None, *, width: int | None = None) -> nn.Module:
+    """``build_model`` for ``data``'s class count, checked against its images (``check_fits``), with ``weights``
+    loaded when given; every misfit is one ``ValidationError``."""
+    model = build_model(name, data.num_classes, width=width)
+    check_fits(model, data.input_shape, data.num_classes, data=data.sources.get("train", "the data"))
+    if weights is not None:
+        load_weights(model, weights)
+    return model

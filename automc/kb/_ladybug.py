@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from automc.errors import StoreError, StoreLockedError
+from automc.errors import StoreError, StoreLockedError, ValidationError
 from automc.kb.schema import ladybug_ddl
 from automc.kb.store import Store
 
@@ -28,7 +28,10 @@ class LadybugStore(Store):
         self.path = Path(path).expanduser()
         self.uri = f"ladybug://{self.path}"
         if lock_timeout is None:
-            lock_timeout = float(os.environ.get("AUTOMC_LOCK_TIMEOUT", "60"))
+            raw = os.environ.get("AUTOMC_LOCK_TIMEOUT", "60")
+            if not re.fullmatch(r"\s*\d+(\.\d*)?\s*", raw):
+                raise ValidationError(f"must be a number of seconds ≥ 0, got {raw!r}", field="AUTOMC_LOCK_TIMEOUT")
+            lock_timeout = float(raw)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + lock_timeout
         while True:
