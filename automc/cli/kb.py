@@ -127,7 +127,7 @@ def stale_cmd(store: str = store_option(),
     """Mark RUNNING evaluations (FAIL) and search runs (INTERRUPTED) whose process is gone as stale."""
     limit = _duration(max_age)
     with _opened(open_store(store, create=False)) as s:
-        ids = s.fail_stale(max_age_s=limit)
+        ids = [*s.marked_stale, *s.fail_stale(max_age_s=limit)]
     if json_out:
         print_json({"stale": ids})
         return

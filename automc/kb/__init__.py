@@ -70,7 +70,7 @@ def open_store(uri: str | Store | None = None, *, create: bool = True, read_only
                               field="store")
     if not read_only:
         try:
-            store.fail_stale()
+            store.marked_stale = tuple(store.fail_stale())
         except BaseException:
             store.close()
             raise

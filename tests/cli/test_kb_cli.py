@@ -67,5 +67,6 @@ def test_installed_console_script(tmp_path):
     # a read-only command on a missing store says so and creates nothing
     out = subprocess.run([exe, "kb", "stats", "--store", f"ladybug://{tmp_path / 'k.lbug'}", "--json"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stderr.startswith("error: no knowledge base at") and "automc kb init" in out.stderr
+    assert out.returncode == 1 and out.stderr.startswith("error: no knowledge base at")
+    assert "automc kb init" in out.stderr
     assert list(tmp_path.iterdir()) == []
