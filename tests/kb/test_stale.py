@@ -79,3 +79,18 @@ def test_heartbeat_refreshes(store):
     _set(store, "Evaluation", eid, host="other-host", heartbeat=_ago(7200))
     store.heartbeat(eid)
     assert store.fail_stale(max_age_s=3600) == []
+
+
+def test_heartbeat_callback_forwards_progress_and_beats(tmp_path):
+    from automc.kb import heartbeat_callback
+
+    uri = f"ladybug://{tmp_path / 'kb.lbug'}"
+    with open_store(uri) as s:
+        eid = s.start_evaluation(TASK, load_catalog().parse_scheme("LeGR()"))
+        _set(s, "Evaluation", eid, host="other-host", heartbeat=_ago(7200))
+    seen: list[str] = []
+    beat = heartbeat_callback(uri, eid, seen.append, every_s=0.0)
+    beat("step 1/1")
+    assert seen == ["step 1/1"]
+    with open_store(uri, stale_after_s=None) as s:
+        assert s.fail_stale(max_age_s=3600) == []
