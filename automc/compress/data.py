@@ -403,6 +403,10 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
     part (``val_from="train"``, default 10%; biased for a model trained on those images). ``fraction``
     samples the training part only. Raises ``ValidationError`` naming the file, the array and the problem.
     """
+    if str(path) == "digits" and not Path(path).exists():  # reserved: the built-in digits (compress.builtin)
+        from automc.compress.builtin import digits
+
+        return digits(val_fraction=val_fraction, fraction=fraction, seed=seed, device=device)
     p = Path(path)
     parts = _guarded(p, _read_dataset)
     if val_data is not None:
