@@ -177,3 +177,30 @@ def test_search_reaches_the_target_on_the_front(space):
     best = front(h.complete(), target_pr=0.4)
     assert best and all(o.pr >= 0.4 for o in best)
     assert all(np.isfinite(x) for x in s.losses)
+
+
+def test_on_the_real_catalogue_space():
+    """The whole 8 934-strategy space with its rules: proposals obey them and a round stays cheap."""
+    import time
+
+    from automc.search.space import SearchSpace
+
+    real = SearchSpace()
+    s = ProgressiveStrategy(Context(space=real, target_pr=0.4, seed=3, task_vector=TASK))
+    h = History(Observation((), "COMPLETE", 0.9, 0.0, params=BASE_PARAMS))
+    rng = np.random.default_rng(0)
+    for r in range(3):
+        started = time.perf_counter()
+        proposals = s.propose(h, 10, round_rng(3, r))
+        assert time.perf_counter() - started < 5
+        assert len(proposals) == 10 and all(real.allowed(p) and p not in h for p in proposals)
+        for p in proposals:
+            for i in range(1, len(p) + 1):
+                if p[:i] not in h:
+                    parent = h.get(p[:i - 1])
+                    params = parent.params * float(rng.uniform(0.3, 0.95))
+                    h.add(Observation(p[:i], "COMPLETE", parent.val_accuracy * float(rng.uniform(0.9, 1.0)),
+                                      1 - params / BASE_PARAMS, params=params, round=r))
+        s.observe(h, [])
+    assert s.state_dict()["fitted_through"] == 2
+    assert max(len(o.scheme) for o in h) >= 2  # it extends evaluated schemes
