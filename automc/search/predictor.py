@@ -85,10 +85,16 @@ class Fmo(nn.Module):
 
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global RNG (initialisation, shuffling) without disturbing the caller's."""
+    """Seed torch's global RNG (initialisation, shuffling) without disturbing the caller's, on one CPU thread
+    (as fast for these tiny matrices, and the same floats whatever the machine's thread count: resume needs it)."""
+    threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        yield
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +241,8 @@ class Predictor:
         tasks = np.broadcast_to(tv, (n, self.task_dim)) if tv.ndim == 1 else tv
         seqs, cand, t = self._batch(parents, candidates, tasks)
         self.model.eval()
-        out = self.model(seqs, cand, t).numpy()
+        with _seeded(self.seed):
+            out = self.model(seqs, cand, t).numpy()
         return out * self.target_std + self.target_mean
 
     # -- persistence -----------------------------------------------------------------------------------------

@@ -38,17 +38,28 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def remaining(obs: Observation, base: Observation) -> float | None:
+    """The share of the base model's parameters ``obs`` keeps (1 for the base model), from params or PR."""
+    if not obs.scheme:
+        return 1.0
+    if obs.params is not None and base.params:
+        return obs.params / base.params
+    return None if obs.pr is None else 1.0 - obs.pr
+
+
 def step_records(history: History, task: str, features: Sequence[float]) -> list[tuple[int, StepRecord]]:
     """(round, step) for every complete observation whose parent is known and complete: child vs. parent."""
     out = []
     for obs in history.complete():
         parent = history.get(obs.parent)
-        if (parent is None or not parent.ok or not obs.scheme or parent.val_accuracy is None
-                or obs.val_accuracy is None or not parent.params or obs.params is None or not parent.val_accuracy):
+        if parent is None or not parent.ok or not obs.scheme or not parent.val_accuracy or obs.val_accuracy is None:
+            continue
+        kept, parent_kept = remaining(obs, history.base), remaining(parent, history.base)
+        if kept is None or not parent_kept:
             continue
         ar = obs.val_accuracy / parent.val_accuracy - 1.0
-        pr = 1.0 - obs.params / parent.params
-        out.append((obs.round, StepRecord(obs.parent, obs.scheme[-1], task, tuple(features), ar, pr)))
+        out.append((obs.round, StepRecord(obs.parent, obs.scheme[-1], task, tuple(features), ar,
+                                          1.0 - kept / parent_kept)))
     out.sort(key=lambda x: (x[0], x[1].parent, x[1].strategy))  # independent of the history's order
     return out
 
@@ -159,8 +170,8 @@ class ProgressiveStrategy(SearchStrategy):
                     taken: set[SchemeKey]) -> list[tuple[SchemeKey, str]]:
         """Up to ``candidates`` distinct untried (parent, next strategy) pairs, parents mostly from the front."""
         space = self.context.space
-        done = [o for o in history.complete(with_base=True)
-                if o.val_accuracy is not None and o.params and len(o.scheme) < space.max_length]
+        done = [o for o in history.complete(with_base=True) if o.val_accuracy is not None
+                and remaining(o, history.base) is not None and len(o.scheme) < space.max_length]
         on_front = {o.scheme for o in front(done)}
         groups = [sorted(s for s in (o.scheme for o in done) if s in on_front),
                   sorted(s for s in (o.scheme for o in done) if s not in on_front)]
@@ -202,9 +213,9 @@ class ProgressiveStrategy(SearchStrategy):
         pred = p.predict(parents, [c[1] for c in candidates], self.features)
         base = history.base
         a = np.array([history.get(q).val_accuracy for q in parents], dtype=float)
-        remaining = np.array([history.get(q).params / base.params for q in parents], dtype=float)
+        kept = np.array([remaining(history.get(q), base) for q in parents], dtype=float)
         acc = a * (1.0 + pred[:, 0])
-        par = remaining * (1.0 - np.clip(pred[:, 1], 0.0, 1.0))
+        par = kept * (1.0 - np.clip(pred[:, 1], 0.0, 1.0))
         pr = 1.0 - par
         lengths = np.array([len(q) + 1 for q in parents])
         reach = (pr >= self.context.target_pr) | (lengths < self.context.space.max_length)

@@ -163,9 +163,15 @@ def ensure_embeddings(store: Store, *, refresh: bool, config: Any = None) -> tup
     latest = max(runs, key=lambda r: (r["created"] or "", r["id"])) if runs else None
     info: dict[str, Any] = {"refreshed": False, "kb_version": latest["kb_version"] if latest else None}
     if refresh:
+        from automc.kb.store import content_fingerprint
+
         started = time.perf_counter()
-        version = store.content_version()
+        triples = store.kg_triples()
+        version = content_fingerprint(triples, store.named("experience-rows"))  # = store.content_version()
         info["check_seconds"] = round(time.perf_counter() - started, 3)
+        if not triples:  # nothing to embed (no 'automc kb init'): F_mo uses its hand-made strategy vectors
+            info["reason"] = "the store has no knowledge graph"
+            return store.embeddings("Strategy"), info
         stale = latest is None or latest["kb_version"] != version
         info["reason"] = "no embeddings yet" if latest is None else (
             "the knowledge base changed since the last embedding" if stale else "up to date")

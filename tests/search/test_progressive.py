@@ -204,3 +204,16 @@ def test_on_the_real_catalogue_space():
         s.observe(h, [])
     assert s.state_dict()["fitted_through"] == 2
     assert max(len(o.scheme) for o in h) >= 2  # it extends evaluated schemes
+
+
+def test_steps_from_pr_when_params_are_unknown(space):
+    ids = space.ids
+    h = History(Observation((), "COMPLETE", 0.9, 0.0))
+    h.add(Observation((ids[0],), "COMPLETE", 0.8, 0.5, round=0))
+    h.add(Observation((ids[0], ids[1]), "COMPLETE", 0.6, 0.75, round=1))
+    h.add(Observation((ids[2],), "FAIL", round=1))
+    (r0, a), (r1, b) = step_records(h, "t", TASK)
+    assert (r0, a.parent, a.strategy) == (0, (), ids[0]) and (a.step_ar, a.step_pr) == pytest.approx((-1 / 9, 0.5))
+    assert (r1, b.parent) == (1, (ids[0],)) and (b.step_ar, b.step_pr) == pytest.approx((-0.25, 0.5))
+    s = ProgressiveStrategy(context(space))
+    assert len(s.propose(h, 5, round_rng(0, 2))) == 5

@@ -143,6 +143,8 @@ finetune_epochs_factor = [0.2, 0.4]
 
 
 def test_embeddings_refresh_only_when_knowledge_changed(store):
+    emb, info = ensure_embeddings(store, refresh=True)  # an empty store: nothing to fit, no error
+    assert emb == {} and not info["refreshed"] and "no knowledge graph" in info["reason"]
     catalog = Catalog(tomllib.loads(TINY))
     store.write_catalog(catalog)
     config = EmbedConfig(dim=4, relation_dim=4, epochs=2, use_experience=False)
