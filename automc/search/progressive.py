@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from automc.search._base import Context, History, Observation, SchemeKey, SearchStrategy, StepRecord
-from automc.search.pareto import front, non_dominated
+from automc.search.pareto import non_dominated
 
 DEFAULTS: dict[str, Any] = {
     "candidates": 300,  # (parent, strategy) pairs F_mo scores per round
@@ -172,7 +172,10 @@ class ProgressiveStrategy(SearchStrategy):
         space = self.context.space
         done = [o for o in history.complete(with_base=True) if o.val_accuracy is not None
                 and remaining(o, history.base) is not None and len(o.scheme) < space.max_length]
-        on_front = {o.scheme for o in front(done)}
+        # The front on (validation accuracy, PR) with PR from the kept share, so a base model without PR counts.
+        points = np.array([[o.val_accuracy, 1.0 - remaining(o, history.base)] for o in done], dtype=float)
+        on_front = {o.scheme for o, keep in zip(done, non_dominated(points.reshape(-1, 2), (True, True)),
+                                                 strict=True) if keep}
         groups = [sorted(s for s in (o.scheme for o in done) if s in on_front),
                   sorted(s for s in (o.scheme for o in done) if s not in on_front)]
         if not groups[0] and not groups[1]:
