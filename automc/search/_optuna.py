@@ -95,7 +95,7 @@ def fill_random(space: SearchSpace, history: History, taken: set[SchemeKey], n: 
     for _ in range(tries):
         if len(out) >= n:
             break
-        scheme = tuple(space.random_scheme(rng, int(rng.integers(1, space.max_length + 1))))
+        scheme = tuple(space.random_scheme(rng, int(rng.integers(1, space.max_length + 1))) or ())
         if scheme and space.allowed(scheme) and scheme not in history and scheme not in taken:
             taken.add(scheme)
             out.append(scheme)
@@ -169,7 +169,7 @@ class OptunaStrategy(SearchStrategy):
                     trial = study.ask(fixed_distributions=distributions)
                     scheme = repair(space, self.encoding.decode(trial.params))
                     if not scheme:
-                        scheme = tuple(space.random_scheme(rng, 1))
+                        scheme = tuple(space.random_scheme(rng, 1) or ())
                     if scheme and scheme not in history and scheme not in taken:
                         taken.add(scheme)
                         out.append(scheme)
