@@ -16,12 +16,13 @@ asks trials from a sampler seeded from the round's random stream, and never tell
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from automc.search._base import History, SchemeKey, SearchStrategy
+from automc.search._base import Context, History, SchemeKey, SearchStrategy
 
 if TYPE_CHECKING:
     import optuna
@@ -136,12 +137,13 @@ class OptunaStrategy(SearchStrategy):
 
     max_asks_per_scheme = 10  # asks per wanted scheme before random schemes fill the round
 
-    def __init__(self, context) -> None:
+    def __init__(self, context: Context) -> None:
         super().__init__(context)
         self.encoding = SchemeEncoding(context.space)
 
+    @abstractmethod
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        raise NotImplementedError
+        """A fresh sampler seeded from the round's random stream."""
 
     def trial_system_attrs(self, index: int) -> dict[str, Any]:
         return {}
