@@ -18,7 +18,7 @@ class RandomStrategy(SearchStrategy):
         for _ in range(50 * max(1, n)):  # a bounded number of draws: a nearly exhausted space ends the search
             if len(out) >= n:
                 break
-            scheme = tuple(space.random_scheme(rng, int(rng.integers(1, space.max_length + 1))))
+            scheme = tuple(space.random_scheme(rng, int(rng.integers(1, space.max_length + 1))) or ())
             if scheme and scheme not in history and scheme not in out and not _extends_failure(history, scheme):
                 out.append(scheme)
         return out

@@ -398,7 +398,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     task = Task(data, float(cfg.target_pr), budget, device, int(cfg.seed))
     space = SearchSpace(max_length=int(cfg.max_length))
     evaluator = Evaluator(net, task, cache_dir=run_dir / "cache", cache_bytes=int(cfg.cache_bytes),
-                          seed=int(cfg.seed), space=space)
+                          seed=int(cfg.seed), space=space, data_fraction=float(cfg.data_fraction))
     base = evaluator.base().record()
     features = TaskFeatures(model=ident["model"], dataset=_dataset_name(cfg.data), num_classes=data.num_classes,
                             image_size=int(data.input_shape[-1]), image_channels=int(data.input_shape[0]),
@@ -457,6 +457,7 @@ def _context(run: _Run) -> tuple[Context, dict[str, int]]:
 def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
     """Evaluate one scheme (its parent is in the history): RUNNING record, evaluation, COMPLETE or FAIL."""
     from automc.catalog import Scheme
+    from automc.search import storage
     from automc.search.evaluator import step_seed
 
     cfg = run.cfg
@@ -476,10 +477,7 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
             s.fail_evaluation(eval_id, reason)
         raise
     with _opened(run.store) as s:
-        if result.state == "COMPLETE":
-            s.finish_evaluation(eval_id, result.record())
-        else:
-            s.fail_evaluation(eval_id, result.error or "failed")
+        storage.end_evaluation(s, eval_id, result.record())
     run.step_seconds.append(time.monotonic() - t)
     return result.observation(round_, eval_id)
 
@@ -558,7 +556,8 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
 def _final(run: _Run, round_: int) -> None:
     """Fine-tune the top-k front schemes again from the base model at full fidelity (skipped by final_epochs 0)."""
     from automc.catalog import Scheme
-    from automc.compress.base import Task, TrainBudget
+    from automc.compress.base import Task
+    from automc.search import storage
     from automc.search.evaluator import step_seed
     from automc.search.pareto import front
 
@@ -566,8 +565,6 @@ def _final(run: _Run, round_: int) -> None:
     if not cfg.final_epochs or not cfg.top_k:
         return
     with _opened(run.store) as s:
-        from automc.search import storage
-
         done = {r["scheme"] for r in storage.run_evaluations(s, run.id)
                 if r["fidelity"] == "final" and r["state"] == "COMPLETE"}
     best = sorted(front(run.history.complete(), cfg.target_pr), key=lambda o: (-(o.val_accuracy or 0), o.scheme))
@@ -593,10 +590,7 @@ def _final(run: _Run, round_: int) -> None:
                 s.fail_evaluation(eval_id, "interrupted" if isinstance(e, KeyboardInterrupt) else str(e))
             raise
         with _opened(run.store) as s:
-            if result.state == "COMPLETE":
-                s.finish_evaluation(eval_id, result.record())
-            else:
-                s.fail_evaluation(eval_id, result.error or "failed")
+            storage.end_evaluation(s, eval_id, result.record())
         if result.state == "COMPLETE" and cfg.out:
             _save_candidate(model, Path(cfg.out) / "final" / scheme.id, task, scheme.text, cfg.target_pr)
 

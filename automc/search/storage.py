@@ -127,9 +127,10 @@ def observation(row: Mapping[str, Any]) -> Observation:
     def num(k: str) -> float | None:
         return None if row.get(k) is None else float(row[k])
 
-    return Observation(scheme=scheme_key(row.get("scheme")), state=str(row["state"]), val_accuracy=num("val_accuracy"),
-                       pr=num("pr"), fr=num("fr"), params=num("params"), flops=num("flops"),
-                       round=int(row.get("round") or 0), evaluation_id=str(row["id"]), error=str(row.get("error") or ""))
+    return Observation(scheme=scheme_key(row.get("scheme")), state=str(row["state"]),
+                       val_accuracy=num("val_accuracy"), pr=num("pr"), fr=num("fr"), params=num("params"),
+                       flops=num("flops"), round=int(row.get("round") or 0), evaluation_id=str(row["id"]),
+                       error=str(row.get("error") or ""))
 
 
 def owner_alive(host: str, pid: int | None) -> bool:
@@ -159,3 +160,17 @@ def fail_running(store: Store, run_id: str, reason: str) -> int:
         batch.node("Evaluation", id=r["id"], state="FAIL", error=reason[:2000], finished=now())
     store.write(batch)
     return len(rows)
+
+
+def end_evaluation(store: Store, eval_id: str, record: Mapping[str, Any]) -> None:
+    """Finish a RUNNING evaluation with its measurements: COMPLETE, or FAIL with ``record['error']`` (the FAIL
+    keeps its timing, so the run's training share stays right); one transaction."""
+    if record.get("state") == "COMPLETE":
+        # finish_evaluation sets state and finished itself (passing them again is a TypeError there)
+        store.finish_evaluation(eval_id, {k: v for k, v in record.items() if k not in ("state", "finished", "error")})
+        return
+    props = {k: v for k, v in record.items() if k in NODE["Evaluation"].names and k not in ("id", "steps")}
+    props["error"] = str(props.get("error") or "failed")[:2000]
+    batch = GraphBatch()
+    batch.node("Evaluation", id=eval_id, **{**props, "state": "FAIL", "finished": now()})
+    store.write(batch)
