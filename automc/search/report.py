@@ -99,10 +99,10 @@ def _interval(row: Mapping[str, Any]) -> str:
     return f"{float(row['test_accuracy']):.2%}{tail}"
 
 
-def table_rows(info: ReportInfo) -> list[list[str]]:
-    """The Pareto table as text cells: scheme, params (PR), FLOPs (FR), val acc, test acc [95%], fidelity, id."""
+def table_rows(front: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Front rows as text cells: scheme, params (PR), FLOPs (FR), val acc, test acc [95%], fidelity, id."""
     out = []
-    for r in info.front:
+    for r in front:
         out.append([r["scheme"], f"{float(r['params'] or 0):,.0f} ({_pct(r['pr'])})",
                     f"{float(r['flops'] or 0) / 1e6:,.2f} M ({_pct(r['fr'])})", _pct(r["val_accuracy"]),
                     _interval(r), r["fidelity"], r["evaluation_id"]])
@@ -131,7 +131,7 @@ def render_markdown(info: ReportInfo) -> str:
     if info.front:
         lines.append("| " + " | ".join(TABLE_HEADER) + " |")
         lines.append("|" + "---|" * len(TABLE_HEADER))
-        for cells in table_rows(info):
+        for cells in table_rows(info.front):
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     else:
         lines.append(f"No evaluated scheme reached PR >= {info.gamma}.")
