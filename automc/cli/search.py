@@ -101,6 +101,7 @@ def search_cmd(
     lr: float | None = typer.Option(None, "--lr", help="fine-tune learning rate [0.01]"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="models of evaluated schemes and a trained "
                                           "base [~/.cache/automc/runs/RUN_ID]"),
+    width: int | None = typer.Option(None, "--width", hidden=True, help="first-stage width of a built-in model"),
 ) -> None:
     """Search for Pareto-optimal compression schemes (accuracy vs parameter reduction)."""
     from automc.search.run import SearchConfig, SearchInterrupted, parse_duration, search
@@ -113,7 +114,7 @@ def search_cmd(
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,
-                       train_epochs=train_epochs, resume=resume, cache_dir=_s(cache_dir))
+                       train_epochs=train_epochs, resume=resume, cache_dir=_s(cache_dir), width=width)
     try:
         if json_out:
             result = search(cfg)

@@ -287,6 +287,24 @@ class _Run:
     step_seconds: list[float] = field(default_factory=list)
     deadline: float | None = None
 
+    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # finished steps not yet written
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[Store]:
+        """The store, with the steps finished since the last write recorded first.
+
+        A step's result is written when the store is next opened (the next step's start, or the round's end), so
+        each step costs one opening of the store; a killed process still loses only the step in flight.
+        """
+        from automc.search import storage
+
+        with _opened(self.store) as s:
+            while self.pending:
+                eval_id, record = self.pending[0]
+                storage.end_evaluation(s, eval_id, record)
+                self.pending.pop(0)
+            yield s
+
     @property
     def done(self) -> int:
         return len(self.history)
@@ -403,7 +421,8 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     features = TaskFeatures(model=ident["model"], dataset=_dataset_name(cfg.data), num_classes=data.num_classes,
                             image_size=int(data.input_shape[-1]), image_channels=int(data.input_shape[0]),
                             num_images=int(sum(data.size(s) for s in ("train", "val"))),
-                            base_accuracy=float(base["accuracy"]), params=float(base["params"]),
+                            # validation, not test, accuracy: strategies see the task, and never test data
+                            base_accuracy=float(base["val_accuracy"]), params=float(base["params"]),
                             flops=float(base["flops"]))
     config_json = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "store")},
                    "identity": ident, "base": base, "run_dir": str(run_dir)}
@@ -443,7 +462,7 @@ def _context(run: _Run) -> tuple[Context, dict[str, int]]:
     if cfg.reuse:
         from automc.search.reuse import ensure_embeddings, load_prior
 
-        with _opened(run.store) as s:
+        with run.opened() as s:
             embeddings, _ = ensure_embeddings(s, refresh=True)
             p = load_prior(s, run.task.id)
         prior, transfer = tuple(p.records), tuple(p.transfer)
@@ -457,7 +476,6 @@ def _context(run: _Run) -> tuple[Context, dict[str, int]]:
 def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
     """Evaluate one scheme (its parent is in the history): RUNNING record, evaluation, COMPLETE or FAIL."""
     from automc.catalog import Scheme
-    from automc.search import storage
     from automc.search.evaluator import step_seed
 
     cfg = run.cfg
@@ -466,18 +484,17 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
              "epochs": float(cfg.epochs), "data_fraction": float(cfg.data_fraction),
              "seed": step_seed(int(cfg.seed), scheme)}
     t = time.monotonic()
-    with _opened(run.store) as s:
+    with run.opened() as s:
         eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
                                      device=str(run.evaluator.task.device), extra=extra)
     try:
         result = run.evaluator.evaluate(scheme)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        with _opened(run.store) as s:
+        with run.opened() as s:
             s.fail_evaluation(eval_id, reason)
         raise
-    with _opened(run.store) as s:
-        storage.end_evaluation(s, eval_id, result.record())
+    run.pending.append((eval_id, result.record()))
     run.step_seconds.append(time.monotonic() - t)
     return result.observation(round_, eval_id)
 
@@ -514,7 +531,7 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
     try:
         ctx, reuse_info = _context(run)
         run.config_json["reuse"] = reuse_info
-        with _opened(run.store) as s:
+        with run.opened() as s:
             storage.update_run(s, run.id, config=run.config_json)
         strategy = STRATEGIES[str(cfg.strategy)](ctx)
         if stored is not None and stored.strategy_state:
@@ -532,7 +549,7 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
                 message = "the strategy proposed nothing new: the search space is exhausted"
                 break
             strategy.observe(run.history, new)
-            with _opened(run.store) as s:
+            with run.opened() as s:
                 storage.update_run(s, run.id, round=round_, strategy_state=strategy.state_dict(),
                                    seconds=run.seconds_before + time.monotonic() - run.started)
             run.emit("round", round_)
@@ -540,13 +557,13 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
         _final(run, round_)
         return _finish(run, reuse_info, message)
     except KeyboardInterrupt:
-        with _opened(run.store) as s:
+        with run.opened() as s:
             storage.fail_running(s, run.id, "interrupted")
             storage.update_run(s, run.id, state="INTERRUPTED",
                                seconds=run.seconds_before + time.monotonic() - run.started)
         raise SearchInterrupted(run.id, resume_command(run.id, run.store)) from None
     except BaseException as e:
-        with contextlib.suppress(Exception), _opened(run.store) as s:
+        with contextlib.suppress(Exception), run.opened() as s:
             storage.fail_running(s, run.id, f"{type(e).__name__}: {e}")
             storage.update_run(s, run.id, state="FAILED", error=f"{type(e).__name__}: {e}"[:2000],
                                seconds=run.seconds_before + time.monotonic() - run.started)
@@ -564,7 +581,7 @@ def _final(run: _Run, round_: int) -> None:
     cfg = run.cfg
     if not cfg.final_epochs or not cfg.top_k:
         return
-    with _opened(run.store) as s:
+    with run.opened() as s:
         done = {r["scheme"] for r in storage.run_evaluations(s, run.id)
                 if r["fidelity"] == "final" and r["state"] == "COMPLETE"}
     best = sorted(front(run.history.complete(), cfg.target_pr), key=lambda o: (-(o.val_accuracy or 0), o.scheme))
@@ -580,16 +597,16 @@ def _final(run: _Run, round_: int) -> None:
         extra = {"fidelity": "final", "round": round_, "parent": Scheme(scheme.strategies[:-1]).id,
                  "epochs": float(cfg.final_epochs), "data_fraction": 1.0, "seed": step_seed(int(cfg.seed), o.scheme)}
         run.emit("final", round_, f"final fine-tune of {scheme.text}")
-        with _opened(run.store) as s:
+        with run.opened() as s:
             eval_id = s.start_evaluation(run.task, scheme, target_pr=float(cfg.target_pr), search_run=run.id,
                                          device=str(task.device), extra=extra)
         try:
             result, model = run.evaluator.final(o.scheme, task)
         except BaseException as e:
-            with _opened(run.store) as s:
+            with run.opened() as s:
                 s.fail_evaluation(eval_id, "interrupted" if isinstance(e, KeyboardInterrupt) else str(e))
             raise
-        with _opened(run.store) as s:
+        with run.opened() as s:
             storage.end_evaluation(s, eval_id, result.record())
         if result.state == "COMPLETE" and cfg.out:
             _save_candidate(model, Path(cfg.out) / "final" / scheme.id, task, scheme.text, cfg.target_pr)
@@ -608,7 +625,7 @@ def _finish(run: _Run, reuse_info: Mapping[str, int], message: str) -> SearchRes
     from automc.search import report, storage
 
     seconds = run.seconds_before + time.monotonic() - run.started
-    with _opened(run.store) as s:
+    with run.opened() as s:
         storage.update_run(s, run.id, seconds=seconds)
         info = report.build_report(s, run.id)
         storage.update_run(s, run.id, state="COMPLETE", front=info.front, seconds=seconds)
