@@ -59,7 +59,7 @@ def round_trip(model: torch.nn.Module, base: torch.nn.Module, x: torch.Tensor) -
 def step(model: torch.nn.Module, method: str, task: Task, p0: int, factor: float) -> dict[str, Any]:
     ratio = step_ratio(task.target_pr, p0, count_params(model), factor)
     t = time.perf_counter()
-    torch.manual_seed(0)
+    torch.manual_seed(task.seed)
     try:
         out = METHODS[method]().compress(model, task, params_for(method, factor), ratio)
     except (KeyboardInterrupt, SystemExit):
@@ -72,9 +72,10 @@ def step(model: torch.nn.Module, method: str, task: Task, p0: int, factor: float
             "pr": 1 - count_params(out) / p0, "acc": evaluate(out, task.data, "test").top1, "model": out}
 
 
-def chain_all(base: torch.nn.Module, data: Any, gamma: float, epochs: float, x: torch.Tensor) -> dict[str, Any]:
+def chain_all(base: torch.nn.Module, data: Any, gamma: float, epochs: float, lr: float, seed: int,
+              x: torch.Tensor) -> dict[str, Any]:
     """Every method, then every method after it, then every method once the target is reached, at ``gamma``."""
-    task = Task(data, gamma, TrainBudget(epochs=epochs, batch_size=32, lr=0.05), seed=0)
+    task = Task(data, gamma, TrainBudget(epochs=epochs, batch_size=32, lr=lr), seed=seed)
     p0 = count_params(base)
     methods = list(METHODS)
     first = {m: step(base, m, task, p0, 0.5) for m in methods}
@@ -90,21 +91,21 @@ def chain_all(base: torch.nn.Module, data: Any, gamma: float, epochs: float, x: 
                 if s2["ok"]:
                     row["second_round_trip"] = round_trip(s2["model"], base, x)
             rows.append(row)
-            print(gamma, a, b, row.get("second_ok"), row.get("second_error", ""), row.get("second_round_trip", ""),
-                  flush=True)
+            print(gamma, lr, seed, a, b, row.get("second_ok"), row.get("second_error", ""),
+                  row.get("second_round_trip", ""), flush=True)
     # After the target is reached every later step gets ratio 0: does each method survive that (after each
     # method)? A task whose target is the PR the first step reached has reached it.
     reached = []
     for a in methods:
         if not first[a]["ok"]:
             continue
-        t_reached = Task(data, first[a]["pr"], task.budget, seed=0)
+        t_reached = Task(data, first[a]["pr"], task.budget, seed=seed)
         for b in methods:
             s = step(copy.deepcopy(first[a]["model"]), b, t_reached, p0, 1.0)
             reached.append({"first": a, "method": b, **{k: v for k, v in s.items() if k != "model"}})
-            print(gamma, "reached", a, b, s["ok"], s.get("error", ""), flush=True)
-    return {"gamma": gamma, "first": {m: {k: v for k, v in s.items() if k != "model"} for m, s in first.items()},
-            "pairs": rows, "target_reached": reached}
+            print(gamma, lr, seed, "reached", a, b, s["ok"], s.get("error", ""), flush=True)
+    firsts = {m: {k: v for k, v in s.items() if k != "model"} for m, s in first.items()}
+    return {"gamma": gamma, "lr": lr, "seed": seed, "first": firsts, "pairs": rows, "target_reached": reached}
 
 
 def main() -> None:
@@ -112,6 +113,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--epochs", type=float, default=2.0, help="fine-tune budget (the epochs factors scale it)")
     ap.add_argument("--gammas", default="0.5,0.8", help="parameter-reduction targets, comma-separated")
+    ap.add_argument("--lrs", default="0.05,0.02", help="fine-tune learning rates, comma-separated")
+    ap.add_argument("--seeds", default="0,1", help="step seeds, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from bench._common import machine
@@ -125,7 +128,9 @@ def main() -> None:
     result: dict[str, Any] = {"machine": machine(), "epochs": args.epochs, "base_params": count_params(base),
                               "base_acc": evaluate(base, data, "test").top1, "runs": []}
     for gamma in (float(g) for g in args.gammas.split(",")):
-        result["runs"].append(chain_all(base, data, gamma, args.epochs, x))
+        for lr in (float(v) for v in args.lrs.split(",")):
+            for seed in (int(v) for v in args.seeds.split(",")):
+                result["runs"].append(chain_all(base, data, gamma, args.epochs, lr, seed, x))
     result["seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chaining.json").write_text(json.dumps(result, indent=1))
