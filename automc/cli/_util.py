@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import decimal
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import typer
@@ -46,4 +47,35 @@ def handle_errors(fn: F) -> F:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(v: Any) -> Any:
+    """Numbers stay numbers (engines return big integers as ``Decimal``); anything else as its text."""
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return str(v)
+
+
+def print_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
+    """A Rich table on a terminal; tab-separated lines (header first) in pipes and logs, so nothing wraps or is
+    cut."""
+    rows = list(rows)
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(*columns, title=title)
+        for r in rows:
+            table.add_row(*(str(c) for c in r))
+        console.print(table)
+        return
+    out = sys.stdout
+    if title:
+        out.write(f"# {title}\n")
+    for r in (columns, *rows):
+        out.write("\t".join(_plain_cell(c) for c in r) + "\n")
+    out.flush()
+
+
+def _plain_cell(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

@@ -3,33 +3,42 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from automc.cli._util import console, handle_errors, print_json, store_option
+from automc.cli._util import console, err_console, handle_errors, print_json, print_rows, store_option
 from automc.errors import ValidationError
 from automc.importers import import_file, init_kb
-from automc.kb import open_store, queries
+from automc.kb import Store, open_store, queries
 from automc.kb.backup import export_store
 
 kb_app = typer.Typer(help="Build, import into, inspect, query and export the knowledge base.", no_args_is_help=True)
 
 
+def _opened(s: Store) -> Store:
+    if getattr(s, "recovered", False):
+        err_console.print("note: dropped the unfinished transaction of a writer that was killed; committed data is "
+                          "intact", highlight=False, soft_wrap=True)
+    return s
+
+
 @kb_app.command("init")
 @handle_errors
 def init_cmd(store: str = store_option(), json_out: bool = typer.Option(False, "--json")) -> None:
-    """Write the strategy catalogue and the AutoMC paper's results (idempotent), then print a summary."""
-    with open_store(store) as s:
+    """Write the strategy catalogue and the AutoMC paper's results (idempotent), then print a summary.
+
+    On an existing store it also repairs what automc owns: missing schema tables, columns and the version node."""
+    with _opened(open_store(store, create=True, repair=True)) as s:
         report = init_kb(s)
         stats = s.stats()
         uri = s.uri
     if json_out:
         print_json({"store": uri, "added": report.added, **stats})
         return
-    console.print(f"knowledge base at [bold]{uri}[/]")
+    console.print(f"knowledge base at {uri}", highlight=False, soft_wrap=True)
     _print_stats(stats, report.added)
 
 
@@ -39,21 +48,26 @@ def import_cmd(path: Path = typer.Argument(..., help="CSV file (paper tables or 
                                                      "directory"),
                store: str = store_option(), json_out: bool = typer.Option(False, "--json")) -> None:
     """Validate FILE completely, then add its records in one transaction (nothing is written if a row is bad)."""
-    with open_store(store) as s:
-        report = import_file(s, path)
+    with _opened(open_store(store, create=True)) as s:
+        try:
+            report = import_file(s, path)
+        except BaseException:
+            if s.created:  # a failed import into a new store leaves no store behind
+                s.discard()
+            raise
     if json_out:
         print_json({"path": report.path, "format": report.format, "rows": report.rows, "added": report.added})
         return
     added = report.added.get("Experience", 0)
     console.print(f"{report.path}: {report.rows} rows ({report.format}); added {added} Experience, "
-                  f"{sum(report.added.values())} nodes and relationships in all")
+                  f"{sum(report.added.values())} nodes and relationships in all", highlight=False, soft_wrap=True)
 
 
 @kb_app.command("stats")
 @handle_errors
 def stats_cmd(store: str = store_option(), json_out: bool = typer.Option(False, "--json")) -> None:
     """Count nodes per label and relationships per type."""
-    with open_store(store) as s:
+    with _opened(open_store(store, read_only=True)) as s:
         stats = s.stats()
     if json_out:
         print_json(stats)
@@ -68,18 +82,18 @@ def query_cmd(cypher: str = typer.Argument(None, help="a Cypher query (use $name
               param: list[str] = typer.Option([], "--param", help="k=v (repeatable); values are parsed as JSON "
                                                                   "when possible"),
               store: str = store_option(), json_out: bool = typer.Option(False, "--json"),
+              write: bool = typer.Option(False, "--write", help="allow the query to change the knowledge base "
+                                                                "(and to use COPY/LOAD/EXPORT/IMPORT/INSTALL)"),
               list_named: bool = typer.Option(False, "--list", help="list the named queries")) -> None:
-    """Run a parameterised Cypher query or a named query; rows as a table or JSON."""
+    """Run a parameterised Cypher query or a named query; rows as a table or JSON. Read-only unless --write."""
     if list_named:
-        table = Table("name", "parameters", "description")
-        for q in queries.QUERIES.values():
-            table.add_row(q.name, ", ".join(p.name for p in q.params), q.description)
-        console.print(table)
+        print_rows(("name", "parameters", "description"),
+                   ((q.name, ", ".join(p.name for p in q.params), q.description) for q in queries.QUERIES.values()))
         return
     if bool(cypher) == bool(named):
         raise ValidationError("give either a Cypher query or --named NAME", field="query")
     params = _parse_params(param)
-    with open_store(store) as s:
+    with _opened(open_store(store, create=False, read_only=not write)) as s:
         if named:
             rows = s.named(named, {k: v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict)
                                    else v for k, v in params.items()})
@@ -88,10 +102,8 @@ def query_cmd(cypher: str = typer.Argument(None, help="a Cypher query (use $name
     if json_out:
         print_json(rows)
         return
-    table = Table(*(rows[0].keys() if rows else ["(no rows)"]))
-    for r in rows:
-        table.add_row(*(_cell(v) for v in r.values()))
-    console.print(table)
+    columns = list(rows[0].keys()) if rows else ["(no rows)"]
+    print_rows(columns, ([_cell(v) for v in r.values()] for r in rows))
 
 
 @kb_app.command("export")
@@ -99,11 +111,27 @@ def query_cmd(cypher: str = typer.Argument(None, help="a Cypher query (use $name
 def export_cmd(directory: Path = typer.Argument(..., help="new directory for the export"),
                store: str = store_option()) -> None:
     """Dump the whole knowledge base to a directory that 'automc kb import' reads back."""
-    with open_store(store) as s:
+    with _opened(open_store(store, read_only=True)) as s:
         manifest = export_store(s, directory)
     n = sum(manifest["stats"]["nodes"].values())
     m = sum(manifest["stats"]["relationships"].values())
-    console.print(f"exported {n} nodes and {m} relationships to {directory}")
+    console.print(f"exported {n} nodes and {m} relationships to {directory}", highlight=False, soft_wrap=True)
+
+
+@kb_app.command("stale")
+@handle_errors
+def stale_cmd(store: str = store_option(),
+              max_age: str = typer.Option("1h", "--max-age", help="heartbeat age after which a RUNNING record of "
+                                                                   "another host is stale (90s, 30m, 1h, 2d)"),
+              json_out: bool = typer.Option(False, "--json")) -> None:
+    """Mark RUNNING evaluations (FAIL) and search runs (INTERRUPTED) whose process is gone as stale."""
+    limit = _duration(max_age)
+    with _opened(open_store(store, create=False)) as s:
+        ids = s.fail_stale(max_age_s=limit)
+    if json_out:
+        print_json({"stale": ids})
+        return
+    console.print(f"marked {len(ids)} stale record(s)" + "".join(f"\n{i}" for i in ids), highlight=False)
 
 
 @kb_app.command("methods")
@@ -113,12 +141,21 @@ def methods_cmd() -> None:
     from automc.catalog import load_catalog
 
     cat = load_catalog()
-    table = Table("method", "strategies", "hyperparameters (grid)", "techniques")
-    for m in cat.methods.values():
-        grid = "\n".join(f"{k}: {', '.join(map(str, v))}" for k, v in m.grid.items())
-        table.add_row(m.name, str(m.n_strategies), grid, ", ".join(m.techniques))
-    console.print(table)
+    grid_sep = "\n" if console.is_terminal else "; "
+    print_rows(("method", "strategies", "hyperparameters (grid)", "techniques"),
+               ((m.name, m.n_strategies, grid_sep.join(f"{k}: {', '.join(map(str, v))}" for k, v in m.grid.items()),
+                 ", ".join(m.techniques)) for m in cat.methods.values()))
     console.print(f"{cat.n_strategies()} strategies in all")
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if not m:
+        raise ValidationError(f"expected a duration such as 90s, 30m, 1h or 2d, got {text!r}", field="--max-age")
+    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -144,8 +181,6 @@ def _print_stats(stats: dict[str, dict[str, int]], added: dict[str, int] | None 
     from automc.kb.schema import NODE, REL
 
     for group, spec in (("nodes", NODE), ("relationships", REL)):
-        table = Table("label" if group == "nodes" else "type", "paper", "count", *(["added"] if added else []),
-                      title=group)
-        for k, v in stats[group].items():
-            table.add_row(k, spec[k].paper, str(v), *([str(added.get(k, 0))] if added else []))
-        console.print(table)
+        columns = ("label" if group == "nodes" else "type", "paper", "count", *(["added"] if added else []))
+        print_rows(columns, ((k, spec[k].paper, v, *([added.get(k, 0)] if added else []))
+                             for k, v in stats[group].items()), title=group)

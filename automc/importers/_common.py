@@ -30,18 +30,37 @@ def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]
     """Header and (line number, row) pairs of a CSV file; raises ``ValidationError`` if unreadable."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValidationError(f"cannot read: {e}", path=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ValidationError(f"not a UTF-8 text file (byte {e.start}); save it as UTF-8 CSV", path=str(path)) from None
+    except OSError as e:
+        raise ValidationError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ValidationError("NUL byte in a text file (binary data?)", path=str(path), line=line)
     reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in reader.fieldnames or []]
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+    except csv.Error as e:
+        raise _csv_error(path, reader, e) from None
+    if not header:
+        raise ValidationError("empty file: expected a CSV header line", path=str(path), line=1)
 
     def rows() -> Iterator[tuple[int, dict[str, str]]]:
-        for row in reader:
-            if None in row:
-                raise ValidationError("more values than columns", path=str(path), line=reader.line_num)
-            yield reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()}
+        try:
+            for row in reader:
+                if None in row:
+                    raise ValidationError("more values than columns", path=str(path), line=reader.line_num)
+                yield reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()}
+        except csv.Error as e:
+            raise _csv_error(path, reader, e) from None
 
     return header, rows()
+
+
+def _csv_error(path: Path, reader: csv.DictReader, e: csv.Error) -> ValidationError:
+    """``FILE:LINE: problem`` for what the csv module refuses (a field over its size limit, a stray quote)."""
+    problem = "field too large" if "field larger than field limit" in str(e) else f"malformed CSV: {e}"
+    return ValidationError(problem, path=str(path), line=max(reader.line_num, 1))
 
 
 class RowChecker:

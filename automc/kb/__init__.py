@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from automc.errors import ValidationError
+from automc.errors import AutomcError, SchemaVersionError, ValidationError
 from automc.kb.records import GraphBatch, TaskFeatures
 from automc.kb.schema import SCHEMA_VERSION
-from automc.kb.store import Store
+from automc.kb.store import Store, _NeedsUpgrade
 
-__all__ = ["GraphBatch", "SCHEMA_VERSION", "Store", "TaskFeatures", "default_store_uri", "open_store"]
+__all__ = ["GraphBatch", "SCHEMA_VERSION", "Store", "TaskFeatures", "default_store_uri", "heartbeat_callback",
+           "open_store"]
 
 
 def default_store_uri() -> str:
@@ -21,22 +25,73 @@ def default_store_uri() -> str:
     return f"ladybug://{base / 'automc' / 'kb.lbug'}"
 
 
-def open_store(uri: str | Store | None = None) -> Store:
-    """Open ``ladybug://PATH`` (or a bare path), ``neo4j://HOST:PORT`` / ``bolt://...``, or pass a Store through."""
+def open_store(uri: str | Store | None = None, *, create: bool = True, read_only: bool = False,
+               repair: bool = False, lock_timeout: float | None = None) -> Store:
+    """Open ``ladybug://PATH`` (or a bare path), ``neo4j://HOST:PORT`` / ``bolt://...``, or pass a Store through.
+
+    ``create=False`` (and ``read_only``) refuse a store that does not exist yet with ``NotFoundError``
+    ("no knowledge base at PATH"); ``read_only`` lets the engine refuse every write. A writable open first marks
+    stale RUNNING records (``Store.fail_stale``); ``repair`` recreates missing schema tables, columns and the version
+    node (``automc kb init``).
+    """
     if isinstance(uri, Store):
         return uri
     uri = uri or default_store_uri()
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "ladybug", uri
+        # "ladybug:/kb", "neo4j:host", "::::": a mistyped URI, not a file name to create.
+        first = Path(uri).parts[0] if Path(uri).parts else ""
+        if ":" in first:
+            raise ValidationError(f"{uri!r} is not a store URI; use ladybug://PATH or neo4j://HOST:PORT",
+                                  field="store")
     if scheme == "ladybug":
         from automc.kb._ladybug import LadybugStore
 
         if not rest:
             raise ValidationError("ladybug:// needs a path, e.g. ladybug://./kb", field="store")
-        return LadybugStore(rest)
-    if scheme in ("neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc"):
+        if "\0" in rest:
+            raise ValidationError("the store path contains a NUL byte", field="store")
+        try:
+            store: Store = LadybugStore(rest, create=create, read_only=read_only, repair=repair,
+                                        lock_timeout=lock_timeout)
+        except SchemaVersionError as e:
+            if not (read_only and isinstance(e, _NeedsUpgrade)):
+                raise
+            # An older schema: one read-write open upgrades it in place (additive), then read as asked.
+            LadybugStore(rest, create=False, lock_timeout=lock_timeout).close()
+            store = LadybugStore(rest, create=False, read_only=True, lock_timeout=lock_timeout)
+    elif scheme in ("neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc"):
         from automc.kb._neo4j import Neo4jStore
 
-        return Neo4jStore(uri)
-    raise ValidationError(f"unknown store scheme {scheme!r}; use ladybug://PATH or neo4j://HOST:PORT", field="store")
+        store = Neo4jStore(uri, create=create, read_only=read_only, repair=repair)
+    else:
+        raise ValidationError(f"unknown store scheme {scheme!r}; use ladybug://PATH or neo4j://HOST:PORT",
+                              field="store")
+    if not read_only:
+        try:
+            store.fail_stale()
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def heartbeat_callback(uri: str, eval_id: str, progress: Callable[[str], None] | None = None, *,
+                       every_s: float = 30.0) -> Callable[[str], None]:
+    """A progress callback that also refreshes ``eval_id``'s heartbeat (at most every ``every_s`` seconds).
+
+    The store is opened only for the moment of the write, so long work holds no lock; a busy store skips a beat.
+    """
+    last = [time.monotonic()]
+
+    def beat(msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+        if time.monotonic() - last[0] < every_s:
+            return
+        last[0] = time.monotonic()
+        with contextlib.suppress(AutomcError), open_store(uri, create=False, lock_timeout=1.0) as s:
+            s.heartbeat(eval_id)
+
+    return beat

@@ -1,8 +1,14 @@
-"""LadybugDB backend: an embedded, on-disk, transactional Cypher store (the default)."""
+"""LadybugDB backend: an embedded, on-disk, transactional Cypher store (the default).
+
+Crash safety: every committed transaction is checkpointed at once, so the write-ahead log holds at most the
+transaction in flight; a process killed while writing that log leaves a torn tail, which the next open drops
+(``throw_on_wal_replay_failure=False`` replays every complete record before it, i.e. all committed work).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import decimal
 import os
 import re
 import time
@@ -10,42 +16,86 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from automc.errors import StoreError, StoreLockedError
+from automc.errors import NotFoundError, StoreError, StoreLockedError, ValidationError
 from automc.kb.schema import ladybug_ddl
 from automc.kb.store import Store
 
-_LOCK_RE = re.compile(r"lock", re.I)
+_LOCK_RE = re.compile(r"\block", re.I)
+_WAL_RE = re.compile(r"\bWAL\b.*corrupt|checksum", re.I)
+_RECOVERY_RE = re.compile(r"recovery is pending", re.I)
+# Files the engine keeps beside the store (write-ahead log, checkpoint shadow pages and locks).
+_SIDE_FILES = (".wal", ".shadow", ".wal.checkpoint", ".checkpoint.apply.lock", ".checkpoint.intent.lock")
 
 
 class LadybugStore(Store):
-    """A store in one LadybugDB file; one process opens it at a time (an OS file lock guards it)."""
+    """A store in one LadybugDB file; one process opens it at a time (an OS file lock guards it).
+
+    ``read_only`` opens it with the engine's read-only mode (every graph or schema write is refused by the engine);
+    ``create=False`` refuses a path that holds no store instead of creating one.
+    """
 
     single_writer = True
 
-    def __init__(self, path: str | Path, *, lock_timeout: float | None = None) -> None:
-        import ladybug
-
+    def __init__(self, path: str | Path, *, lock_timeout: float | None = None, create: bool = True,
+                 read_only: bool = False, repair: bool = False) -> None:
         self.path = Path(path).expanduser()
         self.uri = f"ladybug://{self.path}"
+        self.read_only, self._create = read_only, create
+        self.recovered = False  # True when this open dropped the torn tail of a write-ahead log
         if lock_timeout is None:
-            lock_timeout = float(os.environ.get("AUTOMC_LOCK_TIMEOUT", "60"))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_timeout = _env_float("AUTOMC_LOCK_TIMEOUT", 60.0)
+        if self.path.is_dir():
+            raise ValidationError("is a directory, not a LadybugDB store file", path=str(self.path), field="store")
+        self.created = not self.path.exists()
+        if self.created and (read_only or not create):
+            raise NotFoundError(f"no knowledge base at {self.path} (run automc kb init)")
+        if self.created:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create {self.path}: {e.strerror or e}") from None
+        self._db = self._open_db(lock_timeout)
+        import ladybug
+
+        self._conn = ladybug.Connection(self._db)
+        self._depth = 0
+        try:
+            self._checked_open(repair=repair)
+        except BaseException:
+            if self.created:
+                self.discard()
+            raise
+
+    def _open_db(self, lock_timeout: float) -> Any:
+        import ladybug
+
         deadline = time.monotonic() + lock_timeout
+        strict, finished_checkpoint = True, False
         while True:
             try:
-                self._db = ladybug.Database(str(self.path))
-                break
+                return ladybug.Database(str(self.path), read_only=self.read_only,
+                                        throw_on_wal_replay_failure=strict)
             except RuntimeError as e:
-                if not _LOCK_RE.search(str(e)):
+                msg = str(e)
+                if strict and _WAL_RE.search(msg):
+                    # A torn log tail: only the transaction in flight when a writer died. Replay what precedes it.
+                    strict, self.recovered = False, True
+                    continue
+                if self.read_only and _RECOVERY_RE.search(msg) and not finished_checkpoint:
+                    # A writer died during a checkpoint; a read-write open finishes it (read-only ones cannot).
+                    finished_checkpoint = True
+                    with contextlib.suppress(RuntimeError):
+                        ladybug.Database(str(self.path), throw_on_wal_replay_failure=False).close()
+                    continue
+                if not _LOCK_RE.search(msg) or _RECOVERY_RE.search(msg):
+                    if self.created:
+                        self._remove_files()
                     raise StoreError(f"cannot open {self.uri}: {_first_line(e)}") from e
                 if time.monotonic() >= deadline:
                     raise StoreLockedError(
                         f"store {self.path} is locked by another process ({_holder(e)}); waited "
                         f"{lock_timeout:.0f} s: retry when it finishes or raise AUTOMC_LOCK_TIMEOUT") from None
                 time.sleep(0.2)
-        self._conn = ladybug.Connection(self._db)
-        self._depth = 0
-        self._checked_open()
 
     def _run(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
@@ -57,7 +107,7 @@ class LadybugStore(Store):
         for res in results:
             cols = res.get_column_names()
             while res.has_next():
-                rows.append(dict(zip(cols, res.get_next(), strict=True)))
+                rows.append(dict(zip(cols, map(_plain, res.get_next()), strict=True)))
         return rows
 
     @contextlib.contextmanager
@@ -80,9 +130,23 @@ class LadybugStore(Store):
             raise
         self._depth = 0
         self._run("COMMIT")
+        # Move the committed transaction into the store file now: the log then never holds more than the
+        # transaction in flight, so dropping a torn tail on open can never lose committed work.
+        self._run("CHECKPOINT")
 
     def close(self) -> None:
         self._close_handles("_conn", "_db")
+
+    def discard(self) -> None:
+        """Close and delete a store this object created (a failed first import leaves nothing behind)."""
+        self.close()
+        if self.created:
+            self._remove_files()
+
+    def _remove_files(self) -> None:
+        for suffix in ("", *_SIDE_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").unlink()
 
     def _cast(self, expr: str, typ: str) -> str:
         return f"CAST({expr} AS {typ})"
@@ -92,6 +156,38 @@ class LadybugStore(Store):
 
     def _is_empty(self) -> bool:
         return not self._run("CALL show_tables() RETURN name")
+
+    def _tables(self) -> set[str] | None:
+        return {r["name"] for r in self._run("CALL show_tables() RETURN name")}
+
+    def _columns(self, table: str) -> set[str] | None:
+        try:
+            return {r["name"] for r in self._run(f"CALL table_info('{table}') RETURN name")}
+        except StoreError:
+            return None
+
+    def _add_column(self, table: str, name: str, typ: str) -> None:
+        self._run(f"ALTER TABLE {table} ADD {name} {typ}")
+
+
+def _plain(v: Any) -> Any:
+    """Engine values as plain JSON-able Python: ``sum()`` of integers arrives as a ``Decimal`` (INT128)."""
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return v
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"expected a number of seconds, got {raw!r}", field=name) from None
+    if not value >= 0 or value == float("inf"):
+        raise ValidationError(f"expected a finite number of seconds ≥ 0, got {raw!r}", field=name)
+    return value
 
 
 def _first_line(e: BaseException) -> str:

@@ -18,10 +18,12 @@ class Neo4jStore(Store):
     """A store in a Neo4j database; credentials come from arguments or NEO4J_USER / NEO4J_PASSWORD."""
 
     def __init__(self, uri: str, *, user: str | None = None, password: str | None = None,
-                 database: str | None = None) -> None:
+                 database: str | None = None, create: bool = True, read_only: bool = False,
+                 repair: bool = False) -> None:
         import neo4j
 
         self.uri = uri
+        self.read_only, self._create = read_only, create
         user = user or os.environ.get("NEO4J_USER", "neo4j")
         password = password if password is not None else os.environ.get("NEO4J_PASSWORD", "")
         self._database = database or os.environ.get("NEO4J_DATABASE") or None
@@ -30,9 +32,11 @@ class Neo4jStore(Store):
             self._driver.verify_connectivity()
         except Exception as e:  # the driver raises many types; never echo credentials
             raise StoreError(f"cannot connect to {uri}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-        self._session = self._driver.session(database=self._database)
+        # READ access mode: the server refuses every write in this session's transactions.
+        mode = neo4j.READ_ACCESS if read_only else neo4j.WRITE_ACCESS
+        self._session = self._driver.session(database=self._database, default_access_mode=mode)
         self._tx: Any = None
-        self._checked_open()
+        self._checked_open(repair=repair)
 
     def _run(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         import neo4j.exceptions

@@ -12,19 +12,30 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from automc.catalog import Catalog, Scheme, Strategy, setting_id
-from automc.errors import NotFoundError, SchemaVersionError, StoreError
+from automc.errors import NotFoundError, SchemaVersionError, StoreError, ValidationError
 from automc.kb import queries
 from automc.kb.records import GraphBatch, TaskFeatures
 from automc.kb.schema import KG_RELATIONS, NODE, NODES, REL, RELS, SCHEMA_VERSION
 
 _BATCH = 5000
+# Schema versions ensure_schema upgrades in place (additive: new columns and tables, nothing removed).
+UPGRADABLE = (1,)
+# A RUNNING record whose owner cannot be checked (another host) is stale after this long without a heartbeat.
+STALE_AFTER_S = 3600.0
+# Statements that read or write host files, fetch extensions or touch engine state rather than the graph. A
+# read-only engine still runs some of them (LadybugDB: COPY ... TO, LOAD FROM, EXPORT DATABASE, INSTALL; Neo4j:
+# LOAD CSV, apoc.load.*), so read-only queries refuse them; the words are matched outside strings and comments.
+_HOST_ACCESS = re.compile(r"\b(COPY|LOAD|EXPORT|IMPORT|INSTALL|UNINSTALL|CHECKPOINT|ATTACH)\b", re.I)
+_LITERALS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|//[^\n]*|/\*.*?(?:\*/|$)", re.S)
 
 
 def now() -> str:
@@ -35,6 +46,9 @@ class Store(ABC):
     """A knowledge-graph store. Subclasses provide a connection layer; everything else lives here."""
 
     uri: str
+    read_only: bool = False  # opened so that the engine refuses writes
+    created: bool = False  # this open created the store
+    _create: bool = True  # an empty store may get the schema (kb init, kb import, compress/search --store)
 
     # -- connection layer (backends) -------------------------------------------------------------------------
     @abstractmethod
@@ -61,10 +75,14 @@ class Store(ABC):
     def _is_empty(self) -> bool:
         """True when the database holds no automc schema at all."""
 
-    def _checked_open(self) -> None:
+    def discard(self) -> None:
+        """Close; a backend that created its store in this open also deletes it (embedded stores only)."""
+        self.close()
+
+    def _checked_open(self, *, repair: bool = False) -> None:
         """Backends call this last in ``__init__``: check the schema, and never leak a connection on failure."""
         try:
-            self.ensure_schema()
+            self.ensure_schema(repair=repair)
         except BaseException:
             self.close()
             raise
@@ -84,29 +102,93 @@ class Store(ABC):
         self.close()
 
     # -- schema ----------------------------------------------------------------------------------------------
-    def ensure_schema(self) -> None:
-        """Create the schema in an empty store, or check the stored version; raises ``SchemaVersionError``."""
+    def ensure_schema(self, *, repair: bool = False) -> None:
+        """Create the schema in an empty store, upgrade an older one, or check the stored version.
+
+        ``repair`` (``automc kb init``) also recreates missing tables, columns and the version node. Raises
+        ``NotFoundError`` (empty store that may not be created) or ``SchemaVersionError``.
+        """
         if self._is_empty():
-            for stmt in self._ddl():
-                self._run(stmt)
-            self._run("MERGE (m:Meta {key: $k}) SET m.value = $v", {"k": "schema_version", "v": str(SCHEMA_VERSION)})
+            if self.read_only or not self._create:
+                raise NotFoundError(f"no knowledge base at {self.uri} (run automc kb init)")
+            self._apply_schema()
             return
         found = self.schema_version()
-        if found != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"store {self.uri} has schema version {found}, this automc needs {SCHEMA_VERSION}: "
-                f"run 'automc kb export' with the automc that wrote it, then 'automc kb import' into a new store")
+        if found == SCHEMA_VERSION and not repair:
+            missing = self._missing_tables()
+            if not missing:
+                return
+            raise SchemaVersionError(f"store {self.uri} lacks table(s) {', '.join(missing)}: "
+                                     f"run 'automc kb init' to repair it")
+        if found in UPGRADABLE or (repair and (found is None or found <= SCHEMA_VERSION)):
+            if self.read_only:
+                raise _NeedsUpgrade(f"store {self.uri} has schema version {found}: run 'automc kb init' to "
+                                    f"upgrade it in place")
+            self._apply_schema()
+            return
+        if found is None:
+            raise SchemaVersionError(f"store {self.uri} has no valid schema version (damaged, or not written by "
+                                     f"automc): run 'automc kb init' to repair it")
+        raise SchemaVersionError(
+            f"store {self.uri} has schema version {found}, this automc needs {SCHEMA_VERSION}: "
+            f"run 'automc kb export' with the automc that wrote it, then 'automc kb import' into a new store")
+
+    def _apply_schema(self) -> None:
+        """Idempotent: create missing tables, add missing columns, then record the version (last, so a crash
+        part-way leaves an old or missing version that the next ``kb init`` finishes)."""
+        for stmt in self._ddl():
+            self._run(stmt)
+        for spec in (*NODES, *RELS):
+            name = spec.label if hasattr(spec, "label") else spec.name
+            have = self._columns(name)
+            if have is None:
+                continue
+            for col, typ in spec.properties:
+                if col not in have:
+                    self._add_column(name, col, typ)
+        self._write("MERGE (m:Meta {key: $k}) SET m.value = $v", {"k": "schema_version", "v": str(SCHEMA_VERSION)})
 
     def schema_version(self) -> int | None:
+        """The stored schema version, or None when the version node is missing or unreadable."""
         try:
             rows = self._run("MATCH (m:Meta {key: $k}) RETURN m.value AS v", {"k": "schema_version"})
-        except StoreError:
+            return int(rows[0]["v"]) if rows else None
+        except (StoreError, TypeError, ValueError):
             return None
-        return int(rows[0]["v"]) if rows else None
+
+    def _missing_tables(self) -> list[str]:
+        have = self._tables()
+        if have is None:
+            return []
+        return [n for n in (*(n.label for n in NODES), *(r.name for r in RELS)) if n not in have]
+
+    # Schema introspection; schemaless backends (Neo4j) keep these defaults.
+    def _tables(self) -> set[str] | None:
+        return None
+
+    def _columns(self, table: str) -> set[str] | None:
+        return None
+
+    def _add_column(self, table: str, name: str, typ: str) -> None:
+        raise NotImplementedError
+
+    def _write(self, query: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run one write statement as its own transaction."""
+        with self.transaction():
+            self._run(query, params)
 
     # -- reads -----------------------------------------------------------------------------------------------
     def query(self, cypher: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run a user's Cypher query with parameters; rows as dicts."""
+        """Run a user's Cypher query with parameters; rows as dicts.
+
+        On a read-only store the engine refuses writes, and statements that reach host files, extensions or engine
+        state (COPY, LOAD, EXPORT, IMPORT, INSTALL, CHECKPOINT, ATTACH) raise ``ValidationError``.
+        """
+        if self.read_only:
+            word = _HOST_ACCESS.search(_LITERALS.sub(" ", cypher))
+            if word:
+                raise ValidationError(f"{word.group(1).upper()} reaches files or engine state outside the graph; "
+                                      f"read-only queries may not use it (add --write to allow)", field="query")
         return self._run(cypher, dict(params or {}))
 
     def named(self, name: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -272,7 +354,7 @@ class Store(ABC):
 
     def heartbeat(self, eval_id: str) -> None:
         """Refresh a RUNNING evaluation's heartbeat (long work calls this now and then)."""
-        self._run("MATCH (e:Evaluation {id: $id}) SET e.heartbeat = $t", {"id": eval_id, "t": now()})
+        self._write("MATCH (e:Evaluation {id: $id}) SET e.heartbeat = $t", {"id": eval_id, "t": now()})
 
     def finish_evaluation(self, eval_id: str, result: Mapping[str, Any]) -> None:
         """Mark an evaluation COMPLETE with its measurements; raises ``NotFoundError``."""
@@ -299,6 +381,71 @@ class Store(ABC):
         """Evaluations (with their scheme text and task id), oldest first."""
         # Empty strings, not nulls: LadybugDB cannot type a null parameter.
         return self.named("evaluations", {"task": task or "", "run": search_run or "", "state": state or ""})
+
+
+    def fail_stale(self, max_age_s: float = STALE_AFTER_S) -> list[str]:
+        """Mark RUNNING evaluations FAIL and RUNNING search runs INTERRUPTED when their owner is gone; their ids.
+
+        Gone means: the owning process no longer exists (same host), or no heartbeat for ``max_age_s`` seconds
+        (another host, or no owner recorded). The error reads ``stale: <why>``.
+        """
+        host, t = socket.gethostname(), _dt.datetime.now(_dt.UTC)
+        stale: list[tuple[str, str, str, str]] = []
+        for label, started, new_state in (("Evaluation", "created", "FAIL"), ("SearchRun", "started", "INTERRUPTED")):
+            rows = self._run(f"MATCH (e:{label}) WHERE e.state = $s RETURN e.id AS id, e.host AS host, e.pid AS pid, "
+                             f"e.heartbeat AS heartbeat, e.{started} AS started", {"s": "RUNNING"})
+            for r in rows:
+                why = _stale_reason(r, host, t, max_age_s)
+                if why:
+                    stale.append((label, r["id"], new_state, f"stale: {why}"))
+        if stale:
+            with self.transaction():
+                for label, key, new_state, error in stale:
+                    self._run(f"MATCH (e:{label} {{id: $id}}) WHERE e.state = $old "
+                              f"SET e.state = $new, e.error = $err, e.finished = $t",
+                              {"id": key, "old": "RUNNING", "new": new_state, "err": error, "t": now()})
+        return [key for _, key, _, _ in stale]
+
+
+class _NeedsUpgrade(SchemaVersionError):
+    """An older schema version that a read-write open upgrades in place."""
+
+
+def _stale_reason(row: Mapping[str, Any], host: str, t: _dt.datetime, max_age_s: float) -> str | None:
+    """Why a RUNNING record's owner is gone, or None while it may still be working."""
+    pid = row.get("pid")
+    if row.get("host") == host and isinstance(pid, int) and pid > 0:
+        return None if pid_alive(pid) else f"process {pid} on {host} is gone"
+    last = _parse_time(row.get("heartbeat")) or _parse_time(row.get("started"))
+    if last is None:
+        return "no owner or heartbeat recorded"
+    age = (t - last).total_seconds()
+    if age <= max_age_s:
+        return None
+    return f"no heartbeat from {row.get('host') or 'an unknown host'} for {age:.0f} s (limit {max_age_s:.0f} s)"
+
+
+def _parse_time(value: Any) -> _dt.datetime | None:
+    try:
+        parsed = _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.UTC)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this host and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def owner() -> dict[str, Any]:

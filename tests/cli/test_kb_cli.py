@@ -64,6 +64,8 @@ def test_installed_console_script(tmp_path):
     assert exe, "the automc console script is not installed"
     out = subprocess.run([exe, "kb", "methods"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "8934 strategies" in out.stdout
+    # a read-only command on a missing store says so and creates nothing
     out = subprocess.run([exe, "kb", "stats", "--store", f"ladybug://{tmp_path / 'k.lbug'}", "--json"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and json.loads(out.stdout)["nodes"]["Strategy"] == 0
+    assert out.returncode == 1 and out.stderr.startswith("error: no knowledge base at") and "automc kb init" in out.stderr
+    assert list(tmp_path.iterdir()) == []
