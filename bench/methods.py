@@ -5,10 +5,13 @@ by ``surgery`` and fine-tuned with the same budget with knowledge distillation f
 Usage (the CPU run committed under bench/results/):
 
     python bench/methods.py --weights ../shared/models/resnet20-cifar10.th \
-        --data ../shared/datasets/cifar10-subset.npz --model resnet20 --epochs 2 \
+        --data ../shared/datasets/cifar10-subset.npz --val-data ../shared/datasets/cifar10-val-jpeg.npz \
+        --model resnet20 --epochs 2 \
         --methods NS,SFP,LeGR,HOS,LFB,LMA,TP-L2 --ratios 0.4,0.7 --threads 1 --out bench/results
 
-Results are written after every run (JSON) and rendered as markdown at the end.
+Validation follows ``automc compress``: ``--val-data``, else the data's own validation part, else half of the
+test part (``--val-from train`` carves it from the training part instead). Results are written after every run
+(JSON, with the images each part came from) and rendered as markdown at the end.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_data(args.data, fraction=args.data_fraction, seed=args.seed, device=dev)
+    data = load_data(args.data, val_data=args.val_data, val_from=args.val_from, fraction=args.data_fraction,
+                     seed=args.seed, device=dev)
     base = load_weights(build_model(args.model, data.num_classes), args.weights)
     budget = TrainBudget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill_alpha=args.distill_alpha)
     task = Task(data, 0.4, budget, dev, args.seed)
@@ -89,6 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "distill_alpha": args.distill_alpha,
         "batch_size": args.batch_size, "seed": args.seed, "device": str(dev), "machine": machine(),
         "train_images": data.size("train"), "val_images": data.size("val"), "test_images": data.size("test"),
+        "sources": data.sources,
         "settings": {m: SETTINGS.get(m, "Torch-Pruning MagnitudeImportance(p=2) + KD(T=4, alpha=0.5)")
                      for m in args.methods},
         "base": {**before.to_dict(), "seconds": time.perf_counter() - t0}, "runs": []}
@@ -130,7 +135,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"Machine: {mach['processor']}, {mach['cpus']} CPUs ({mach['torch_threads']} torch threads, shared), "
         f"torch {mach['torch']}, device {res['device']}. Fine-tune budget: {res['epochs']} epochs "
         f"(batch {res['batch_size']}, lr {res['lr']}, SGD + Nesterov, cosine) on {res['train_images']} training "
-        f"images; validation {res['val_images']}; test {res['test_images']} images. Total "
+        f"images; validation {res['val_images']}; test {res['test_images']} images{_sources(res)}. Total "
         f"{res.get('total_seconds', 0) / 60:.1f} min.",
         "",
         f"Base model: {b['params']:,} parameters, {b['flops'] / 1e6:.1f} MFLOPs (2 per MAC), test accuracy "
@@ -159,6 +164,11 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _sources(res: dict[str, Any]) -> str:
+    src = res.get("sources")
+    return f" (fine-tune: {src['train']}; validation: {src['val']}; test: {src['test']})" if src else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True, type=Path)
@@ -172,7 +182,11 @@ def main() -> None:
     ap.add_argument("--distill-alpha", default=TrainBudget.distill_alpha, type=float,
                     help="KD weight of NS/SFP/LeGR fine-tuning from the step's input model (0: labels only)")
     ap.add_argument("--batch-size", default=128, type=int)
-    ap.add_argument("--data-fraction", default=1.0, type=float)
+    ap.add_argument("--data-fraction", default=1.0, type=float, help="stratified share of the training part")
+    ap.add_argument("--val-data", default=None, type=Path,
+                    help="validation images (.npz with x_val/y_val or x_test/y_test, or class folders)")
+    ap.add_argument("--val-from", default="test", choices=("test", "train"),
+                    help="without a validation part: half of the test part (default) or 10%% of the training part")
     ap.add_argument("--seed", default=0, type=int)
     ap.add_argument("--threads", default=1, type=int, help="torch threads (1 is fastest on a shared CPU)")
     ap.add_argument("--device", default=None)

@@ -133,7 +133,10 @@ class Scheme:
         return self.text
 
 
-_STRATEGY_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
+# Matched against stripped text: no two adjacent \s* that could trade characters, so matching is linear.
+_STRATEGY_RE = re.compile(r"([A-Za-z][A-Za-z0-9_]*)\s*(?:\((.*)\))?", re.S)
+# A scheme of L <= 5 strategies with every value spelt out is well under 2 000 characters.
+MAX_SCHEME_CHARS = 10_000
 
 
 class Catalog:
@@ -204,9 +207,10 @@ class Catalog:
     def parse_strategy(self, text: str) -> Strategy:
         """Parse ``NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4)``; omitted values take the grid's
         middle value so a short form stays usable; raises ``ValidationError``."""
-        match = _STRATEGY_RE.match(text)
+        _check_length(text)
+        match = _STRATEGY_RE.fullmatch(text.strip())
         if not match:
-            raise ValidationError(f"cannot parse strategy {text.strip()!r}; expected METHOD(name=value, ...)")
+            raise ValidationError(f"cannot parse strategy {_short(text.strip())!r}; expected METHOD(name=value, ...)")
         method, inner = match.group(1), (match.group(2) or "").strip()
         m = self.method(method)
         params: dict[str, Any] = {}
@@ -215,6 +219,8 @@ class Catalog:
             if not sep:
                 raise ValidationError(f"expected name=value, got {part!r}", field=method)
             key, raw = key.strip(), raw.strip().strip("'\"")
+            if key in params:
+                raise ValidationError(f"given twice in {method}(...)", field=key)
             params[key] = raw if key in self.hyperparameters and self.hyperparameters[key].type == "str" else (
                 _number(raw, key))
         for k, values in m.grid.items():
@@ -223,10 +229,21 @@ class Catalog:
 
     def parse_scheme(self, text: str) -> Scheme:
         """Parse ``A(...) > B(...)`` into a scheme; raises ``ValidationError``."""
+        _check_length(text)
         parts = [p for p in _split_top(text, ">") if p.strip()]
         if not parts:
             raise ValidationError("empty scheme; expected METHOD(...) > METHOD(...)")
         return Scheme(tuple(self.parse_strategy(p) for p in parts))
+
+
+def _check_length(text: str) -> None:
+    if len(text) > MAX_SCHEME_CHARS:
+        raise ValidationError(f"scheme text of {len(text):,} characters is longer than the {MAX_SCHEME_CHARS:,} "
+                              "allowed")
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _number(raw: str, key: str) -> float | int:

@@ -1,28 +1,35 @@
 """``automc compress``: apply a scheme to a model, print before/after, save the result.
 
 ``compress`` is the plain function (returns data, never prints or exits); ``compress_cmd`` declares the
-options, forwards, and renders.
+options, forwards, and renders. torch and the compression modules are imported inside the functions, so
+``automc compress --help`` does not load them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 from rich.table import Table
 
 from automc.catalog import Scheme, load_catalog
-from automc.cli._util import console, err_console, handle_errors, print_json, store_option
-from automc.compress.base import Task, TrainBudget
-from automc.compress.data import load_data
-from automc.compress.models import build_model, load_weights
-from automc.compress.saving import save_compressed
-from automc.compress.scheme import SchemeResult, apply_scheme, measure
+from automc.cli._util import console, err_console, handle_errors, print_json
 from automc.errors import ValidationError
+
+if TYPE_CHECKING:
+    import torch
+
+    from automc.compress.scheme import SchemeResult
+
+STORE_HELP = ("record the evaluation in this knowledge base, ladybug://PATH or neo4j://HOST:PORT (not recorded "
+              "unless given or AUTOMC_STORE is set)")
+VAL_FROM_WARNING = ("warning: --val-from train selects on images carved from the training data; that is biased "
+                    "when the weights were trained on them (use it only for a model trained on other data)")
 
 
 @dataclass(frozen=True)
@@ -31,9 +38,13 @@ class CompressRun:
     paths: dict[str, Path]
     task_info: dict[str, Any]
     evaluation: str | None = None
+    # split -> {"source": which images, "images": how many}: what each column of the table was measured on
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _device(name: str | None) -> torch.device:
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
@@ -43,32 +54,78 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def check_options(*, target_pr: float, epochs: float, data_fraction: float, seed: int, batch_size: int,
+                  lr: float, val_from: str = "test") -> None:
+    """Refuse out-of-range numbers before anything is loaded; each error names its flag."""
+    checks = [
+        ("--target-pr", target_pr, math.isfinite(target_pr) and 0.0 < target_pr < 1.0, "a number in (0, 1)"),
+        ("--epochs", epochs, math.isfinite(epochs) and epochs >= 0, "a finite number ≥ 0"),
+        ("--data-fraction", data_fraction, 0.0 < data_fraction <= 1.0, "a number in (0, 1]"),
+        ("--seed", seed, 0 <= seed < 2**32, "an integer in 0..4294967295"),
+        ("--batch-size", batch_size, batch_size >= 1, "an integer ≥ 1"),
+        ("--lr", lr, math.isfinite(lr) and lr > 0, "a finite number > 0"),
+        ("--val-from", val_from, val_from in ("test", "train"), "test or train"),
+    ]
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise ValidationError(f"must be {expected}, got {value}", field=flag)
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """``out`` must be a directory, or creatable as one, that this process may write; nothing is created."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValidationError("--out exists and is not a directory", path=str(out))
+    probe = out.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValidationError(f"--out cannot be created: {probe} is not a directory", path=str(out))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValidationError(f"--out is not writable (no write permission on {probe})", path=str(out))
+    return out
+
+
 def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | None = None,
              target_pr: float = 0.4, epochs: float = 10.0, data_fraction: float = 1.0, seed: int = 0,
              device: str | None = None, batch_size: int = 128, lr: float = 0.01,
-             progress: Any = None, store: str | None = None) -> CompressRun:
+             progress: Any = None, store: str | None = None, val_data: Path | None = None,
+             val_from: str = "test") -> CompressRun:
     """Load model and data, apply ``scheme`` with gamma = ``target_pr``, save into ``out``.
 
-    With ``store``, the evaluation is recorded RUNNING before training and COMPLETE (or FAIL) after, so a killed
-    run leaves a trace. Raises ``ValidationError`` / ``NotFoundError`` for bad input and ``CompressionError``
-    when a method fails.
+    Fine-tunes on the training part, measures validation accuracy on ``val_data`` / the data's own validation
+    part / half of the test part (``val_from="test"``) or a share of the training part (``val_from="train"``),
+    and test accuracy on the rest. Everything is checked before training: options, ``out``, the scheme, the
+    data against the model and the weights. With ``store``, the evaluation is recorded RUNNING before training
+    and COMPLETE (or FAIL) after, so a killed run leaves a trace. Raises ``ValidationError`` / ``NotFoundError``
+    for bad input and ``CompressionError`` when a method fails.
     """
-    if not 0.0 < target_pr < 1.0:
-        raise ValidationError(f"must be in (0, 1), got {target_pr}", field="--target-pr")
-    if epochs < 0:
-        raise ValidationError(f"must be ≥ 0, got {epochs}", field="--epochs")
+    check_options(target_pr=target_pr, epochs=epochs, data_fraction=data_fraction, seed=seed,
+                  batch_size=batch_size, lr=lr, val_from=val_from)
+    out = check_out_dir(out)
     parsed: Scheme = load_catalog().parse_scheme(scheme)
+    import torch
+
+    from automc.compress.base import Task, TrainBudget
+    from automc.compress.data import load_data
+    from automc.compress.models import build_model, check_fits, load_weights
+    from automc.compress.saving import save_compressed
+    from automc.compress.scheme import apply_scheme, measure
+
     dev = _device(device)
     torch.manual_seed(seed)
-    ds = load_data(data, fraction=data_fraction, seed=seed, device=dev)
+    ds = load_data(data, val_data=val_data, val_from=val_from, fraction=data_fraction, seed=seed, device=dev)
     net = build_model(model, ds.num_classes)
+    check_fits(net, ds.input_shape, ds.num_classes, data=ds.sources["train"])
     if weights is not None:
         load_weights(net, weights)
     task = Task(ds, target_pr, TrainBudget(epochs=epochs, batch_size=batch_size, lr=lr), dev, seed)
     before = measure(net, task)
+    splits = {k: {"source": ds.sources[k], "images": ds.size(k)} for k in ("train", "val", "test")}
+    train_images = ds.size("train") + (ds.size("val") if val_from == "train" and val_data is None else 0)
     info = {"model": model, "dataset": Path(data).name, "num_classes": ds.num_classes,
             "image_size": ds.input_shape[-1], "image_channels": ds.input_shape[0],
-            "num_images": ds.size("train") + ds.size("val"), "base_accuracy": before.acc_test,
+            "num_images": train_images, "base_accuracy": before.acc_test,
             "params": float(before.params), "flops": float(before.flops), "device": str(dev)}
     # The store is opened only around each write: a LadybugDB file stays free for others while training runs.
     eval_id = _start_evaluation(store, info, parsed, target_pr) if store is not None else None
@@ -76,14 +133,14 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
         result = apply_scheme(net, parsed, task, progress=progress, before=before)
         paths = save_compressed(result.model, out, ds.example_input(2), mean=ds.mean, std=ds.std,
                                 extra={"scheme": parsed.text, "target_pr": target_pr})
-        (Path(out) / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
+        (Path(out) / "result.json").write_text(json.dumps({**result.to_dict(), "data": splits}, indent=1))
     except BaseException as e:
         if eval_id is not None:
             _end_evaluation(store, eval_id, error=f"{type(e).__name__}: {e}")
         raise
     if eval_id is not None:
         _end_evaluation(store, eval_id, record=result.evaluation_record())
-    return CompressRun(result, paths, info, eval_id)
+    return CompressRun(result, paths, info, eval_id, splits)
 
 
 def _start_evaluation(store_uri: str, task_info: dict[str, Any], scheme: Scheme, target_pr: float) -> str:
@@ -106,9 +163,12 @@ def _end_evaluation(store_uri: str, eval_id: str, *, record: dict[str, Any] | No
             s.finish_evaluation(eval_id, record or {})
 
 
-def _table(result: SchemeResult) -> Table:
+def _table(result: SchemeResult, splits: dict[str, dict[str, Any]]) -> Table:
     b = result.before
-    t = Table(title=result.scheme, title_justify="left")
+    caption = "\n".join(f"{label}: {splits[k]['source']} ({splits[k]['images']:,} images)"
+                         for label, k in (("val acc", "val"), ("test acc", "test"), ("fine-tuned on", "train"))
+                         if k in splits)
+    t = Table(title=result.scheme, title_justify="left", caption=caption or None, caption_justify="left")
     for col in ("", "parameters", "FLOPs", "val acc", "test acc"):
         t.add_column(col, justify="right" if col else "left")
     t.add_row("before", f"{b.params:,}", f"{b.flops / 1e6:,.1f} M", f"{b.acc_val:.2%}", f"{b.acc_test:.2%}")
@@ -123,15 +183,21 @@ def _table(result: SchemeResult) -> Table:
 @handle_errors
 def compress_cmd(
     model: str = typer.Option(..., "--model", help="resnet20/32/44/56/110/164, vgg11/13/16/19, or torchvision"),
-    data: Path = typer.Option(..., "--data", help=".npz, CIFAR python batches, or train/ + test/ folders"),
+    data: Path = typer.Option(..., "--data", help=".npz, CIFAR python batches, or train/ + test/ (+ val/) folders"),
     scheme: str = typer.Option(..., "--scheme", help='e.g. "NS(target_ratio_factor=0.5) > LeGR()"'),
     out: Path = typer.Option(..., "--out", help="directory for the compressed model"),
     weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict (.th/.pt)"),
     target_pr: float = typer.Option(0.4, "--target-pr", help="parameter-reduction target gamma"),
     epochs: float = typer.Option(10.0, "--epochs", help="base fine-tune budget the epoch factors multiply"),
-    data_fraction: float = typer.Option(1.0, "--data-fraction", help="stratified share of the training data"),
+    data_fraction: float = typer.Option(1.0, "--data-fraction", help="stratified share of the training part"),
+    val_data: Path | None = typer.Option(
+        None, "--val-data", help="validation images: .npz with x_val/y_val (or x_test/y_test), or class folders "
+        "(default: the data's own x_val or val/, else half of the test part)"),
+    val_from: str = typer.Option(
+        "test", "--val-from", help="without a validation part, split it off the test part (test) or the "
+        "training part (train: only for a model trained on other data)"),
     seed: int = typer.Option(0, "--seed"),
-    store: str | None = store_option(),
+    store: str | None = typer.Option(None, "--store", envvar="AUTOMC_STORE", help=STORE_HELP, show_envvar=False),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
     batch_size: int = typer.Option(128, "--batch-size"),
@@ -139,16 +205,18 @@ def compress_cmd(
 ) -> None:
     """Apply a compression scheme to a model and save the result."""
     progress = None if json_out else (lambda msg: err_console.print(msg, highlight=False))
+    if val_from == "train":
+        err_console.print(VAL_FROM_WARNING, highlight=False, soft_wrap=True)
     run = compress(model, data, scheme, out, weights=weights, target_pr=target_pr, epochs=epochs,
                    data_fraction=data_fraction, seed=seed, device=device, batch_size=batch_size, lr=lr,
-                   progress=progress, store=store)
+                   progress=progress, store=store, val_data=val_data, val_from=val_from)
     eval_id = run.evaluation
     if json_out:
         obj = run.result.to_dict()
-        obj.update(out=str(out), standalone=str(run.paths["standalone"]), evaluation=eval_id)
+        obj.update(out=str(out), standalone=str(run.paths["standalone"]), evaluation=eval_id, data=run.splits)
         print_json(obj)
         return
-    console.print(_table(run.result))
+    console.print(_table(run.result, run.splits))
     console.print(f"saved to {out} ({run.paths['standalone'].name}, state_dict.pt, architecture.json)")
     if eval_id:
         console.print(f"recorded evaluation {eval_id}")

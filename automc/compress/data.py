@@ -1,17 +1,21 @@
 """Image-classification data held as tensors (on the GPU when it fits) with a fast batch iterator.
 
-Readers: CIFAR python batches (``cifar-10-batches-py``, ``cifar-100-python``), ``.npz`` files with
-``x_train/y_train/x_test/y_test`` (HWC uint8), and ImageFolder-style directories (``train/`` and ``test/``
-or ``val/`` of one folder per class; needs Pillow). The training part is split deterministically into a
-fine-tune subset (``"train"``) and a validation subset (``"val"``); ``fraction`` keeps a stratified, seeded
-sample of it.
+Readers: CIFAR python batches (``cifar-10-batches-py``, ``cifar-100-python``; unpickled without running any
+code), ``.npz`` files with ``x_train/y_train/x_test/y_test`` and optionally ``x_val/y_val`` (HWC), and
+ImageFolder-style directories (``train/``, ``test/`` and optionally ``val/``, one folder per class; needs
+Pillow). Three disjoint parts: ``"train"`` (fine-tuning), ``"val"`` (selection) and ``"test"`` (reporting).
+The validation part is the data's own (``x_val``, ``val/`` or ``val_data``) when it has one; otherwise a
+stratified, seeded share of the test part (images a pretrained model never saw), or with ``val_from="train"``
+of the training part. ``Data.sources`` says which images each part holds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,8 @@ class Data:
     std: tuple[float, ...] = IMAGENET_STD
     augment: bool = True
     crop_padding: int = 4
+    # split -> which images it holds, e.g. "x_test[half 1 of 2, seed 0] of cifar10-subset.npz"
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -118,53 +124,243 @@ def _augment(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> to
 
 # -- building -----------------------------------------------------------------------------------------------
 
+VAL_FROM = ("test", "train")
+DEFAULT_VAL_SHARE = {"test": 0.5, "train": 0.1}  # half of the test part; the old 10% of the training part
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One image/label array pair as read, and where it came from (for messages and ``Data.sources``)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    xname: str  # "x_train", "train/", "data_batch_1-5"
+    yname: str  # "y_train", "train/ labels", ...
+    path: str  # the file or folder it was read from
+    classes: tuple[str, ...] | None = None  # class folder names, for image folders
+
+    def source(self, qualifier: str = "") -> str:
+        """Human-readable origin, e.g. ``x_test[half 1 of 2, seed 0] of cifar10-subset.npz``."""
+        return f"{self.xname}{f'[{qualifier}]' if qualifier else ''} of {Path(self.path).name}"
+
+    def error(self, problem: str, *, labels: bool = False) -> ValidationError:
+        return ValidationError(f"{self.yname if labels else self.xname}: {problem}", path=self.path)
+
+
 def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0,
+                x_val: np.ndarray | None = None, y_val: np.ndarray | None = None, val_from: str = "test",
+                val_share: float | None = None, fraction: float = 1.0, seed: int = 0,
                 device: torch.device | str | None = None, num_classes: int | None = None,
                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                augment: bool = True, channels_last_input: bool = True) -> Data:
-    """Build ``Data`` from uint8 image arrays (NHWC when ``channels_last_input``, else NCHW) and int labels.
+                augment: bool = True, channels_last_input: bool = True, origin: str = "arrays") -> Data:
+    """Build ``Data`` from image arrays (NHWC when ``channels_last_input``, else NCHW; uint8, or floats in
+    0..1 or 0..255) and integer labels.
 
-    ``fraction`` keeps a stratified seeded sample of the training part; ``val_fraction`` of what remains
-    (stratified, seeded) becomes the validation split. ``device`` defaults to CUDA when available; data
-    larger than half the free GPU memory stays on the CPU.
+    The validation part is ``x_val/y_val`` when given; otherwise a stratified seeded ``val_share`` (default
+    0.5) of the test part with the rest kept for test, or with ``val_from="train"`` a share (default 0.1) of
+    the training part. ``fraction`` keeps a stratified seeded sample of what is left for training. ``device``
+    defaults to CUDA when available; data larger than half the free GPU memory stays on the CPU. Raises
+    ``ValidationError`` naming the array and the problem.
     """
-    x_train, x_test = np.asarray(x_train), np.asarray(x_test)
-    y_train = np.asarray(y_train).astype(np.int64).ravel()
-    y_test = np.asarray(y_test).astype(np.int64).ravel()
-    if x_train.ndim != 4 or x_test.ndim != 4:
-        raise ValidationError(f"images must be 4-D arrays, got {x_train.shape} and {x_test.shape}", field="x")
-    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise ValidationError("images and labels differ in length", field="y")
-    if not 0.0 < fraction <= 1.0:
-        raise ValidationError(f"fraction must be in (0, 1], got {fraction}", field="fraction")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValidationError(f"val_fraction must be in [0, 1), got {val_fraction}", field="val_fraction")
-    if x_train.dtype != np.uint8:
-        scale = 255.0 if max(x_train.max(), x_test.max()) <= 1.0 else 1.0
-        x_train = np.clip(np.rint(x_train * scale), 0, 255).astype(np.uint8)
-        x_test = np.clip(np.rint(x_test * scale), 0, 255).astype(np.uint8)
-    rng = np.random.default_rng(seed)
-    keep = stratified_sample(y_train, fraction, rng) if fraction < 1.0 else np.arange(len(y_train))
-    val = stratified_sample(y_train[keep], val_fraction, rng) if val_fraction > 0 else np.zeros(0, np.int64)
-    is_val = np.zeros(len(keep), bool)
-    is_val[val] = True
-    tr_idx, va_idx = keep[~is_val], keep[is_val]
-    nc = num_classes or int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    if (x_val is None) != (y_val is None):
+        raise ValidationError("give both x_val and y_val, or neither", path=origin)
+    parts = {"train": _Part(x_train, y_train, "x_train", "y_train", origin),
+             "test": _Part(x_test, y_test, "x_test", "y_test", origin)}
+    if x_val is not None:
+        parts["val"] = _Part(x_val, y_val, "x_val", "y_val", origin)  # type: ignore[arg-type]
+    return _build(parts, val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device,
+                  num_classes=num_classes, mean=mean, std=std, augment=augment,
+                  channels_last=channels_last_input)
+
+
+def _build(parts: dict[str, _Part], *, val_from: str, val_share: float | None, fraction: float, seed: int,
+           device: torch.device | str | None, num_classes: int | None, mean: tuple[float, ...],
+           std: tuple[float, ...], augment: bool, channels_last: bool = True) -> Data:
+    explicit = "val" in parts
+    share = _check_options(parts, val_from, val_share, fraction, seed)
+    xs = _images(parts, channels_last)
+    ys = {k: _labels(p, len(xs[k])) for k, p in parts.items()}
+    nc = _check_classes(parts, ys, num_classes)
+    if explicit:
+        _check_not_a_copy(parts, xs)
+
+    rng_val, rng_fit = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
+    pool, test_idx = np.arange(len(ys["train"])), np.arange(len(ys["test"]))
+    seeded = f"seed {seed}"
+    train_q: list[str] = []
+    if explicit:
+        val_x, val_y, val_src = xs["val"], ys["val"], parts["val"].source()
+        test_src = parts["test"].source()
+    elif val_from == "test":
+        val_idx, test_idx = stratified_split(ys["test"], share, rng_val)
+        if not len(val_idx) or not len(test_idx):
+            raise parts["test"].error(f"{len(test_idx) + len(val_idx)} image(s) are too few to split into "
+                                      "validation and test; give a validation part (x_val, val/ or val_data)")
+        val_x, val_y = xs["test"][val_idx], ys["test"][val_idx]
+        q = ("half 1 of 2", "half 2 of 2") if share == 0.5 else (f"stratified {_pct(share)}",
+                                                                  f"other {_pct(1 - share)}")
+        val_src = parts["test"].source(f"{q[0]}, {seeded}")
+        test_src = parts["test"].source(f"{q[1]}, {seeded}")
+    else:
+        val_idx = stratified_sample(ys["train"], share, rng_val) if share > 0 else np.zeros(0, np.int64)
+        pool = np.setdiff1d(pool, val_idx)
+        if not len(pool):
+            raise parts["train"].error("no training images left after carving out the validation part")
+        val_x, val_y = xs["train"][val_idx], ys["train"][val_idx]
+        val_src = parts["train"].source(f"stratified {_pct(share)}, {seeded}") if share > 0 else "none"
+        test_src = parts["test"].source()
+        if share > 0:
+            train_q.append("minus val")
+    if fraction < 1.0:
+        pool = pool[stratified_sample(ys["train"][pool], fraction, rng_fit)]
+        train_q.append(f"stratified {_pct(fraction)}")
+    train_src = parts["train"].source(", ".join([*train_q, seeded]) if train_q else "")
+
     dev = torch.device(device) if device is not None else default_device()
-    if dev.type == "cuda" and (x_train.nbytes + x_test.nbytes) > 0.5 * torch.cuda.mem_get_info(dev)[0]:
+    total = sum(a.nbytes for a in xs.values())
+    if dev.type == "cuda" and total > 0.5 * torch.cuda.mem_get_info(dev)[0]:
         dev = torch.device("cpu")  # too big for the GPU: keep it in host memory, batches move one at a time
 
     def imgs(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        return (t.permute(0, 3, 1, 2) if channels_last_input else t).contiguous().to(dev)
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous().to(dev)
 
-    x = {"train": imgs(x_train[tr_idx]), "val": imgs(x_train[va_idx]), "test": imgs(x_test)}
-    y = {"train": torch.from_numpy(y_train[tr_idx]).to(dev), "val": torch.from_numpy(y_train[va_idx]).to(dev),
-         "test": torch.from_numpy(y_test).to(dev)}
-    if len(mean) != x["train"].shape[1]:
-        mean, std = (0.5,) * x["train"].shape[1], (0.25,) * x["train"].shape[1]
-    return Data(x, y, nc, tuple(mean), tuple(std), augment)
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+    x = {"train": imgs(xs["train"][pool]), "val": imgs(val_x), "test": imgs(xs["test"][test_idx])}
+    y = {"train": labels(ys["train"][pool]), "val": labels(val_y), "test": labels(ys["test"][test_idx])}
+    channels = x["train"].shape[1]
+    if len(mean) != channels or len(std) != channels:
+        mean, std = (0.5,) * channels, (0.25,) * channels
+    sources = {"train": train_src, "val": val_src, "test": test_src}
+    return Data(x, y, nc, tuple(mean), tuple(std), augment, sources=sources)
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.3g}%"
+
+
+def _check_options(parts: dict[str, _Part], val_from: str, val_share: float | None, fraction: float,
+                   seed: int) -> float:
+    """Validate the split options; returns the validation share to use."""
+    if val_from not in VAL_FROM:
+        raise ValidationError(f"must be 'test' or 'train', got {val_from!r}", field="val_from")
+    if not isinstance(fraction, int | float) or not 0.0 < fraction <= 1.0:
+        raise ValidationError(f"must be in (0, 1], got {fraction}", field="fraction")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValidationError(f"must be an integer ≥ 0, got {seed!r}", field="seed")
+    if "val" in parts:
+        if val_from == "train":
+            raise ValidationError(f"the data has its own validation part ({parts['val'].source()}); "
+                                  "val_from='train' would ignore it", field="val_from")
+        return 0.0
+    share = DEFAULT_VAL_SHARE[val_from] if val_share is None else val_share
+    ok = 0.0 < share < 1.0 if val_from == "test" else 0.0 <= share < 1.0
+    if not isinstance(share, int | float) or not ok:
+        bounds = "(0, 1)" if val_from == "test" else "[0, 1)"
+        raise ValidationError(f"must be in {bounds} with val_from={val_from!r}, got {share}", field="val_share")
+    return float(share)
+
+
+def _labels(part: _Part, n: int) -> np.ndarray:
+    """The part's labels as int64 class ids, or a ``ValidationError`` naming the array."""
+    y = np.asarray(part.y)
+    if y.ndim == 2 and 1 in y.shape:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise part.error(f"labels must be a 1-D array of class ids, got shape {y.shape}", labels=True)
+    if y.dtype.kind not in "iuf":
+        raise part.error(f"labels must be integer class ids, got dtype {y.dtype}", labels=True)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise part.error(f"labels must be whole numbers, found {y[bad][0]!r}", labels=True)
+    if y.size and (y.min() < 0 or y.max() > 2**31):
+        raise part.error(f"labels must be class ids 0..C-1, found {y.min() if y.min() < 0 else y.max()}",
+                         labels=True)
+    if len(y) != n:
+        raise part.error(f"{n} images but {len(y)} labels in {part.yname}")
+    return y.astype(np.int64)
+
+
+def _images(parts: dict[str, _Part], channels_last: bool) -> dict[str, np.ndarray]:
+    """Every part's images as uint8 NHWC of one shape, or a ``ValidationError`` naming the array."""
+    raw: dict[str, np.ndarray] = {}
+    for k, p in parts.items():
+        x = np.asarray(p.x)
+        if x.ndim != 4:
+            raise p.error(f"images must be a 4-D array (N, H, W, C), got shape {x.shape}")
+        if not channels_last:
+            x = x.transpose(0, 2, 3, 1)
+        if len(x) == 0:
+            raise p.error("no images (empty array)")
+        if x.dtype.kind not in "iuf":
+            raise p.error(f"images must be uint8 (or floats in 0..1 / 0..255), got dtype {x.dtype}")
+        if not 1 <= x.shape[3] <= 4:
+            hint = "; it looks channels-first (N, C, H, W): store images as (N, H, W, C)" \
+                if x.shape[1] in (1, 3) else ""
+            raise p.error(f"expected (N, H, W, C) images with 1 to 4 channels, got shape {x.shape}{hint}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise p.error("images contain NaN or infinite values")
+        raw[k] = x
+    ref = parts["train"]
+    for k, x in raw.items():
+        if x.shape[1:] != raw["train"].shape[1:]:
+            raise parts[k].error(f"{_hwc(x)} images, but {ref.source()} has {_hwc(raw['train'])} images")
+    floats = [x for x in raw.values() if x.dtype.kind == "f"]
+    scale = 255.0 if floats and max(float(x.max()) for x in floats) <= 1.0 else 1.0
+    out = {}
+    for k, x in raw.items():
+        lo, hi = float(x.min()), float(x.max())
+        s = scale if x.dtype.kind == "f" else 1.0
+        if lo < 0 or hi * s > 255.0 + 1e-6:
+            raise parts[k].error(f"pixel values must lie in 0..255 (or 0..1 as floats), found {lo:g}..{hi:g}")
+        out[k] = x if x.dtype == np.uint8 else np.clip(np.rint(x * s), 0, 255).astype(np.uint8)
+    return out
+
+
+def _hwc(x: np.ndarray) -> str:
+    return "x".join(str(d) for d in x.shape[1:])
+
+
+def _check_classes(parts: dict[str, _Part], ys: dict[str, np.ndarray], num_classes: int | None) -> int:
+    """The class count; every part's labels must be classes the training part has."""
+    train = np.unique(ys["train"])
+    if len(train) < 2:
+        raise parts["train"].error(f"needs at least 2 classes, found {len(train)}", labels=True)
+    nc = int(train.max()) + 1 if num_classes is None else int(num_classes)
+    for k, y in ys.items():
+        if y.size and y.max() >= nc:
+            whose = f"the training data's {nc} classes" if num_classes is None else f"{nc} classes"
+            raise parts[k].error(f"label {int(y.max())} is outside 0..{nc - 1} ({whose})", labels=True)
+    for k in ("test", "val"):
+        if k not in ys:
+            continue
+        have = np.unique(ys[k])
+        extra = np.setdiff1d(have, train)
+        if extra.size:
+            raise parts[k].error(f"label(s) {_ids(extra)} never occur in {parts['train'].yname} "
+                                 f"(training classes: {_ids(train)})", labels=True)
+        if k == "val" and (missing := np.setdiff1d(train, have)).size:
+            raise parts[k].error(f"lacks class(es) {_ids(missing)} of the training data ({len(train)} classes: "
+                                 f"{_ids(train)}); a validation part must cover the same classes", labels=True)
+    return nc
+
+
+def _ids(a: np.ndarray) -> str:
+    a = [int(v) for v in a]
+    if len(a) > 2 and a == list(range(a[0], a[-1] + 1)):
+        return f"{a[0]}..{a[-1]}"
+    return ", ".join(map(str, a[:8])) + (", ..." if len(a) > 8 else "")
+
+
+def _check_not_a_copy(parts: dict[str, _Part], xs: dict[str, np.ndarray]) -> None:
+    """An explicit validation part that mostly repeats the test images would make test accuracy a selected one."""
+    test = {hashlib.blake2b(im.tobytes(), digest_size=16).digest() for im in xs["test"]}
+    same = sum(hashlib.blake2b(im.tobytes(), digest_size=16).digest() in test for im in xs["val"])
+    if same > len(xs["val"]) // 2:
+        raise parts["val"].error(f"{same} of its {len(xs['val'])} images are test images "
+                                 f"({parts['test'].source()}); select on images the test part does not hold")
 
 
 def stratified_sample(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -177,114 +373,258 @@ def stratified_sample(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 
+def stratified_split(labels: np.ndarray, share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(a, b)`` of a stratified seeded split: ``share`` of each class in ``a`` (rounding half
+    down, so an odd class leaves the extra image to ``b``), the rest in ``b``."""
+    a = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx), max(0, math.ceil(share * len(idx) - 0.5)))
+        a.append(rng.choice(idx, size=k, replace=False))
+    first = np.sort(np.concatenate(a)) if a else np.zeros(0, np.int64)
+    return first, np.setdiff1d(np.arange(len(labels)), first)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_data(path: str | Path, *, val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0,
+# -- reading ------------------------------------------------------------------------------------------------
+
+def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from: str = "test",
+              val_share: float | None = None, fraction: float = 1.0, seed: int = 0,
               device: torch.device | str | None = None, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD, augment: bool = True) -> Data:
     """Read a dataset from ``path`` (``.npz``, CIFAR-10/100 python batches, or an ImageFolder tree).
 
-    Raises ``ValidationError`` naming the path when it is missing or in no known layout.
+    The validation part is, in this order: ``val_data`` (a ``.npz`` with ``x_val/y_val`` or ``x_test/y_test``,
+    or an image folder), the data's own (``x_val/y_val``, ``val/`` next to ``train/`` and ``test/``), or a
+    stratified seeded ``val_share`` of the test part (``val_from="test"``, default half) or of the training
+    part (``val_from="train"``, default 10%; biased for a model trained on those images). ``fraction``
+    samples the training part only. Raises ``ValidationError`` naming the file, the array and the problem.
     """
     if str(path) == "digits" and not Path(path).exists():  # reserved: the built-in digits (compress.builtin)
         from automc.compress.builtin import digits
 
         return digits(val_fraction=val_fraction, fraction=fraction, seed=seed, device=device)
     p = Path(path)
+    parts = _guarded(p, _read_dataset)
+    if val_data is not None:
+        parts["val"] = _guarded(Path(val_data), lambda q: _read_val(q, p, parts))
+    return _build(parts, val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device,
+                  num_classes=None, mean=mean, std=std, augment=augment)
+
+
+def _guarded(p: Path, read):  # noqa: ANN001, ANN202 - a reader of p
+    """Run ``read(p)``; any failure of an untrusted file becomes a ``ValidationError`` naming it."""
     if not p.exists():
         raise ValidationError("data path not found", path=str(p))
     try:
-        arrays = _read_arrays(p)
+        return read(p)
     except ValidationError:
         raise
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as e:
+    except MemoryError:
+        raise ValidationError("not enough memory to read this data", path=str(p)) from None
+    except Exception as e:  # noqa: BLE001 - a broken or hostile file must not end in a traceback
         raise ValidationError(f"cannot read data ({type(e).__name__}: {str(e)[:120]})", path=str(p)) from None
-    return from_arrays(*arrays, val_fraction=val_fraction, fraction=fraction, seed=seed, device=device,
-                       mean=mean, std=std, augment=augment)
 
 
-def _read_arrays(p: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _read_dataset(p: Path) -> dict[str, _Part]:
     if p.is_file():
         if p.suffix != ".npz":
             raise ValidationError("expected a .npz file or a dataset directory", path=str(p))
-        with np.load(p, allow_pickle=False) as z:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
-            if missing:
-                raise ValidationError(f"missing array(s) {', '.join(missing)}", path=str(p))
-            return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
+        return _read_npz(p)
+    if not p.is_dir():
+        raise ValidationError("not a file or directory", path=str(p))
     for cand in (p, p / "cifar-10-batches-py", p / "cifar-100-python"):
         if (cand / "data_batch_1").is_file():
             return _read_cifar10(cand)
         if (cand / "train").is_file() and (cand / "test").is_file():
             return _read_cifar100(cand)
-    train = p / "train"
-    test = next((p / d for d in ("test", "val") if (p / d).is_dir()), None)
-    if train.is_dir() and test is not None:
-        return _read_image_folder(train, test)
+    if (p / "train").is_dir() and ((p / "test").is_dir() or (p / "val").is_dir()):
+        return _read_image_folders(p)
     raise ValidationError("no dataset found (expected .npz, cifar-10-batches-py, cifar-100-python, or "
                           "train/ + test/ class folders)", path=str(p))
 
 
+def _open_npz(p: Path) -> np.lib.npyio.NpzFile:
+    z = np.load(p, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValidationError("not an .npz archive (a single .npy array?)", path=str(p))
+    return z
+
+
+def _read_npz(p: Path) -> dict[str, _Part]:
+    with _open_npz(p) as z:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+        if missing:
+            raise ValidationError(f"missing array(s) {', '.join(missing)} (has: {', '.join(z.files) or 'none'})",
+                                  path=str(p))
+        splits = ("train", "test", "val") if "x_val" in z.files or "y_val" in z.files else ("train", "test")
+        if "val" in splits and not {"x_val", "y_val"} <= set(z.files):
+            raise ValidationError("has only one of x_val and y_val; give both or neither", path=str(p))
+        return {s: _Part(z[f"x_{s}"], z[f"y_{s}"], f"x_{s}", f"y_{s}", str(p)) for s in splits}
+
+
+def _read_val(q: Path, data_path: Path, parts: dict[str, _Part]) -> _Part:
+    """The validation part named by ``val_data``: x_val/y_val (else x_test/y_test) of a .npz, or image folders."""
+    same = q.resolve() == data_path.resolve()
+    if q.is_file():
+        if q.suffix != ".npz":
+            raise ValidationError("expected a .npz file or an image folder", path=str(q))
+        with _open_npz(q) as z:
+            for s in ("val", "test"):
+                if {f"x_{s}", f"y_{s}"} <= set(z.files):
+                    if same and s == "test":
+                        raise ValidationError("x_test of the data file is its test part; validation needs other "
+                                              "images (x_val, or another file)", path=str(q))
+                    return _Part(z[f"x_{s}"], z[f"y_{s}"], f"x_{s}", f"y_{s}", str(q))
+        raise ValidationError("needs arrays x_val/y_val (or x_test/y_test)", path=str(q))
+    root = next((q / d for d in ("val", "test") if (q / d).is_dir()), q)
+    if same and root.name == "test":
+        raise ValidationError("test/ of the data folder is its test part; validation needs other images",
+                              path=str(q))
+    train = parts["train"]
+    classes = train.classes or tuple(sorted(c.name for c in root.iterdir() if c.is_dir()))
+    x, y = _read_folder(root, classes, (train.x.shape[2], train.x.shape[1]) if train.x.ndim == 4 else None)
+    name = f"{root.name}/" if root != q else "class folders"
+    return _Part(x, y, name, f"{name} labels", str(q), classes)
+
+
+# CIFAR python batches are pickles; only what they hold may be rebuilt, so no file can run code on load.
+# _frombuffer is how numpy pickles arrays at protocol 5; scalar rebuilds numpy numbers (labels as np.int64).
+_NUMPY_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                  ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
+                  ("numpy._core.numeric", "_frombuffer"), ("numpy.core.multiarray", "scalar"),
+                  ("numpy._core.multiarray", "scalar")}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _latin1(text: object, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol 2, for latin-1 only."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _Refused("_codecs.encode")
+    return text.encode("latin1")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, tuples, bytes, str, numbers and numpy arrays; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1
+        if (module, name) not in _NUMPY_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        import importlib
+
+        for mod in (module.replace("numpy.core.", "numpy._core."), module):
+            try:
+                return getattr(importlib.import_module(mod), name)
+            except (ImportError, AttributeError):
+                continue
+        raise _Refused(f"{module}.{name}")
+
+    def persistent_load(self, pid: object) -> object:
+        raise _Refused("a persistent id")
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")  # noqa: S301 - CIFAR's own format
+    try:
+        with open(path, "rb") as f:
+            obj = _BatchUnpickler(f, encoding="bytes").load()
+    except _Refused as e:
+        raise ValidationError(f"refusing to unpickle {e} (a CIFAR batch holds only dicts, lists, strings, numbers "
+                              "and numpy arrays)", path=str(path)) from None
+    if not isinstance(obj, dict):
+        raise ValidationError(f"expected a dict of arrays, got {type(obj).__name__}", path=str(path))
+    return {k.encode() if isinstance(k, str) else k: v for k, v in obj.items()}
 
 
-def _cifar_images(d: dict) -> np.ndarray:
-    return np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+def _cifar_part(d: dict, key: bytes, xname: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if b"data" not in d or key not in d:
+        raise ValidationError(f"a CIFAR batch needs 'data' and {key.decode()!r}", path=str(path))
+    data = np.asarray(d[b"data"])
+    if data.dtype.kind not in "iu" or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValidationError(f"{xname}: 'data' must be N x 3072 integers, got {data.dtype} {data.shape}",
+                              path=str(path))
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d[key])
 
 
-def _read_cifar10(d: Path) -> tuple[np.ndarray, ...]:
-    parts = [_unpickle(d / f"data_batch_{i}") for i in range(1, 6) if (d / f"data_batch_{i}").is_file()]
-    test = _unpickle(d / "test_batch")
-    return (np.concatenate([_cifar_images(b) for b in parts]),
-            np.concatenate([np.asarray(b[b"labels"]) for b in parts]),
-            _cifar_images(test), np.asarray(test[b"labels"]))
+def _read_cifar10(d: Path) -> dict[str, _Part]:
+    names = [f"data_batch_{i}" for i in range(1, 6) if (d / f"data_batch_{i}").is_file()]
+    train = [_cifar_part(_unpickle(d / n), b"labels", n, d / n) for n in names]
+    xte, yte = _cifar_part(_unpickle(d / "test_batch"), b"labels", "test_batch", d / "test_batch")
+    tr_name = names[0] if len(names) == 1 else f"{names[0]}..{names[-1][-1]}"
+    return {"train": _Part(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                           tr_name, f"{tr_name} labels", str(d)),
+            "test": _Part(xte, yte, "test_batch", "test_batch labels", str(d))}
 
 
-def _read_cifar100(d: Path) -> tuple[np.ndarray, ...]:
-    tr, te = _unpickle(d / "train"), _unpickle(d / "test")
-    return (_cifar_images(tr), np.asarray(tr[b"fine_labels"]),
-            _cifar_images(te), np.asarray(te[b"fine_labels"]))
+def _read_cifar100(d: Path) -> dict[str, _Part]:
+    xtr, ytr = _cifar_part(_unpickle(d / "train"), b"fine_labels", "train", d / "train")
+    xte, yte = _cifar_part(_unpickle(d / "test"), b"fine_labels", "test", d / "test")
+    return {"train": _Part(xtr, ytr, "train", "train fine_labels", str(d)),
+            "test": _Part(xte, yte, "test", "test fine_labels", str(d))}
 
 
-def _read_image_folder(train: Path, test: Path) -> tuple[np.ndarray, ...]:
+def _read_image_folders(root: Path) -> dict[str, _Part]:
+    """``train/`` + ``test/`` (+ ``val/``) class folders; without ``test/``, ``val/`` is the test part."""
+    dirs = {"train": root / "train"}
+    if (root / "test").is_dir():
+        dirs["test"] = root / "test"
+        if (root / "val").is_dir():
+            dirs["val"] = root / "val"
+    else:
+        dirs["test"] = root / "val"  # an ImageNet-style tree: val/ is the held-out part
+    classes = tuple(sorted(c.name for c in dirs["train"].iterdir() if c.is_dir()))
+    if not classes:
+        raise ValidationError("no class folders", path=str(dirs["train"]))
+    out: dict[str, _Part] = {}
+    size: tuple[int, int] | None = None
+    for split, d in dirs.items():
+        x, y = _read_folder(d, classes, size)
+        size = size or (x.shape[2], x.shape[1])
+        out[split] = _Part(x, y, f"{d.name}/", f"{d.name}/ labels", str(root), classes)
+    return out
+
+
+def _read_folder(root: Path, classes: tuple[str, ...], size: tuple[int, int] | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Images of one folder per class (labels = index in ``classes``), resized to ``size`` (W, H) or the first."""
     try:
         from PIL import Image  # noqa: PLC0415
     except ImportError:
         raise ValidationError("reading an image-folder dataset needs Pillow (pip install pillow)",
-                              path=str(train.parent)) from None
-    classes = sorted(c.name for c in train.iterdir() if c.is_dir())
-    if not classes:
-        raise ValidationError("no class folders", path=str(train))
-    size: tuple[int, int] | None = None
-
-    def read(root: Path) -> tuple[np.ndarray, np.ndarray]:
-        nonlocal size
-        xs, ys = [], []
-        for label, c in enumerate(classes):
-            for f in sorted((root / c).glob("*")) if (root / c).is_dir() else []:
-                if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-                    continue
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
-                    size = size or im.size
-                    xs.append(np.asarray(im.resize(size) if im.size != size else im, np.uint8))
-                ys.append(label)
-        if not xs:
-            raise ValidationError("no images found", path=str(root))
-        return np.stack(xs), np.asarray(ys)
-
-    xtr, ytr = read(train)
-    xte, yte = read(test)
-    return xtr, ytr, xte, yte
+                              path=str(root)) from None
+    extra = sorted(c.name for c in root.iterdir() if c.is_dir() and c.name not in classes)
+    if extra:
+        raise ValidationError(f"class folder(s) {', '.join(extra[:5])} are not training classes "
+                              f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})", path=str(root))
+    xs, ys = [], []
+    for label, c in enumerate(classes):
+        for f in sorted((root / c).glob("*")) if (root / c).is_dir() else []:
+            if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+                continue
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                size = size or im.size
+                xs.append(np.asarray(im.resize(size) if im.size != size else im, np.uint8))
+            ys.append(label)
+    if not xs:
+        raise ValidationError("no images found", path=str(root))
+    return np.stack(xs), np.asarray(ys)
 
 
 def synthetic(num_classes: int = 4, per_class: int = 48, *, size: int = 16, test_per_class: int = 24,
               seed: int = 0, device: torch.device | str | None = "cpu", val_fraction: float = 0.15) -> Data:
-    """A small learnable dataset for tests: each class has its own tint and stripe pattern, plus noise."""
+    """A small learnable dataset for tests: each class has its own tint and stripe pattern, plus noise.
+
+    The validation part is a stratified ``val_fraction`` of the generated training images (the tests train
+    their model on the rest, so it never saw them); the test part is generated apart.
+    """
     rng = np.random.default_rng(seed)
     tints = rng.uniform(60, 200, (num_classes, 3))
     yy, xx = np.mgrid[0:size, 0:size]
@@ -300,5 +640,5 @@ def synthetic(num_classes: int = 4, per_class: int = 48, *, size: int = 16, test
 
     xtr, ytr = make(per_class)
     xte, yte = make(test_per_class)
-    return from_arrays(xtr, ytr, xte, yte, val_fraction=val_fraction, seed=seed, device=device,
-                       num_classes=num_classes, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return from_arrays(xtr, ytr, xte, yte, val_from="train", val_share=val_fraction, seed=seed, device=device,
+                       num_classes=num_classes, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), origin="synthetic")

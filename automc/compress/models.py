@@ -240,6 +240,14 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    head = _classifier_name(model)
+    if head is not None and f"{head}.weight" in wrong and state[f"{head}.weight"].ndim == 2:
+        file_classes, own_classes = state[f"{head}.weight"].shape[0], own[f"{head}.weight"].shape[0]
+        others = [k for k in wrong if not k.startswith(f"{head}.")]
+        if not others and not missing and not unexpected:
+            raise ValidationError(f"the checkpoint's classifier ({head}) has {file_classes} classes but the data "
+                                  f"has {own_classes}: use weights trained on these classes, or data with "
+                                  f"labels 0..{file_classes - 1}", path=str(path))
     if missing or unexpected or wrong:
         parts = []
         if wrong:
@@ -262,3 +270,37 @@ def num_classes_of(model: nn.Module) -> int:
     if not linears:
         raise ValidationError("the model has no Linear classifier layer", field="model")
     return linears[-1].out_features
+
+
+def _classifier_name(model: nn.Module) -> str | None:
+    """Module name of the model's last Linear layer (its classifier), if it has one."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def check_fits(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, *, data: str = "the data") -> None:
+    """Raise ``ValidationError`` unless ``model`` takes ``input_shape`` (C, H, W) images and has one output per
+    class of ``data`` (a description such as ``x_train of cifar10.npz``); runs one forward pass on zeros."""
+    c, h, w = input_shape
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)), None)
+    name = type(model).__name__
+    if isinstance(first, nn.Conv2d) and first.in_channels != c:
+        raise ValidationError(f"{data} has {c}-channel images but {name} expects {first.in_channels} channels",
+                              field="data")
+    outputs = num_classes_of(model)
+    if outputs != num_classes:
+        raise ValidationError(f"{data} has {num_classes} classes but {name} has {outputs} outputs", field="data")
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(1, c, h, w, device=next(model.parameters()).device))
+    except RuntimeError as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValidationError(f"{name} cannot take the {h}x{w} images of {data} ({first_line})",
+                              field="data") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ValidationError(f"{name} gives outputs of shape {tuple(out.shape)} for {data}; expected "
+                              f"(batch, {num_classes})", field="data")

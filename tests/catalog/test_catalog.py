@@ -42,10 +42,34 @@ def test_scheme_parsing_fills_defaults_and_is_stable():
     ("SFP(sfp_update_every=1.5)", "expected int"),
     ("NS(target_ratio_factor)", "expected name=value"),
     ("", "empty scheme"),
+    ("NS(target_ratio_factor=0.3, target_ratio_factor=0.9)", "target_ratio_factor: given twice"),
+    ("NS(target_ratio_factor=nan)", "outside the domain"),
+    ("NS(target_ratio_factor=inf)", "outside the domain"),
+    (" " * 60_000, "longer than the 10,000 allowed"),
 ])
 def test_bad_strategies_are_refused(text, match):
     with pytest.raises((ValidationError, NotFoundError), match=match):
         load_catalog().parse_scheme(text)
+
+
+@pytest.mark.parametrize("text", [
+    "NS" + " " * 9_000 + "!",  # two adjacent \s* in the old pattern traded spaces: quadratic backtracking
+    "NS(" + " " * 9_000 + ")" + " " * 900 + "!",
+    " " * 9_000 + ">" + " " * 900 + "x(",
+])
+def test_hostile_scheme_text_is_refused_fast(text):
+    import time
+
+    t = time.perf_counter()
+    with pytest.raises(ValidationError, match="cannot parse strategy"):
+        load_catalog().parse_scheme(text)
+    assert time.perf_counter() - t < 0.5  # the old parser took ~0.5 s for 9 000 spaces and grew quadratically
+
+
+def test_scheme_length_cap_leaves_room_for_real_schemes():
+    cat = load_catalog()
+    longest = " > ".join(max((s.id for s in cat.strategies(m)), key=len) for m in cat.methods)
+    assert len(longest) < 10_000 and len(cat.parse_scheme(longest)) == len(cat.methods)
 
 
 def test_off_grid_value_inside_domain_is_a_valid_strategy():
