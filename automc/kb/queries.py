@@ -142,6 +142,23 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "e.val_accuracy AS val_accuracy, e.accuracy AS accuracy, e.search_run AS search_run, e.id AS evaluation "
           "ORDER BY accuracy DESC, val_accuracy DESC, evaluation LIMIT $limit",
           (Param("model"), Param("min_pr", float, 0.0), Param("limit", int, 10))),
+    # -- search reuse (automc.search.reuse) ------------------------------------------------------------------
+    Query("search-steps", "complete search evaluations with their scheme, step effect and task features, "
+          "for learning across tasks (F_mo); tasks other than $exclude",
+          "MATCH (e:Evaluation {state: 'COMPLETE'})-[:EVAL_OF_SCHEME]->(s:Scheme) MATCH (e)-[:EVAL_ON_TASK]->(t:Task) "
+          "WHERE t.id <> $exclude AND ($fidelity = '' OR e.fidelity = $fidelity) "
+          "RETURN e.id AS id, s.text AS scheme, s.length AS length, t.id AS task, e.search_run AS search_run, "
+          "e.fidelity AS fidelity, e.round AS round, e.target_pr AS target_pr, e.val_accuracy AS val_accuracy, "
+          "e.params AS eval_params, e.pr AS pr, e.step_ar AS step_ar, e.step_pr AS step_pr, "
+          "t.num_classes AS num_classes, t.image_size AS image_size, t.image_channels AS image_channels, "
+          "t.num_images AS num_images, t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops "
+          "ORDER BY task, search_run, id",
+          (Param("exclude", str, ""), Param("fidelity", str, "search")), bulk=True),
+    Query("task", "one task's features",
+          "MATCH (t:Task {id: $task}) RETURN t.id AS task, t.model AS model, t.dataset AS dataset, "
+          "t.num_classes AS num_classes, t.image_size AS image_size, t.image_channels AS image_channels, "
+          "t.num_images AS num_images, t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops",
+          (Param("task"),)),
 )}
 
 

@@ -1,0 +1,261 @@
+"""Progressive Pareto search (Algorithm 2 of the AutoMC paper): extend evaluated schemes by one strategy, chosen
+by F_mo's predicted accuracy and parameter reduction.
+
+Each round: parents come from the evaluated schemes (mostly the Pareto front on validation accuracy vs. PR, some
+from the rest); a few hundred (parent, next strategy) candidates are drawn among the extensions the space allows
+and not yet tried; F_mo predicts each step's (AR, PR), giving ACC = A(parent)·(1+ÂR) and PAR = P(parent)·(1−P̂R);
+the predicted-Pareto candidates are proposed, plus an occasional random one. In the first rounds the front schemes
+of similar past tasks (``context.transfer``) are proposed as well.
+
+F_mo is not persisted: it is retrained from the history on resume by replaying the same seeded fits (warm start
+on ``context.prior``, then one fit per evaluated round), so a resumed search proposes what an uninterrupted one
+would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from automc.search._base import Context, History, Observation, SchemeKey, SearchStrategy, StepRecord
+from automc.search.pareto import non_dominated
+
+DEFAULTS: dict[str, Any] = {
+    "candidates": 300,  # (parent, strategy) pairs F_mo scores per round
+    "front_share": 0.8,  # share of candidate parents drawn from the Pareto front
+    "explore": 0.1,  # share of proposals drawn at random among the candidates
+    "transfer_rounds": 2,  # rounds in which past tasks' front schemes are proposed
+    "replay": 256,  # past steps replayed with each round's new ones
+    "fit_epochs": 10,
+    "fit_steps": 100,
+    "warm_epochs": 30,
+    "warm_steps": 300,
+    "hidden": 32,
+}
+
+
+def remaining(obs: Observation, base: Observation) -> float | None:
+    """The share of the base model's parameters ``obs`` keeps (1 for the base model), from params or PR."""
+    if not obs.scheme:
+        return 1.0
+    if obs.params is not None and base.params:
+        return obs.params / base.params
+    return None if obs.pr is None else 1.0 - obs.pr
+
+
+def step_records(history: History, task: str, features: Sequence[float]) -> list[tuple[int, StepRecord]]:
+    """(round, step) for every complete observation whose parent is known and complete: child vs. parent."""
+    out = []
+    for obs in history.complete():
+        parent = history.get(obs.parent)
+        if parent is None or not parent.ok or not obs.scheme or not parent.val_accuracy or obs.val_accuracy is None:
+            continue
+        kept, parent_kept = remaining(obs, history.base), remaining(parent, history.base)
+        if kept is None or not parent_kept:
+            continue
+        ar = obs.val_accuracy / parent.val_accuracy - 1.0
+        out.append((obs.round, StepRecord(obs.parent, obs.scheme[-1], task, tuple(features), ar,
+                                          1.0 - kept / parent_kept)))
+    out.sort(key=lambda x: (x[0], x[1].parent, x[1].strategy))  # independent of the history's order
+    return out
+
+
+class ProgressiveStrategy(SearchStrategy):
+    """F_mo-guided progressive search; ``context.options`` may override ``DEFAULTS``."""
+
+    name = "progressive"
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        unknown = sorted(set(context.options) - set(DEFAULTS))
+        opts = {**DEFAULTS, **{k: v for k, v in context.options.items() if k in DEFAULTS}}
+        self.options = opts
+        self.ignored_options = unknown  # other strategies' options travel in the same mapping
+        self.task = context.task.id if context.task is not None else "this-task"
+        self.features = tuple(float(x) for x in context.task_vector)
+        self.prior = [r for r in context.prior if len(r.features) == len(self.features) and r.task != self.task]
+        self._predictor: Any = None
+        self._warm = False
+        self._fitted_through = -1  # last round F_mo was trained on
+        self.losses: list[float] = []
+
+    # -- F_mo ------------------------------------------------------------------------------------------------
+    @property
+    def predictor(self) -> Any:
+        if self._predictor is None:
+            from automc.search.predictor import Predictor  # torch: only when a search runs
+
+            self._predictor = Predictor(self.context.space, self.context.embeddings, len(self.features),
+                                        self.context.seed, hidden=int(self.options["hidden"]))
+        return self._predictor
+
+    @property
+    def trained_on(self) -> dict[str, int]:
+        """Task -> distinct steps F_mo has been trained on (this task's and other tasks')."""
+        return dict(self._predictor.trained_on) if self._predictor is not None else {}
+
+    def _catch_up(self, history: History) -> None:
+        """Warm-start on the prior once, then fit each evaluated round not fitted yet, in round order."""
+        p = self.predictor
+        if not self._warm:
+            self._warm = True
+            if self.prior:
+                self.losses.append(p.fit(self.prior, int(self.options["warm_epochs"]),
+                                         max_steps=int(self.options["warm_steps"])))
+        by_round: dict[int, list[StepRecord]] = defaultdict(list)
+        for r, rec in step_records(history, self.task, self.features):
+            by_round[r].append(rec)
+        for r in sorted(k for k in by_round if k > self._fitted_through):
+            past = self.prior + [rec for k in sorted(by_round) if k < r for rec in by_round[k]]
+            rng = np.random.default_rng([self.context.seed & 0xFFFFFFFF, r, 0xF0])
+            k = min(len(past), int(self.options["replay"]))
+            replay = [past[i] for i in sorted(rng.choice(len(past), size=k, replace=False))] if k else []
+            self.losses.append(p.fit(by_round[r] + replay, int(self.options["fit_epochs"]),
+                                     max_steps=int(self.options["fit_steps"])))
+            self._fitted_through = r
+
+    # -- proposals -------------------------------------------------------------------------------------------
+    def propose(self, history: History, n: int, rng: np.random.Generator) -> list[SchemeKey]:
+        if n <= 0:
+            return []
+        self._catch_up(history)
+        picks: list[SchemeKey] = []
+        taken: set[SchemeKey] = set()
+
+        def take(key: SchemeKey) -> None:
+            picks.append(key)
+            taken.add(key)
+
+        for key in self._transfer(history, n):
+            take(key)
+        candidates = self._candidates(history, rng, taken)
+        left = n - len(picks)
+        if not candidates or left <= 0:
+            return picks
+        n_random = int(left * self.options["explore"])
+        n_random += int(rng.random() < left * self.options["explore"] - n_random)
+        chosen = self._select(history, candidates, left - n_random, rng)
+        for i in chosen:
+            take((*candidates[i][0], candidates[i][1]))
+        chosen_set = set(chosen)
+        rest = [i for i in range(len(candidates)) if i not in chosen_set]
+        for i in rng.permutation(len(rest))[: n - len(picks)].tolist() if rest else []:
+            parent, sid = candidates[rest[i]]
+            take((*parent, sid))
+        return picks[:n]
+
+    def _transfer(self, history: History, n: int) -> list[SchemeKey]:
+        """Past tasks' front schemes (their longest allowed prefix) not evaluated yet, in the first rounds."""
+        transfer = list(self.context.transfer)
+        if not transfer or history.rounds >= int(self.options["transfer_rounds"]):
+            return []
+        space = self.context.space
+        per_round = min(max(1, n // 2), math.ceil(len(transfer) / int(self.options["transfer_rounds"])))
+        out: list[SchemeKey] = []
+        for scheme in transfer:
+            key = tuple(s for s in scheme)
+            while key and not space.allowed(key):
+                key = key[:-1]
+            if key and key not in history and key not in out:
+                out.append(key)
+            if len(out) >= per_round:
+                break
+        return out
+
+    def _candidates(self, history: History, rng: np.random.Generator,
+                    taken: set[SchemeKey]) -> list[tuple[SchemeKey, str]]:
+        """Up to ``candidates`` distinct untried (parent, next strategy) pairs, parents mostly from the front."""
+        space = self.context.space
+        done = [o for o in history.complete(with_base=True) if o.val_accuracy is not None
+                and remaining(o, history.base) is not None and len(o.scheme) < space.max_length]
+        # The front on (validation accuracy, PR) with PR from the kept share, so a base model without PR counts.
+        points = np.array([[o.val_accuracy, 1.0 - remaining(o, history.base)] for o in done], dtype=float)
+        on_front = {o.scheme for o, keep in zip(done, non_dominated(points.reshape(-1, 2), (True, True)),
+                                                 strict=True) if keep}
+        groups = [sorted(s for s in (o.scheme for o in done) if s in on_front),
+                  sorted(s for s in (o.scheme for o in done) if s not in on_front)]
+        if not groups[0] and not groups[1]:
+            return []
+        tried: dict[SchemeKey, set[str]] = defaultdict(set)
+        for key in (o.scheme for o in history):
+            if key:
+                tried[key[:-1]].add(key[-1])
+        for key in taken:  # a proposed scheme's missing prefixes get evaluated with it
+            for i in range(1, len(key) + 1):
+                tried[key[:i - 1]].add(key[i - 1])
+        total = int(self.options["candidates"])
+        share = self.options["front_share"] if groups[0] and groups[1] else float(bool(groups[0]))
+        from_front = rng.random(total) < share
+        counts: dict[SchemeKey, int] = defaultdict(int)
+        for f in from_front:
+            g = groups[0] if f else groups[1]
+            counts[g[int(rng.integers(len(g)))]] += 1
+        out: list[tuple[SchemeKey, str]] = []
+        for parent in sorted(counts):
+            options = [s for s in space.extensions(parent) if s not in tried[parent]]
+            if not options:
+                continue
+            k = min(counts[parent], len(options))
+            out.extend((parent, options[i]) for i in sorted(rng.choice(len(options), size=k, replace=False)))
+        return out
+
+    def _select(self, history: History, candidates: list[tuple[SchemeKey, str]], k: int,
+                rng: np.random.Generator) -> list[int]:
+        """Indices of ``k`` candidates: successive predicted Pareto fronts on (ACC, PR), preferring candidates
+        that can still reach the target (predicted PR >= γ, or room for more steps), spread along each front."""
+        if k <= 0:
+            return []
+        p = self.predictor
+        if not p.fits:  # nothing learned yet (first round, no reuse): F_mo would rank at random anyway
+            return sorted(rng.permutation(len(candidates))[:k].tolist())
+        parents = [c[0] for c in candidates]
+        pred = p.predict(parents, [c[1] for c in candidates], self.features)
+        base = history.base
+        a = np.array([history.get(q).val_accuracy for q in parents], dtype=float)
+        kept = np.array([remaining(history.get(q), base) for q in parents], dtype=float)
+        acc = a * (1.0 + pred[:, 0])
+        par = kept * (1.0 - np.clip(pred[:, 1], 0.0, 1.0))
+        pr = 1.0 - par
+        lengths = np.array([len(q) + 1 for q in parents])
+        reach = (pr >= self.context.target_pr) | (lengths < self.context.space.max_length)
+        chosen: list[int] = []
+        for pool in (np.flatnonzero(reach), np.flatnonzero(~reach)):
+            left = pool
+            while len(left) and len(chosen) < k:
+                mask = non_dominated(np.stack([acc[left], pr[left]], 1), (True, True))
+                layer = left[mask]
+                need = k - len(chosen)
+                if len(layer) > need:
+                    # Prefer reaching γ, then spread evenly along the front by predicted PR.
+                    hit = layer[pr[layer] >= self.context.target_pr]
+                    miss = layer[pr[layer] < self.context.target_pr]
+                    layer = np.concatenate([_spread(hit, pr, need), _spread(miss, pr, need - min(need, len(hit)))])
+                chosen.extend(int(i) for i in layer[:need])
+                left = left[~mask]
+        return chosen
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+    def observe(self, history: History, new: Sequence[Observation]) -> None:
+        self._catch_up(history)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What F_mo was trained on (for reports); its weights are rebuilt from the history on resume."""
+        return {"fitted_through": self._fitted_through, "trained_on": self.trained_on,
+                "fits": self._predictor.fits if self._predictor is not None else 0}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore: the next ``propose`` retrains F_mo from the history exactly as it was trained."""
+
+
+def _spread(idx: np.ndarray, key: np.ndarray, k: int) -> np.ndarray:
+    """``k`` of ``idx`` evenly spaced along ``key`` (ends included)."""
+    if k <= 0 or not len(idx):
+        return idx[:0]
+    ordered = idx[np.argsort(key[idx], kind="stable")]
+    if k >= len(ordered):
+        return ordered
+    return ordered[np.unique(np.round(np.linspace(0, len(ordered) - 1, k)).astype(int))]

@@ -1,0 +1,185 @@
+"""Reuse across tasks: what a search learns from the store before it starts.
+
+``load_prior`` turns the complete search evaluations of *other* tasks into F_mo's warm-start steps (each with its
+task's feature vector, so similar tasks weigh in) and picks the front schemes of the most similar past tasks for
+transfer. ``ensure_embeddings`` returns the strategy embeddings, re-fitting them first when the knowledge they
+learn from (R1-R5 triples, experiences) changed since the last ``automc kb embed``.
+
+Search evaluations do not count as knowledge for the embeddings (``Store.content_version`` ignores them): the
+embeddings learn from the graph and from published experience, and ``embed.fit`` never reads evaluations, so a
+re-fit after a search would reproduce the same vectors at a cost of tens of seconds. Evaluations reach the next
+search through F_mo instead, which is trained on them directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from automc.kb.records import TaskFeatures
+from automc.kb.store import Store
+from automc.search._base import Observation, SchemeKey, StepRecord
+from automc.search.pareto import front
+
+SEPARATOR = " > "  # ``automc.catalog.Scheme.text`` joins strategy ids with it
+SIMILARITY_FEATURES = 7  # the task's own features; the 8th (the run's target) does not make tasks alike
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Steps of other tasks for F_mo, and front schemes of the most similar past tasks for transfer."""
+
+    records: tuple[StepRecord, ...] = ()
+    tasks: int = 0  # other tasks whose steps are in ``records``
+    evaluations: int = 0  # other tasks' evaluations read
+    transfer: tuple[SchemeKey, ...] = ()
+    similar: tuple[str, ...] = ()  # the past tasks transfer came from, most similar first
+    skipped: Mapping[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary a search reports as ``reuse``."""
+        return {"evaluations": self.evaluations, "tasks": self.tasks}
+
+
+def scheme_key(text: str | None) -> SchemeKey:
+    """The strategy ids of a stored scheme's text (``""`` is the base model)."""
+    return tuple(text.split(SEPARATOR)) if text else ()
+
+
+def task_vector(task: TaskFeatures, target_pr: float | None) -> tuple[float, ...]:
+    """A task's feature vector as F_mo sees it (``automc.embed.experience.FEATURES``: logs of counts and sizes,
+    NaN where unknown); StepRecords of every task use the same function."""
+    from automc.embed.experience import task_feature_vector
+
+    row = dict(zip(task.__dataclass_fields__, task.values(), strict=True))
+    return tuple(task_feature_vector({**row, "target_pr": target_pr}))
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _row_vector(row: Mapping[str, Any]) -> tuple[float, ...]:
+    """The task features of a ``search-steps`` row with the run's target (never the reached PR)."""
+    from automc.embed.experience import task_feature_vector
+
+    return tuple(task_feature_vector({k: v for k, v in row.items() if k != "pr"}))
+
+
+def _steps(rows: Sequence[Mapping[str, Any]], skipped: dict[str, int]) -> list[StepRecord]:
+    """StepRecords of evaluation rows; a row without stored step effects takes them from its parent's row in the
+    same run (``skipped`` counts the rows that cannot be used)."""
+    by_run = {(r["task"], r["search_run"], r["scheme"] or ""): r for r in rows}
+    out = []
+    for r in rows:
+        key = scheme_key(r["scheme"])
+        if not key:
+            continue  # the base model: no step
+        ar, pr = _finite(r.get("step_ar")), _finite(r.get("step_pr"))
+        if ar is None or pr is None:
+            parent = by_run.get((r["task"], r["search_run"], SEPARATOR.join(key[:-1])))
+            pa, pp = (_finite(parent.get("val_accuracy")), _finite(parent.get("eval_params"))) if parent else (None,
+                                                                                                            None)
+            ca, cp = _finite(r.get("val_accuracy")), _finite(r.get("eval_params"))
+            if pa and pp and ca is not None and cp is not None:
+                ar, pr = ca / pa - 1.0, 1.0 - cp / pp
+            elif len(key) == 1 and pr is None and _finite(r.get("pr")) is not None:
+                pr = _finite(r.get("pr"))  # the base model's reduction is 0, so the step's is the scheme's
+        if ar is None or pr is None:
+            skipped["no_step_effect"] = skipped.get("no_step_effect", 0) + 1
+            continue
+        out.append(StepRecord(key[:-1], key[-1], str(r["task"]), _row_vector(r), ar, pr))
+    return out
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Columns to zero mean, unit spread (constant columns to 0); unknown (NaN) values to the mean."""
+    with np.errstate(all="ignore"):
+        known = ~np.isnan(x)
+        n = np.maximum(known.sum(0), 1)
+        mean = np.where(known, x, 0.0).sum(0) / n
+        std = np.sqrt(np.where(known, (x - mean) ** 2, 0.0).sum(0) / n)
+    z = (x - mean) / np.where(std > 1e-9, std, 1.0)
+    return np.nan_to_num(z, nan=0.0)
+
+
+def similar_tasks(current: Sequence[float], others: Mapping[str, Sequence[float]], k: int) -> list[str]:
+    """The ``k`` tasks of ``others`` nearest to ``current`` (Euclidean on standardised features; ties by id)."""
+    if not others or k <= 0:
+        return []
+    names = sorted(others)
+    x = np.array([list(current)[:SIMILARITY_FEATURES]]
+                 + [list(others[t])[:SIMILARITY_FEATURES] for t in names], dtype=float)
+    z = _standardise(x)
+    dist = np.sqrt(((z[1:] - z[0]) ** 2).sum(1))
+    order = sorted(range(len(names)), key=lambda i: (round(float(dist[i]), 12), names[i]))
+    return [names[i] for i in order[:k]]
+
+
+def load_prior(store: Store, task_id: str, *, task: TaskFeatures | None = None, k: int = 2, per_task: int = 5,
+               fidelity: str = "search") -> Prior:
+    """Steps of every other task's complete ``fidelity`` evaluations, and the front schemes (PR at least their
+    target) of the ``k`` tasks most similar to ``task`` (read from the store by ``task_id`` when not given)."""
+    rows = store.named("search-steps", {"exclude": task_id, "fidelity": fidelity})
+    skipped: dict[str, int] = {}
+    records = _steps(rows, skipped)
+    # Transfer: rank the other tasks by similarity, then take each one's front above its target.
+    features: dict[str, tuple[float, ...]] = {}
+    by_task: dict[str, list[Observation]] = defaultdict(list)
+    for r in rows:
+        features.setdefault(str(r["task"]), _row_vector(r))
+        key = scheme_key(r["scheme"])
+        acc, pr, target = _finite(r.get("val_accuracy")), _finite(r.get("pr")), _finite(r.get("target_pr"))
+        if key and acc is not None and pr is not None and (target is None or pr >= target):
+            by_task[str(r["task"])].append(Observation(key, "COMPLETE", acc, pr, evaluation_id=str(r["id"])))
+    if task is not None:
+        current: Sequence[float] | None = task_vector(task, None)
+    else:
+        found = store.named("task", {"task": task_id})
+        current = _row_vector(found[0]) if found else None
+    similar = similar_tasks(current, {t: f for t, f in features.items() if by_task.get(t)}, k) if current else []
+    transfer: list[SchemeKey] = []
+    for t in similar:
+        best = sorted(front(by_task[t]), key=lambda o: (-o.val_accuracy, o.scheme))[:per_task]
+        transfer.extend(o.scheme for o in best if o.scheme not in transfer)
+    return Prior(records=tuple(records), tasks=len({r.task for r in records}), evaluations=len(rows),
+                 transfer=tuple(transfer), similar=tuple(similar), skipped=skipped)
+
+
+def ensure_embeddings(store: Store, *, refresh: bool, config: Any = None) -> tuple[dict[str, list[float]], dict]:
+    """Strategy embeddings; with ``refresh``, re-fit and write them first when the store's content version differs
+    from the latest EmbeddingRun's (or none exists). ``info`` says whether it re-fitted, why, and in how long."""
+    runs = store.named("embedding-runs")
+    latest = max(runs, key=lambda r: (r["created"] or "", r["id"])) if runs else None
+    info: dict[str, Any] = {"refreshed": False, "kb_version": latest["kb_version"] if latest else None}
+    if refresh:
+        from automc.kb.store import content_fingerprint
+
+        started = time.perf_counter()
+        triples = store.kg_triples()
+        version = content_fingerprint(triples, store.named("experience-rows"))  # = store.content_version()
+        info["check_seconds"] = round(time.perf_counter() - started, 3)
+        if not triples:  # nothing to embed (no 'automc kb init'): F_mo uses its hand-made strategy vectors
+            info["reason"] = "the store has no knowledge graph"
+            return store.embeddings("Strategy"), info
+        stale = latest is None or latest["kb_version"] != version
+        info["reason"] = "no embeddings yet" if latest is None else (
+            "the knowledge base changed since the last embedding" if stale else "up to date")
+        if stale:
+            from automc.embed.train import fit
+
+            started = time.perf_counter()
+            result = fit(store, config)
+            info.update(refreshed=True, seconds=round(time.perf_counter() - started, 3), kb_version=result.kb_version,
+                        run_id=result.run_id)
+    return store.embeddings("Strategy"), info

@@ -1,0 +1,219 @@
+"""Progressive search on a synthetic objective: valid proposals, determinism, resume, transfer, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from automc.catalog import load_catalog
+from automc.search._base import Context, History, Observation, StepRecord, round_rng
+from automc.search.pareto import front
+from automc.search.progressive import ProgressiveStrategy, step_records
+
+torch.set_num_threads(1)
+
+METHODS = ("NS", "SFP", "LFB")
+TASK = (2.3, 3.4, 3.0, 8.5, 0.9, 13.6, 18.0, 0.4)
+FAST = {"candidates": 120, "fit_steps": 20, "warm_steps": 60}
+
+
+class SmallSpace:
+    """The SearchSpace API over three methods' grid strategies, at most three steps, no LFB after LFB."""
+
+    def __init__(self, max_length: int = 3) -> None:
+        self.catalog = load_catalog()
+        self.strategies = [s for s in self.catalog.strategies() if s.method in METHODS]
+        self.ids = [s.id for s in self.strategies]
+        self.index = {s: i for i, s in enumerate(self.ids)}
+        self.max_length = max_length
+
+    def strategy(self, sid):
+        return self.strategies[self.index[sid]]
+
+    def allowed(self, scheme) -> bool:
+        methods = [self.strategy(s).method for s in scheme if s in self.index]
+        return (len(scheme) <= self.max_length and len(methods) == len(scheme)
+                and methods.count("LFB") <= 1)
+
+    def extensions(self, scheme) -> list[str]:
+        if len(scheme) >= self.max_length or not self.allowed(scheme):
+            return []
+        return [s for s in self.ids if self.allowed((*scheme, s))]
+
+
+@pytest.fixture(scope="module")
+def space() -> SmallSpace:
+    return SmallSpace()
+
+
+BASE_PARAMS = 1000.0
+LOSS = {"NS": 0.05, "SFP": 0.08, "LFB": 0.01}
+REMOVES = {"NS": 0.5, "SFP": 0.6, "LFB": 0.7}
+
+
+def measure(space: SmallSpace, scheme) -> tuple[float, float]:
+    """Synthetic (validation accuracy, params): each step removes a method-dependent share times its
+    target_ratio_factor and costs a method-dependent accuracy."""
+    acc, params = 0.9, BASE_PARAMS
+    for sid in scheme:
+        s = space.strategy(sid)
+        trf = float(s.params["target_ratio_factor"])
+        params *= 1 - REMOVES[s.method] * trf
+        acc *= 1 - LOSS[s.method] * (1 + trf)
+    return acc, params
+
+
+def observe(space, scheme, round_):
+    acc, params = measure(space, scheme)
+    return Observation(tuple(scheme), "COMPLETE", acc, 1 - params / BASE_PARAMS, None, params, None, round_,
+                       f"e-{'|'.join(scheme)}")
+
+
+def new_history(space) -> History:
+    return History(observe(space, (), 0))
+
+
+def run_round(strategy, history, space, seed, r, n=10):
+    """What the loop does: propose, evaluate each missing prefix then the scheme, observe."""
+    proposals = strategy.propose(history, n, round_rng(seed, r))
+    new = []
+    for scheme in proposals:
+        for i in range(1, len(scheme) + 1):
+            if scheme[:i] not in history:
+                obs = observe(space, scheme[:i], r)
+                history.add(obs)
+                new.append(obs)
+    strategy.observe(history, new)
+    return proposals
+
+
+def context(space, seed=0, **kw) -> Context:
+    return Context(space=space, target_pr=0.4, seed=seed, task_vector=TASK, options={**FAST, **kw.pop("options", {})},
+                   **kw)
+
+
+def test_proposals_are_valid_new_and_distinct(space):
+    s = ProgressiveStrategy(context(space))
+    history = new_history(space)
+    for r in range(3):
+        before = {o.scheme for o in history}
+        proposals = s.propose(history, 10, round_rng(0, r))
+        assert 0 < len(proposals) <= 10
+        assert len(set(proposals)) == len(proposals)
+        assert all(space.allowed(p) and p not in before and p for p in proposals)
+        for p in proposals:
+            for i in range(1, len(p) + 1):
+                if p[:i] not in history:
+                    history.add(observe(space, p[:i], r))
+        s.observe(history, [])
+    assert s.trained_on == {"this-task": len(step_records(history, "this-task", TASK))}
+    assert s.propose(history, 0, round_rng(0, 9)) == []
+
+
+def test_same_seed_same_proposals_and_resume_matches(space):
+    seed = 5
+    a, b = ProgressiveStrategy(context(space, seed)), ProgressiveStrategy(context(space, seed))
+    ha, hb = new_history(space), new_history(space)
+    for r in range(3):
+        assert run_round(a, ha, space, seed, r) == run_round(b, hb, space, seed, r)
+    # Rebuilt after round 3 from the history as the store returns it (any order) and the stored state.
+    state = json.loads(json.dumps(a.state_dict()))
+    shuffled = list(ha.observations)
+    np.random.default_rng(0).shuffle(shuffled)
+    rebuilt = ProgressiveStrategy(context(space, seed))
+    rebuilt.load_state_dict(state)
+    expected = a.propose(ha, 10, round_rng(seed, 3))
+    assert expected
+    assert rebuilt.propose(History(ha.base, shuffled), 10, round_rng(seed, 3)) == expected
+    assert rebuilt.trained_on == a.trained_on == state["trained_on"]
+    other = ProgressiveStrategy(context(space, seed + 1))
+    assert other.propose(History(ha.base, shuffled), 10, round_rng(seed + 1, 3)) != expected
+
+
+def test_transfer_schemes_are_proposed_first(space):
+    ns = next(s for s in space.ids if s.startswith("NS("))
+    lfb = next(s for s in space.ids if s.startswith("LFB("))
+    transfer = [(ns, lfb), (lfb, lfb, ns)]  # the second breaks the rules: its allowed prefix is (lfb,)
+    s = ProgressiveStrategy(context(space, transfer=transfer, options={"transfer_rounds": 2}))
+    history = new_history(space)
+    # spread over the transfer rounds, first in each round's proposals
+    assert run_round(s, history, space, 0, 0)[0] == (ns, lfb)
+    assert run_round(s, history, space, 0, 1)[0] == (lfb,)
+    assert (ns, lfb) in history and (lfb,) in history
+    late = s.propose(history, 10, round_rng(0, 2))
+    assert late and not {(ns, lfb), (lfb,)} & set(late)
+
+
+def test_prior_from_another_task_steers_the_first_round(space):
+    """Steps of another task say LFB removes much and costs nothing, SFP costs much: F_mo, warm-started on them,
+    makes round 0 prefer LFB; a strategy without the prior picks at random."""
+    rng = np.random.default_rng(0)
+    prior = []
+    for _ in range(400):
+        sid = space.ids[int(rng.integers(len(space.ids)))]
+        s = space.strategy(sid)
+        trf = float(s.params["target_ratio_factor"])
+        prior.append(StepRecord((), sid, "other-task", TASK, -LOSS[s.method] * (1 + trf), REMOVES[s.method] * trf))
+    warm = ProgressiveStrategy(context(space, prior=prior, options={"warm_steps": 300}))
+    cold = ProgressiveStrategy(context(space))
+    h = new_history(space)
+    share = {}
+    for name, strat in (("warm", warm), ("cold", cold)):
+        props = strat.propose(h, 10, round_rng(0, 0))
+        share[name] = np.mean([space.strategy(p[-1]).method == "LFB" for p in props])
+    assert warm.trained_on.get("other-task", 0) > 100 and "other-task" not in cold.trained_on
+    assert share["warm"] >= 0.7 > share["cold"], share
+
+
+def test_search_reaches_the_target_on_the_front(space):
+    seed = 1
+    s = ProgressiveStrategy(context(space, seed))
+    h = new_history(space)
+    for r in range(4):
+        run_round(s, h, space, seed, r)
+    best = front(h.complete(), target_pr=0.4)
+    assert best and all(o.pr >= 0.4 for o in best)
+    assert all(np.isfinite(x) for x in s.losses)
+
+
+def test_on_the_real_catalogue_space():
+    """The whole 8 934-strategy space with its rules: proposals obey them and a round stays cheap."""
+    import time
+
+    from automc.search.space import SearchSpace
+
+    real = SearchSpace()
+    s = ProgressiveStrategy(Context(space=real, target_pr=0.4, seed=3, task_vector=TASK))
+    h = History(Observation((), "COMPLETE", 0.9, 0.0, params=BASE_PARAMS))
+    rng = np.random.default_rng(0)
+    for r in range(3):
+        started = time.perf_counter()
+        proposals = s.propose(h, 10, round_rng(3, r))
+        assert time.perf_counter() - started < 5
+        assert len(proposals) == 10 and all(real.allowed(p) and p not in h for p in proposals)
+        for p in proposals:
+            for i in range(1, len(p) + 1):
+                if p[:i] not in h:
+                    parent = h.get(p[:i - 1])
+                    params = parent.params * float(rng.uniform(0.3, 0.95))
+                    h.add(Observation(p[:i], "COMPLETE", parent.val_accuracy * float(rng.uniform(0.9, 1.0)),
+                                      1 - params / BASE_PARAMS, params=params, round=r))
+        s.observe(h, [])
+    assert s.state_dict()["fitted_through"] == 2
+    assert max(len(o.scheme) for o in h) >= 2  # it extends evaluated schemes
+
+
+def test_steps_from_pr_when_params_are_unknown(space):
+    ids = space.ids
+    h = History(Observation((), "COMPLETE", 0.9, 0.0))
+    h.add(Observation((ids[0],), "COMPLETE", 0.8, 0.5, round=0))
+    h.add(Observation((ids[0], ids[1]), "COMPLETE", 0.6, 0.75, round=1))
+    h.add(Observation((ids[2],), "FAIL", round=1))
+    (r0, a), (r1, b) = step_records(h, "t", TASK)
+    assert (r0, a.parent, a.strategy) == (0, (), ids[0]) and (a.step_ar, a.step_pr) == pytest.approx((-1 / 9, 0.5))
+    assert (r1, b.parent) == (1, (ids[0],)) and (b.step_ar, b.step_pr) == pytest.approx((-0.25, 0.5))
+    s = ProgressiveStrategy(context(space))
+    assert len(s.propose(h, 5, round_rng(0, 2))) == 5
