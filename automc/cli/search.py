@@ -153,7 +153,7 @@ def runs_cmd(store: str | None = store_option(),
     from automc.kb import open_store
     from automc.search.storage import list_runs
 
-    with open_store(store) as s:
+    with open_store(store, read_only=True) as s:
         rows = list_runs(s, limit)
     if json_out:
         print_json(rows)
@@ -177,7 +177,7 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
     from automc.kb import open_store
     from automc.search.report import build_report, to_json, write_report
 
-    with open_store(store) as s:
+    with open_store(store, read_only=True) as s:
         infos = [build_report(s, run_id) for run_id in run_ids]
     for info in infos:
         target = None

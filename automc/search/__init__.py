@@ -18,6 +18,7 @@ __all__ = ["STRATEGIES", "SearchConfig", "SearchEvent", "SearchInterrupted", "Se
 
 # name -> "module:Class", declared once; the lead adds the baselines here when they are merged.
 _STRATEGY_PATHS: dict[str, str] = {
+    "progressive": "automc.search.progressive:ProgressiveStrategy",
     "random": "automc.search.random:RandomStrategy",
 }
 

@@ -101,13 +101,14 @@ class SearchResult:
     front: list[dict[str, Any]]
     evaluations: int
     failed: int
-    reuse: dict[str, int]
+    reuse: dict[str, Any]  # evaluations and tasks read from other tasks (zeros without reuse)
     seconds: float
     train_seconds: float
     store: str
     out: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    trained_on: dict[str, int] = field(default_factory=dict)  # task -> steps the strategy's model learnt from
 
     @property
     def overhead(self) -> float:
@@ -195,7 +196,7 @@ def _resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfi
     for flag, value in (("--model", out.model), ("--data", out.data)):
         if not value:
             raise ValidationError("is required (unless --resume names a run)", field=flag)
-    if out.data not in BUILTIN_DATA and not Path(out.data).exists():
+    if not _builtin(out.data) and not Path(out.data).exists():
         raise ValidationError("data path not found", path=str(out.data))
     for flag, value in (("--weights", out.weights), ("--val-data", out.val_data)):
         if value and not Path(value).exists():
@@ -207,7 +208,7 @@ def file_identity(path: str | None) -> str | None:
     """The content of a data or weights location: sha256 of a file; of names and sizes for a directory."""
     if not path:
         return None
-    if path in BUILTIN_DATA:
+    if _builtin(path):
         return f"builtin:{path}"
     p = Path(path)
     digest = hashlib.sha256()
@@ -339,7 +340,9 @@ def search(config: SearchConfig, *, progress: Callable[[SearchEvent], None] | No
     store_uri = config.store or default_store_uri()
     stored = None
     if config.resume:
-        with _opened(store_uri) as s:
+        from automc.kb import open_store
+
+        with open_store(store_uri, create=False) as s:
             stored = storage.load_run(s, config.resume)
         if stored.state == "RUNNING" and storage.owner_alive(stored.host, stored.pid):
             raise ValidationError(f"search run {stored.id} is still running (process {stored.pid} on "
@@ -362,13 +365,12 @@ def _device(name: str | None) -> Any:
 
 
 def _load_data(cfg: SearchConfig, fraction: float, device: Any) -> Any:
+    """The task's data with three disjoint parts (``automc.compress.data.load_data``); ``fraction`` samples only
+    the training part, so validation and test images are the same at every fidelity."""
     from automc.compress.data import load_data
 
-    if cfg.data in BUILTIN_DATA:
-        from automc.compress.builtin import load_builtin
-
-        return load_builtin(cfg.data, fraction=fraction, seed=int(cfg.seed), device=device)
-    return load_data(cfg.data, fraction=fraction, seed=int(cfg.seed), device=device)
+    return load_data(cfg.data, val_data=cfg.val_data, val_from=str(cfg.val_from), fraction=fraction,
+                     seed=int(cfg.seed), device=device)
 
 
 def _base_model(cfg: SearchConfig, data: Any, device: Any, run_dir: Path) -> Any:
@@ -383,12 +385,9 @@ def _base_model(cfg: SearchConfig, data: Any, device: Any, run_dir: Path) -> Any
     path = run_dir / "base.pt"
     if path.is_file():
         return load_weights(net, path)
-    from automc.compress.base import Task, TrainBudget
-    from automc.compress.train import finetune
+    from automc.compress.builtin import train_base
 
-    torch.manual_seed(int(cfg.seed))
-    budget = TrainBudget(epochs=float(cfg.train_epochs), batch_size=int(cfg.batch_size), lr=0.05)
-    finetune(net, Task(data, float(cfg.target_pr), budget, device, int(cfg.seed)), float(cfg.train_epochs))
+    train_base(net, data, float(cfg.train_epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(net.state_dict(), tmp)
@@ -444,32 +443,37 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
                 stored.seconds if stored else 0.0, progress, deadline=deadline)
 
 
+def _builtin(data: str | None) -> bool:
+    """``digits`` names the built-in data unless a path of that name exists (as ``load_data`` reads it)."""
+    return data in BUILTIN_DATA and not Path(str(data)).exists()
+
+
 def _dataset_name(data: str) -> str:
-    return data if data in BUILTIN_DATA else Path(data).name
+    return data if _builtin(data) else Path(data).name
 
 
 def _context(run: _Run) -> tuple[Context, dict[str, int]]:
     """The strategy's context; with reuse, the prior steps of other tasks, transfer schemes and embeddings."""
-    from automc.embed.experience import task_feature_vector
+    from automc.search.reuse import ensure_embeddings, load_prior, task_vector
 
     cfg = run.cfg
-    row = {**dataclasses.asdict(run.task), "target_pr": cfg.target_pr}
-    vector = tuple(task_feature_vector(row))
-    info = {"evaluations": 0, "tasks": 0}
+    info: dict[str, Any] = {"evaluations": 0, "tasks": 0}
     embeddings: Mapping[str, Any] = {}
     prior: tuple = ()
     transfer: tuple = ()
     if cfg.reuse:
-        from automc.search.reuse import ensure_embeddings, load_prior
-
         with run.opened() as s:
-            embeddings, _ = ensure_embeddings(s, refresh=True)
-            p = load_prior(s, run.task.id)
+            embeddings, embed_info = ensure_embeddings(s, refresh=True)
+            p = load_prior(s, run.task.id, task=run.task)
         prior, transfer = tuple(p.records), tuple(p.transfer)
-        info = {"evaluations": int(p.evaluations), "tasks": int(p.tasks)}
+        info = {"evaluations": int(p.evaluations), "tasks": int(p.tasks), "transfer": len(p.transfer),
+                "embeddings": embed_info}
+    else:
+        with run.opened() as s:  # the stored embeddings as they are: no refresh, nothing learnt from other tasks
+            embeddings, _ = ensure_embeddings(s, refresh=False)
     ctx = Context(space=run.space, target_pr=float(cfg.target_pr), seed=int(cfg.seed), task=run.task,
-                  task_vector=vector, embeddings=embeddings, prior=prior, transfer=transfer,
-                  per_round=int(cfg.per_round))
+                  task_vector=task_vector(run.task, float(cfg.target_pr)), embeddings=embeddings, prior=prior,
+                  transfer=transfer, per_round=int(cfg.per_round))
     return ctx, info
 
 
@@ -482,7 +486,7 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
     full = run.space.to_scheme(scheme)
     extra = {"fidelity": "search", "round": round_, "parent": Scheme(full.strategies[:-1]).id,
              "epochs": float(cfg.epochs), "data_fraction": float(cfg.data_fraction),
-             "seed": step_seed(int(cfg.seed), scheme)}
+             "seed": step_seed(int(cfg.seed), scheme), "val_source": run.evaluator.task.data.sources.get("val")}
     t = time.monotonic()
     with run.opened() as s:
         eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
@@ -555,7 +559,9 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
             run.emit("round", round_)
             round_ += 1
         _final(run, round_)
-        return _finish(run, reuse_info, message)
+        # F_mo's training data by task (progressive); strategies without a learnt model have none
+        trained_on = dict(getattr(strategy, "trained_on", None) or {})
+        return _finish(run, reuse_info, message, trained_on)
     except KeyboardInterrupt:
         with run.opened() as s:
             storage.fail_running(s, run.id, "interrupted")
@@ -595,7 +601,8 @@ def _final(run: _Run, round_: int) -> None:
     for o in todo:
         scheme = run.space.to_scheme(o.scheme)
         extra = {"fidelity": "final", "round": round_, "parent": Scheme(scheme.strategies[:-1]).id,
-                 "epochs": float(cfg.final_epochs), "data_fraction": 1.0, "seed": step_seed(int(cfg.seed), o.scheme)}
+                 "epochs": float(cfg.final_epochs), "data_fraction": 1.0, "seed": step_seed(int(cfg.seed), o.scheme),
+                 "val_source": task.data.sources.get("val")}
         run.emit("final", round_, f"final fine-tune of {scheme.text}")
         with run.opened() as s:
             eval_id = s.start_evaluation(run.task, scheme, target_pr=float(cfg.target_pr), search_run=run.id,
@@ -620,7 +627,7 @@ def _save_candidate(model: Any, directory: Path, task: Any, text: str, target_pr
                     extra={"scheme": text, "target_pr": target_pr})
 
 
-def _finish(run: _Run, reuse_info: Mapping[str, int], message: str) -> SearchResult:
+def _finish(run: _Run, reuse_info: Mapping[str, Any], message: str, trained_on: dict[str, int]) -> SearchResult:
     """Mark the run COMPLETE with its front, write the report and the best model, drop the model cache."""
     from automc.search import report, storage
 
@@ -653,4 +660,4 @@ def _finish(run: _Run, reuse_info: Mapping[str, int], message: str) -> SearchRes
     shutil.rmtree(cache, ignore_errors=True)
     run.emit("done", -1, message)
     return SearchResult(run.id, "COMPLETE", run.task.id, info.front, info.evaluations, info.failed,
-                        dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message)
+                        dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message, trained_on)

@@ -76,6 +76,7 @@ def test_search_json_runs_and_report_agree(inputs, tmp_path):
     (["--time-limit", "soon"], "--time-limit"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(inputs, tmp_path, change, message):
+    open_store(f"ladybug://{tmp_path / 'kb'}").close()  # an existing, empty store
     r = runner.invoke(app, _args(inputs, tmp_path, "--budget", "2", *change))
     assert r.exit_code == 1, r.output
     lines = [x for x in r.stderr.splitlines() if x.strip()]

@@ -174,6 +174,7 @@ def test_no_strategy_can_read_test_accuracy(inputs, tmp_path, monkeypatch):
 ])
 def test_bad_input_writes_nothing(inputs, tmp_path, change, error, message):
     cfg = config(inputs, tmp_path, **change)
+    open_store(cfg.store).close()  # an existing, empty store
     with pytest.raises(error, match=message.replace("(", r"\(")):
         search(cfg)
     with open_store(cfg.store) as s:
@@ -214,6 +215,12 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_the_budget(inputs,
     assert all(r["state"] != "RUNNING" for r in rows)
     with open_store(cfg.store) as s:
         assert storage.load_run(s, run_id).state == "COMPLETE"
+
+
+def test_resume_in_a_missing_store_creates_none(inputs, tmp_path):
+    with pytest.raises(NotFoundError, match="no knowledge base"):
+        search(config(inputs, tmp_path, resume="nope"))
+    assert not (tmp_path / "kb").exists()
 
 
 def test_time_limit_stops_the_search(inputs, tmp_path):
