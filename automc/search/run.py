@@ -658,6 +658,6 @@ def _finish(run: _Run, reuse_info: Mapping[str, Any], message: str, trained_on: 
     import shutil
 
     shutil.rmtree(cache, ignore_errors=True)
-    run.emit("done", -1, message)
+    run.emit("done", max(run.history.rounds - 1, 0), message)
     return SearchResult(run.id, "COMPLETE", run.task.id, info.front, info.evaluations, info.failed,
                         dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message, trained_on)

@@ -226,3 +226,20 @@ def test_resume_in_a_missing_store_creates_none(inputs, tmp_path):
 def test_time_limit_stops_the_search(inputs, tmp_path):
     result = search(config(inputs, tmp_path, time_limit=1e-3))
     assert result.state == "COMPLETE" and result.evaluations == 0 and result.message == "time limit reached"
+
+
+@pytest.mark.slow
+def test_a_search_on_another_task_learns_from_the_first_only_with_reuse(inputs, tmp_path, tmp_path_factory):
+    first = search(config(inputs, tmp_path, budget=3))
+    other = write_inputs(tmp_path_factory.mktemp("other-task"), seed=1)
+    learnt = search(config(other, tmp_path, strategy="progressive", reuse=True, budget=2, per_round=2,
+                           cache_dir=str(tmp_path / "cache2")))
+    assert learnt.task != first.task
+    steps = len([r for r in storage.search_rows(_rows(config(inputs, tmp_path), first.run_id))
+                 if r["state"] == "COMPLETE"])
+    assert learnt.reuse["evaluations"] == steps and learnt.reuse["tasks"] == 1
+    assert learnt.trained_on.get(first.task, 0) > 0  # F_mo was warm-started on the first task's steps
+    alone = search(config(other, tmp_path, strategy="progressive", reuse=False, budget=2, per_round=2,
+                          cache_dir=str(tmp_path / "cache3")))
+    assert alone.reuse == {"evaluations": 0, "tasks": 0}
+    assert first.task not in alone.trained_on and set(alone.trained_on) <= {alone.task}
