@@ -480,6 +480,7 @@ def _context(run: _Run) -> tuple[Context, dict[str, int]]:
 def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
     """Evaluate one scheme (its parent is in the history): RUNNING record, evaluation, COMPLETE or FAIL."""
     from automc.catalog import Scheme
+    from automc.search import storage
     from automc.search.evaluator import step_seed
 
     cfg = run.cfg
@@ -491,6 +492,7 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
     with run.opened() as s:
         eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
                                      device=str(run.evaluator.task.device), extra=extra)
+        storage.update_run(s, run.id)  # the run's heartbeat: another host tells a live run from a dead one by it
     try:
         result = run.evaluator.evaluate(scheme)
     except BaseException as e:

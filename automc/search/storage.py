@@ -134,20 +134,14 @@ def observation(row: Mapping[str, Any]) -> Observation:
 
 
 def owner_alive(host: str, pid: int | None) -> bool:
-    """True when ``pid`` on ``host`` is this machine's live process (another host's owner counts as alive)."""
+    """True when ``pid`` on ``host`` is another live process of this machine (another host's counts as alive)."""
+    from automc.kb.store import pid_alive
+
     if not pid:
         return False
     if host and host != socket.gethostname():
         return True
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return int(pid) != os.getpid() and pid_alive(int(pid))
 
 
 def fail_running(store: Store, run_id: str, reason: str) -> int:
