@@ -285,6 +285,7 @@ class _Run:
     started: float
     seconds_before: float  # wall time of earlier sessions of this run
     progress: Callable[[SearchEvent], None] | None
+    full_data: Any  # all the training images (the search may use a fraction of them)
     step_seconds: list[float] = field(default_factory=list)
     deadline: float | None = None
 
@@ -409,8 +410,10 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     torch.manual_seed(int(cfg.seed))
     device = _device(cfg.device)
     run_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(run_id)
-    data = _load_data(cfg, float(cfg.data_fraction), device)
-    net = _base_model(cfg, data, device, run_dir)
+    # the full training part trains a base model, sets the task's features and serves the final fine-tune
+    full = _load_data(cfg, 1.0, device)
+    data = full if cfg.data_fraction >= 1 else _load_data(cfg, float(cfg.data_fraction), device)
+    net = _base_model(cfg, full, device, run_dir)
     budget = TrainBudget(epochs=float(cfg.epochs), batch_size=int(cfg.batch_size), lr=float(cfg.lr))
     task = Task(data, float(cfg.target_pr), budget, device, int(cfg.seed))
     space = SearchSpace(max_length=int(cfg.max_length))
@@ -419,7 +422,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     base = evaluator.base().record()
     features = TaskFeatures(model=ident["model"], dataset=_dataset_name(cfg.data), num_classes=data.num_classes,
                             image_size=int(data.input_shape[-1]), image_channels=int(data.input_shape[0]),
-                            num_images=int(sum(data.size(s) for s in ("train", "val"))),
+                            num_images=int(sum(full.size(s) for s in ("train", "val"))),
                             # validation, not test, accuracy: strategies see the task, and never test data
                             base_accuracy=float(base["val_accuracy"]), params=float(base["params"]),
                             flops=float(base["flops"]))
@@ -440,7 +443,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     history = History(base_obs, [storage.observation(r) for r in storage.search_rows(rows)])
     deadline = None if cfg.time_limit is None else t0 + float(cfg.time_limit)
     return _Run(run_id, cfg, store_uri, features, evaluator, space, history, base, config_json, t0,
-                stored.seconds if stored else 0.0, progress, deadline=deadline)
+                stored.seconds if stored else 0.0, progress, full, deadline=deadline)
 
 
 def _builtin(data: str | None) -> bool:
@@ -596,8 +599,7 @@ def _final(run: _Run, round_: int) -> None:
     todo = [o for o in best[: int(cfg.top_k)] if " > ".join(o.scheme) not in done]
     if not todo:
         return
-    full = _load_data(cfg, 1.0, run.evaluator.task.device) if cfg.data_fraction < 1 else run.evaluator.task.data
-    task = Task(full, float(cfg.target_pr), dataclasses.replace(run.evaluator.task.budget,
+    task = Task(run.full_data, float(cfg.target_pr), dataclasses.replace(run.evaluator.task.budget,
                                                                   epochs=float(cfg.final_epochs)),
                 run.evaluator.task.device, int(cfg.seed))
     for o in todo:

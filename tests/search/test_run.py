@@ -57,7 +57,7 @@ def finished(inputs, tmp_path_factory):
     """One complete search (budget 5, a final fine-tune of the best front scheme, a report directory)."""
     d = tmp_path_factory.mktemp("run")
     events = []
-    cfg = config(inputs, d, final_epochs=0.3, top_k=1, out=str(d / "out"))
+    cfg = config(inputs, d, final_epochs=0.3, top_k=1, out=str(d / "out"), data_fraction=0.5)
     return cfg, search(cfg, progress=events.append), events
 
 
@@ -123,8 +123,13 @@ def test_report_from_the_store_reproduces_the_front(finished, tmp_path):
 
 def test_final_fine_tune_is_stored_at_its_own_fidelity(finished):
     cfg, result, _ = finished
-    finals = [r for r in _rows(cfg, result.run_id) if r["fidelity"] == "final"]
+    rows = _rows(cfg, result.run_id)
+    finals = [r for r in rows if r["fidelity"] == "final"]
     assert len(finals) == 1 and finals[0]["data_fraction"] == 1.0 and finals[0]["epochs"] == cfg.final_epochs
+    steps = storage.search_rows(rows)
+    assert {(r["data_fraction"], r["epochs"]) for r in steps} == {(0.5, cfg.epochs)}
+    # every step selected on the same validation images, which are none of the test images
+    assert len({r["val_source"] for r in rows}) == 1 and "half 1 of 2" in rows[0]["val_source"]
     best = max(result.front, key=lambda r: r["search_val_accuracy"])
     assert best["fidelity"] == "final" and best["evaluation_id"] == finals[0]["id"]
 
