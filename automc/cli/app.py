@@ -27,6 +27,14 @@ def _register_optional() -> None:
         pass
     else:
         kb_app.command("embed", help="Learn TransR + NN_exp embeddings and store them on the graph.")(embed_cmd)
+    try:
+        from automc.cli.search import report_cmd, runs_cmd, search_cmd
+    except ImportError:
+        pass
+    else:
+        app.command("search", help="Search for Pareto-optimal compression schemes.")(search_cmd)
+        app.command("runs", help="List search runs.")(runs_cmd)
+        app.command("report", help="Rebuild a search run's report from the store.")(report_cmd)
 
 
 @app.callback()

@@ -33,7 +33,7 @@ def digits_arrays(seed: int = 0, test_fraction: float = 0.3) -> dict[str, np.nda
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
 
 
-def digits(*, val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0,
+def digits(*, val_from: str = "test", val_share: float | None = None, fraction: float = 1.0, seed: int = 0,
            device: torch.device | str | None = None) -> Data:
     """The digits as ``Data`` (the held-out split is always the one of ``digits_arrays(seed=0)``, so test images
     stay the same across runs; ``seed`` only draws the validation and ``fraction`` samples). No augmentation:
@@ -41,7 +41,7 @@ def digits(*, val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0,
     from automc.compress.data import from_arrays
 
     a = digits_arrays(0)
-    return from_arrays(a["x_train"], a["y_train"], a["x_test"], a["y_test"], val_fraction=val_fraction,
+    return from_arrays(a["x_train"], a["y_train"], a["x_test"], a["y_test"], val_from=val_from, val_share=val_share,
                        fraction=fraction, seed=seed, device=device, num_classes=10, augment=False)
 
 

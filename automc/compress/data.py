@@ -406,7 +406,7 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
     if str(path) == "digits" and not Path(path).exists():  # reserved: the built-in digits (compress.builtin)
         from automc.compress.builtin import digits
 
-        return digits(val_fraction=val_fraction, fraction=fraction, seed=seed, device=device)
+        return digits(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device)
     p = Path(path)
     parts = _guarded(p, _read_dataset)
     if val_data is not None:

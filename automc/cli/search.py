@@ -1,0 +1,196 @@
+"""``automc search``, ``automc runs`` and ``automc report``: thin wrappers over ``automc.search``.
+
+Importing this module stays free of torch (the search itself imports it when a search starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from automc.cli._util import console, err_console, handle_errors, print_json, store_option
+
+STRATEGY_HELP = "progressive (default), random, or a baseline (evolution, tpe, rl) where installed"
+
+
+def _front_table(front: Sequence[Mapping[str, Any]], title: str) -> Table:
+    from automc.search.report import TABLE_HEADER, table_rows
+
+    t = Table(title=title, title_justify="left")
+    for col in TABLE_HEADER:
+        t.add_column(col, justify="left" if col in ("scheme", "fidelity", "evaluation") else "right",
+                     overflow="fold")
+    for cells in table_rows(front):
+        t.add_row(*cells)
+    return t
+
+
+class _Live:
+    """Rich progress on stderr: round, steps done/budget, best validation accuracy at PR >= gamma, front, ETA."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("best val@γ {task.fields[best]}  front {task.fields[front]}  "
+                                            "ETA {task.fields[eta]}"), TimeElapsedColumn(),
+                                 console=err_console, transient=False)
+        self.task: Any = None
+
+    def __enter__(self) -> _Live:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event: Any) -> None:
+        best = "—" if event.best_val is None else f"{event.best_val:.2%}"
+        eta = "—" if event.eta is None else _duration(event.eta)
+        fields = {"round": max(event.round, 0), "best": best, "front": event.front_size, "eta": eta}
+        if self.task is None:
+            self.task = self.progress.add_task("search", total=event.budget, completed=event.done, **fields)
+        self.progress.update(self.task, completed=event.done, total=event.budget, **fields)
+        if event.kind in ("start", "final") or (event.kind == "done" and event.message):
+            self.progress.console.print(event.message, highlight=False, markup=False)
+        elif event.kind == "step" and event.message.startswith("FAIL"):
+            self.progress.console.print(event.message[:200], style="yellow", highlight=False, markup=False)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@handle_errors
+def search_cmd(
+    model: str | None = typer.Option(None, "--model", help="resnet20/32/44/56/110/164, vgg11/13/16/19, ..."),
+    data: str | None = typer.Option(None, "--data", help=".npz, CIFAR batches, train/+test/ folders, or 'digits'"),
+    target_pr: float | None = typer.Option(None, "--target-pr", help="parameter-reduction target gamma [0.4]"),
+    budget: int | None = typer.Option(None, "--budget", help="evaluated strategy steps [60]"),
+    weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict; without it a base model "
+                                        "is trained first (--train-epochs)"),
+    epochs: float | None = typer.Option(None, "--epochs", help="search fidelity: base fine-tune epochs [1]"),
+    final_epochs: float | None = typer.Option(None, "--final-epochs",
+                                              help="final fine-tune of the top front schemes; 0 skips it [10]"),
+    data_fraction: float | None = typer.Option(None, "--data-fraction",
+                                               help="search fidelity: share of the training data [1]"),
+    val_data: Path | None = typer.Option(None, "--val-data", help="a separate validation set (selection only)"),
+    val_from: str | None = typer.Option(None, "--val-from", help="test (default) or train: where the validation "
+                                        "split comes from when the data has none"),
+    seed: int | None = typer.Option(None, "--seed"),
+    strategy: str | None = typer.Option(None, "--strategy", help=STRATEGY_HELP),
+    time_limit: str | None = typer.Option(None, "--time-limit", help="stop after this long, e.g. 90m or 2h"),
+    store: str | None = store_option(),
+    out: Path | None = typer.Option(None, "--out", help="report.md, pareto.png, search.json and the best model"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+    resume: str | None = typer.Option(None, "--resume", help="continue the search run with this id"),
+    reuse: bool | None = typer.Option(None, "--reuse/--no-reuse",
+                                      help="learn from other tasks' evaluations (default on)"),
+    per_round: int | None = typer.Option(None, "--per-round", help="schemes proposed per round [10]"),
+    top_k: int | None = typer.Option(None, "--top-k", help="front schemes fine-tuned again at the end [3]"),
+    max_length: int | None = typer.Option(None, "--max-length", help="most strategies in a scheme [5]"),
+    train_epochs: float | None = typer.Option(None, "--train-epochs",
+                                              help="epochs to train the base model when no --weights [10]"),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="[128]"),
+    lr: float | None = typer.Option(None, "--lr", help="fine-tune learning rate [0.01]"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="models of evaluated schemes and a trained "
+                                          "base [~/.cache/automc/runs/RUN_ID]"),
+    width: int | None = typer.Option(None, "--width", hidden=True, help="first-stage width of a built-in model"),
+) -> None:
+    """Search for Pareto-optimal compression schemes (accuracy vs parameter reduction)."""
+    from automc.search.run import SearchConfig, SearchInterrupted, parse_duration, search
+
+    if val_from == "train" and not json_out:
+        err_console.print("warning: a validation split from the training data is biased for a model trained on "
+                          "those images", style="yellow", highlight=False)
+    cfg = SearchConfig(model=model, data=data, target_pr=target_pr, budget=budget, weights=_s(weights),
+                       epochs=epochs, final_epochs=final_epochs, data_fraction=data_fraction,
+                       val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
+                       time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
+                       max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,
+                       train_epochs=train_epochs, resume=resume, cache_dir=_s(cache_dir), width=width)
+    try:
+        if json_out:
+            result = search(cfg)
+        else:
+            with _Live() as live:
+                result = search(cfg, progress=live)
+    except SearchInterrupted as e:
+        err_console.print(f"interrupted: search run {e.run_id} is saved; resume with:\n  {e.command}",
+                          highlight=False, markup=False)
+        raise typer.Exit(130) from None
+    if json_out:
+        print_json(result.to_dict())
+        return
+    title = f"Pareto front of run {result.run_id} (PR ≥ γ; validation accuracy selects, test is reported)"
+    if result.front:
+        console.print(_front_table(result.front, title))
+    else:
+        console.print(f"no evaluated scheme reached the target PR in run {result.run_id}")
+    console.print(f"{result.evaluations} steps evaluated ({result.failed} failed) in {_duration(result.seconds)}; "
+                  f"{result.overhead:.0%} of the time outside method training; reused "
+                  f"{result.reuse.get('evaluations', 0)} evaluations of {result.reuse.get('tasks', 0)} other tasks",
+                  highlight=False)
+    if result.out:
+        console.print(f"report: {result.out}", highlight=False)
+
+
+def _s(p: Path | str | None) -> str | None:
+    return None if p is None else str(p)
+
+
+@handle_errors
+def runs_cmd(store: str | None = store_option(),
+             limit: int = typer.Option(100, "--limit"),
+             json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List search runs, newest first."""
+    from automc.kb import open_store
+    from automc.search.storage import list_runs
+
+    with open_store(store, read_only=True) as s:
+        rows = list_runs(s, limit)
+    if json_out:
+        print_json(rows)
+        return
+    t = Table(title=f"{len(rows)} search run(s)", title_justify="left")
+    for col in ("id", "strategy", "task", "state", "steps", "best val@γ", "started"):
+        t.add_column(col)
+    for r in rows:
+        best = "—" if r["best"] is None else f"{r['best']:.2%}"
+        t.add_row(r["id"], r["strategy"] or "", r["task"] or "", r["state"] or "",
+                  f"{r['evaluations']}/{r['budget']}", best, r["started"] or "")
+    console.print(t)
+
+
+@handle_errors
+def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", help="search run id(s)"),
+               out: Path | None = typer.Option(None, "--out", help="write report.md, pareto.png, search.json"),
+               store: str | None = store_option(),
+               json_out: bool = typer.Option(False, "--json", help="print search.json")) -> None:
+    """Rebuild a search run's report from the store alone."""
+    from automc.kb import open_store
+    from automc.search.report import build_report, to_json, write_report
+
+    with open_store(store, read_only=True) as s:
+        infos = [build_report(s, run_id) for run_id in run_ids]
+    for info in infos:
+        target = None
+        if out is not None:
+            target = out if len(infos) == 1 else out / info.run.id
+            write_report(info, target)
+        if json_out:
+            continue
+        console.print(_front_table(info.front, f"Pareto front of run {info.run.id} ({info.run.algorithm}, "
+                                               f"{info.run.state}, γ = {info.gamma})"))
+        console.print(f"{info.evaluations} steps evaluated ({info.failed} failed); {info.seconds:,.0f} s, "
+                      f"{info.overhead:.0%} outside method training", highlight=False)
+        if target is not None:
+            console.print(f"report: {target}", highlight=False)
+    if json_out:
+        print_json(to_json(infos[0]) if len(infos) == 1 else [to_json(i) for i in infos])

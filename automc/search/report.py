@@ -1,0 +1,191 @@
+"""A search run's report, rebuilt from the store alone: a data step (``build_report`` -> ``ReportInfo``) and render
+steps (markdown, ``pareto.png``, ``search.json``); the CLI renders the same rows as a Rich table.
+
+The front is recomputed from the run's search-fidelity evaluations (non-dominated on validation accuracy and
+PR, PR >= gamma); a front scheme that was fine-tuned again at full fidelity shows that final evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from automc.kb.store import Store
+from automc.search import storage
+from automc.search.storage import RunRecord
+
+
+class ReportInfo(NamedTuple):
+    """Everything a report shows: the run, the base model, every evaluated point, the front and the timing."""
+
+    run: RunRecord
+    gamma: float
+    base: dict[str, Any]
+    points: list[dict[str, Any]]  # every COMPLETE search-fidelity evaluation
+    front: list[dict[str, Any]]  # front rows (``front_rows``), by PR
+    evaluations: int  # evaluated steps (COMPLETE + FAIL, not counting steps cut short by an interruption)
+    failed: int
+    seconds: float
+    train_seconds: float
+
+    @property
+    def overhead(self) -> float:
+        return max(0.0, 1.0 - self.train_seconds / self.seconds) if self.seconds > 0 else 0.0
+
+
+def build_report(store: Store, run_id: str) -> ReportInfo:
+    """Read the run and its evaluations; raises ``NotFoundError`` for an unknown run."""
+    run = storage.load_run(store, run_id)
+    return report_info(run, storage.run_evaluations(store, run_id))
+
+
+def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]]) -> ReportInfo:
+    """The data step: front, points and timing from a run and its evaluation rows."""
+    steps = storage.search_rows(rows)
+    points = [dict(r) for r in steps if r["state"] == "COMPLETE"]
+    train = sum(float(r.get("train_seconds") or 0.0) for r in rows if r.get("state") in ("COMPLETE", "FAIL"))
+    return ReportInfo(run, run.target_pr, dict(run.config.get("base") or {}), points,
+                      front_rows(points, rows, run.target_pr), len(steps),
+                      sum(r["state"] == "FAIL" for r in steps), run.seconds, train)
+
+
+def front_rows(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
+               gamma: float) -> list[dict[str, Any]]:
+    """The front of ``points`` at PR >= ``gamma``, each row showing its final evaluation when there is one."""
+    from automc.search.pareto import front
+
+    by_id = {r["id"]: r for r in points}
+    final = {r["scheme"]: r for r in rows if r.get("fidelity") == "final" and r["state"] == "COMPLETE"}
+    out = []
+    for o in front([storage.observation(r) for r in points], gamma):
+        search = by_id[o.evaluation_id]
+        shown = final.get(search["scheme"], search)
+        out.append({"scheme": search["scheme"], "scheme_id": search["scheme_id"], "evaluation_id": shown["id"],
+                    "fidelity": shown.get("fidelity") or "search", "params": shown["params"], "pr": shown["pr"],
+                    "flops": shown["flops"], "fr": shown["fr"], "val_accuracy": shown["val_accuracy"],
+                    "test_accuracy": shown["accuracy"], "test_low": shown["accuracy_low"],
+                    "test_high": shown["accuracy_high"], "search_evaluation_id": search["id"],
+                    "search_val_accuracy": search["val_accuracy"], "search_pr": search["pr"]})
+    return out
+
+
+def best_row(info: ReportInfo) -> dict[str, Any] | None:
+    """The scheme to export: the best validation accuracy among final evaluations, else among the front."""
+    rows = [r for r in info.front if r["fidelity"] == "final"] or info.front
+    return max(rows, key=lambda r: (r["val_accuracy"] or 0.0, r["pr"] or 0.0), default=None)
+
+
+def to_json(info: ReportInfo) -> dict[str, Any]:
+    """``search.json``: the run, its front and every point, with the timing."""
+    r = info.run
+    return {"run_id": r.id, "strategy": r.algorithm, "state": r.state, "task": r.task, "target_pr": info.gamma,
+            "budget": r.budget, "seed": r.seed, "started": r.started, "finished": r.finished,
+            "config": r.config.get("config", {}), "reuse": r.config.get("reuse", {}), "base": info.base,
+            "front": info.front, "points": info.points, "evaluations": info.evaluations, "failed": info.failed,
+            "seconds": info.seconds, "train_seconds": info.train_seconds, "overhead": info.overhead}
+
+
+def _pct(x: Any) -> str:
+    return "—" if x is None else f"{float(x):.2%}"
+
+
+def _interval(row: Mapping[str, Any]) -> str:
+    if row.get("test_accuracy") is None:
+        return "—"
+    lo, hi = row.get("test_low"), row.get("test_high")
+    tail = f" [{float(lo):.1%}, {float(hi):.1%}]" if lo is not None and hi is not None else ""
+    return f"{float(row['test_accuracy']):.2%}{tail}"
+
+
+def table_rows(front: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Front rows as text cells: scheme, params (PR), FLOPs (FR), val acc, test acc [95%], fidelity, id."""
+    out = []
+    for r in front:
+        out.append([r["scheme"], f"{float(r['params'] or 0):,.0f} ({_pct(r['pr'])})",
+                    f"{float(r['flops'] or 0) / 1e6:,.2f} M ({_pct(r['fr'])})", _pct(r["val_accuracy"]),
+                    _interval(r), r["fidelity"], r["evaluation_id"]])
+    return out
+
+
+TABLE_HEADER = ["scheme", "params (PR)", "FLOPs (FR)", "val acc", "test acc [95%]", "fidelity", "evaluation"]
+
+
+def render_markdown(info: ReportInfo) -> str:
+    """``report.md``: task, configuration, the Pareto table and the timing."""
+    r, cfg = info.run, info.run.config.get("config", {})
+    lines = [f"# Search run {r.id}", "",
+             f"- task: `{r.task}` (model {cfg.get('model')}, data {cfg.get('data')})",
+             f"- strategy: {r.algorithm}, seed {r.seed}, state {r.state}",
+             f"- target PR (gamma): {info.gamma}",
+             f"- budget: {r.budget} steps, evaluated {info.evaluations} ({info.failed} failed)",
+             f"- search fidelity: {cfg.get('epochs')} epochs on {cfg.get('data_fraction')} of the training data; "
+             f"final fine-tune: {cfg.get('final_epochs')} epochs of the full data for the top {cfg.get('top_k')}",
+             f"- validation split from: {cfg.get('val_from')}" + (f" ({cfg['val_data']})" if cfg.get("val_data")
+                                                                   else ""),
+             f"- base model: {float(info.base.get('params') or 0):,.0f} parameters, validation accuracy "
+             f"{_pct(info.base.get('val_accuracy'))}, test accuracy {_pct(info.base.get('accuracy'))}",
+             f"- reuse: {json.dumps(r.config.get('reuse', {}))}", "",
+             "## Pareto front (validation accuracy vs PR, PR >= gamma)", ""]
+    if info.front:
+        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
+        lines.append("|" + "---|" * len(TABLE_HEADER))
+        for cells in table_rows(info.front):
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    else:
+        lines.append(f"No evaluated scheme reached PR >= {info.gamma}.")
+    per = info.seconds / info.evaluations if info.evaluations else 0.0
+    lines += ["", "Selection uses validation accuracy only; test accuracy (95% Wilson interval) is reported, never "
+              "used to choose.", "", "## Timing", "",
+              f"- wall time: {info.seconds:,.1f} s ({per:,.1f} s per evaluated step)",
+              f"- inside method training: {info.train_seconds:,.1f} s; outside (search overhead: strategy, "
+              f"caching, measuring, store writes): {info.overhead:.1%}", ""]
+    return "\n".join(lines)
+
+
+def render_png(info: ReportInfo, path: str | Path) -> Path:
+    """``pareto.png``: every evaluation, the front as a line, the base model and gamma marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    xs = [float(p["pr"]) for p in info.points if p.get("pr") is not None and p.get("val_accuracy") is not None]
+    ys = [float(p["val_accuracy"]) for p in info.points if p.get("pr") is not None and p.get("val_accuracy")
+          is not None]
+    ax.scatter(xs, ys, s=14, c="0.6", label=f"evaluated schemes ({len(xs)})")
+    if info.front:
+        fx = [float(r["search_pr"]) for r in info.front]
+        fy = [float(r["search_val_accuracy"]) for r in info.front]
+        ax.plot(fx, fy, "-o", c="tab:red", ms=5, label="Pareto front (search fidelity)")
+        final = [r for r in info.front if r["fidelity"] == "final"]
+        if final:
+            ax.scatter([float(r["pr"]) for r in final], [float(r["val_accuracy"]) for r in final], marker="*",
+                       s=120, c="tab:blue", label="after final fine-tune", zorder=3)
+    if info.base.get("val_accuracy") is not None:
+        ax.scatter([0.0], [float(info.base["val_accuracy"])], marker="D", s=50, c="k", label="base model", zorder=3)
+    ax.axvline(info.gamma, ls="--", c="tab:green", label=f"gamma = {info.gamma}")
+    ax.set_xlabel("parameter reduction (PR)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"search run {info.run.id} ({info.run.algorithm})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_report(info: ReportInfo, out: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``pareto.png`` and ``search.json`` into ``out``; returns the paths by name."""
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"report": d / "report.md", "plot": d / "pareto.png", "json": d / "search.json"}
+    paths["report"].write_text(render_markdown(info))
+    render_png(info, paths["plot"])
+    paths["json"].write_text(json.dumps(to_json(info), indent=1, sort_keys=True, default=str))
+    return paths

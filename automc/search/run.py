@@ -1,0 +1,667 @@
+"""The search loop (``automc search``): propose, evaluate step by step, write every step back, resume.
+
+``search(config)`` checks everything it can before any work (bad input is one ``ValidationError`` and nothing
+is written), loads data and model (training a base model first when no weights are given), writes a RUNNING
+``SearchRun``, then runs rounds: the strategy proposes schemes, the loop evaluates each missing prefix and the
+scheme itself (one budget unit per step; each step is one RUNNING record, then COMPLETE or FAIL, each in its own
+transaction) and stores the strategy's state after the round. At the end the front's top schemes are fine-tuned
+again at full fidelity, the run is marked COMPLETE with its front, and the report is written. Ctrl-C marks the
+run INTERRUPTED and raises ``SearchInterrupted``; ``resume=RUN_ID`` rebuilds the history from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automc.errors import AutomcError, ValidationError
+from automc.search._base import Context, History, Observation, SchemeKey, round_rng
+
+if TYPE_CHECKING:
+    from automc.kb import Store, TaskFeatures
+
+DEFAULTS: dict[str, Any] = {
+    "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "data_fraction": 1.0, "val_from": "test",
+    "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5, "reuse": True, "top_k": 3,
+    "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0,
+}
+# What defines a run: resuming with any of these changed would mix two experiments in one history.
+IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "data_fraction",
+            "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr")
+BUILTIN_DATA = ("digits",)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What ``automc search`` takes; ``None`` means the default (or, on resume, the run's stored value)."""
+
+    model: str | None = None
+    data: str | None = None
+    target_pr: float | None = None
+    budget: int | None = None  # evaluated strategy steps
+    weights: str | None = None  # without weights, a base model is trained first (train_epochs)
+    epochs: float | None = None  # search fidelity: base fine-tune epochs the catalogue factors multiply
+    final_epochs: float | None = None  # final fine-tune of the front's top schemes; 0 skips it
+    data_fraction: float | None = None  # search fidelity: stratified share of the training data
+    val_data: str | None = None
+    val_from: str | None = None  # "test" | "train"
+    seed: int | None = None
+    strategy: str | None = None
+    time_limit: float | None = None  # seconds
+    store: str | None = None
+    out: str | None = None
+    per_round: int | None = None
+    max_length: int | None = None
+    reuse: bool | None = None
+    top_k: int | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    cache_bytes: int | None = None
+    train_epochs: float | None = None
+    resume: str | None = None
+    cache_dir: str | None = None  # models of evaluated schemes and a trained base (default: user cache dir)
+    width: int | None = None  # first-stage width of a built-in model (tests use tiny ones)
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """Progress of a run, for a live display: ``kind`` is start, step, round, final or done."""
+
+    kind: str
+    run_id: str
+    round: int
+    done: int
+    budget: int
+    best_val: float | None = None  # best validation accuracy at PR >= gamma so far
+    front_size: int = 0
+    eta: float | None = None  # seconds, from the mean step time
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A finished run: its front (rows of ``report.front_rows``), what it cost and what it reused."""
+
+    run_id: str
+    state: str
+    task: str
+    front: list[dict[str, Any]]
+    evaluations: int
+    failed: int
+    reuse: dict[str, Any]  # evaluations and tasks read from other tasks (zeros without reuse)
+    seconds: float
+    train_seconds: float
+    store: str
+    out: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+    trained_on: dict[str, int] = field(default_factory=dict)  # task -> steps the strategy's model learnt from
+
+    @property
+    def overhead(self) -> float:
+        """Share of wall time spent outside method training (search, caching, store writes, measuring)."""
+        return max(0.0, 1.0 - self.train_seconds / self.seconds) if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's ``--json`` object."""
+        keys = ("scheme", "evaluation_id", "params", "pr", "flops", "fr", "val_accuracy", "test_accuracy",
+                "test_low", "test_high", "fidelity")
+        return {"run_id": self.run_id, "state": self.state, "task": self.task,
+                "front": [{k: row.get(k) for k in keys} for row in self.front], "evaluations": self.evaluations,
+                "failed": self.failed, "reuse": dict(self.reuse), "seconds": self.seconds,
+                "train_seconds": self.train_seconds, "overhead": self.overhead, "store": self.store,
+                "out": str(self.out) if self.out else None, "files": dict(self.files)}
+
+
+class SearchInterrupted(AutomcError):
+    """Ctrl-C stopped a run after writing what it had; ``str()`` says how to resume it."""
+
+    def __init__(self, run_id: str, command: str) -> None:
+        self.run_id, self.command = run_id, command
+        super().__init__(f"search run {run_id} interrupted; resume with: {command}")
+
+
+# -- configuration -------------------------------------------------------------------------------------------
+
+def parse_duration(text: str | float | None) -> float | None:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1h30m``; raises ``ValidationError``."""
+    if text is None or isinstance(text, int | float):
+        return None if text is None else float(text)
+    s = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
+    if not parts or re.sub(r"\d+(?:\.\d+)?\s*[hms]", "", s).strip():
+        raise ValidationError(f"expected a duration like 90s, 30m, 2h or 1h30m, got {text!r}", field="--time-limit")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def _check(cfg: SearchConfig) -> None:
+    """Range checks of the values given (``None`` = not given); raises ``ValidationError`` naming the flag."""
+    from automc.search import STRATEGIES
+
+    def bad(flag: str, problem: str) -> ValidationError:
+        return ValidationError(problem, field=flag)
+
+    if cfg.target_pr is not None and not 0.0 < cfg.target_pr < 1.0:
+        raise bad("--target-pr", f"must be in (0, 1), got {cfg.target_pr}")
+    if cfg.budget is not None and cfg.budget < 1:
+        raise bad("--budget", f"must be at least 1 evaluated step, got {cfg.budget}")
+    if cfg.strategy is not None and cfg.strategy not in STRATEGIES:
+        raise bad("--strategy", f"unknown strategy {cfg.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
+    for flag, value in (("--epochs", cfg.epochs), ("--final-epochs", cfg.final_epochs),
+                        ("--train-epochs", cfg.train_epochs)):
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise bad(flag, f"must be ≥ 0, got {value}")
+    if cfg.data_fraction is not None and not 0.0 < cfg.data_fraction <= 1.0:
+        raise bad("--data-fraction", f"must be in (0, 1], got {cfg.data_fraction}")
+    if cfg.val_from is not None and cfg.val_from not in ("test", "train"):
+        raise bad("--val-from", f"must be test or train, got {cfg.val_from!r}")
+    for flag, value in (("--per-round", cfg.per_round), ("--max-length", cfg.max_length),
+                        ("--batch-size", cfg.batch_size)):
+        if value is not None and value < 1:
+            raise bad(flag, f"must be at least 1, got {value}")
+    if cfg.top_k is not None and cfg.top_k < 0:
+        raise bad("--top-k", f"must be ≥ 0, got {cfg.top_k}")
+    if cfg.time_limit is not None and cfg.time_limit <= 0:
+        raise bad("--time-limit", f"must be positive, got {cfg.time_limit}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise bad("--lr", f"must be positive, got {cfg.lr}")
+    if cfg.device is not None and cfg.device not in ("cpu", "cuda"):
+        raise bad("--device", f"unknown device {cfg.device!r}; use cpu or cuda")
+
+
+def _resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfig:
+    """Fill what was not given: from the stored run's config on resume, else from ``DEFAULTS``."""
+    given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
+    base = dict(DEFAULTS)
+    if stored:
+        base.update({k: v for k, v in stored.items() if k in SearchConfig.__dataclass_fields__ and v is not None})
+        base.pop("resume", None)
+        base.pop("time_limit", None)  # a time limit is per session
+    out = SearchConfig(**{**base, **given})
+    for flag, value in (("--model", out.model), ("--data", out.data)):
+        if not value:
+            raise ValidationError("is required (unless --resume names a run)", field=flag)
+    if not _builtin(out.data) and not Path(out.data).exists():
+        raise ValidationError("data path not found", path=str(out.data))
+    for flag, value in (("--weights", out.weights), ("--val-data", out.val_data)):
+        if value and not Path(value).exists():
+            raise ValidationError(f"{flag}: file not found", path=str(value))
+    return out
+
+
+def file_identity(path: str | None) -> str | None:
+    """The content of a data or weights location: sha256 of a file; of names and sizes for a directory."""
+    if not path:
+        return None
+    if _builtin(path):
+        return f"builtin:{path}"
+    p = Path(path)
+    digest = hashlib.sha256()
+    if p.is_file():
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        digest.update(f"{f.relative_to(p)}\0{f.stat().st_size}\n".encode())
+    return "dir:" + digest.hexdigest()
+
+
+def identity(cfg: SearchConfig) -> dict[str, Any]:
+    """What must stay the same when a run is resumed, with files replaced by their content hashes."""
+    out = {k: getattr(cfg, k) for k in IDENTITY}
+    from automc.importers._common import model_name
+
+    out["model"] = model_name(str(cfg.model))
+    out["weights"] = file_identity(cfg.weights)
+    out["data"] = file_identity(cfg.data)
+    out["val_data"] = file_identity(cfg.val_data)
+    if cfg.weights:
+        out["train_epochs"] = None
+    return out
+
+
+def fingerprint(ident: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _compare(run_id: str, stored: Mapping[str, Any], ident: Mapping[str, Any]) -> None:
+    for k in IDENTITY:
+        if stored.get(k) != ident.get(k):
+            what = "content" if k in ("weights", "data", "val_data") else "value"
+            raise ValidationError(f"search run {run_id} was started with another {k.replace('_', '-')} {what} "
+                                  f"({stored.get(k)!r}, now {ident.get(k)!r}); resume it with the run's own "
+                                  f"model, weights and data", field="--resume")
+
+
+def default_cache_dir(run_id: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "automc" / "runs" / run_id
+
+
+@contextlib.contextmanager
+def _opened(uri: str) -> Iterator[Store]:
+    """The store, open only for the duration of one write or read (an embedded store has one writer at a time)."""
+    from automc.kb import open_store
+
+    with open_store(uri) as s:
+        yield s
+
+
+def resume_command(run_id: str, store: str) -> str:
+    return f"automc search --resume {run_id} --store {shlex.quote(store)}"
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """What one session of a run holds: resolved config, evaluator, task, history and the clock."""
+
+    id: str
+    cfg: SearchConfig
+    store: str
+    task: TaskFeatures
+    evaluator: Any
+    space: Any
+    history: History
+    base: dict[str, Any]
+    config_json: dict[str, Any]
+    started: float
+    seconds_before: float  # wall time of earlier sessions of this run
+    progress: Callable[[SearchEvent], None] | None
+    full_data: Any  # all the training images (the search may use a fraction of them)
+    step_seconds: list[float] = field(default_factory=list)
+    deadline: float | None = None
+
+    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # finished steps not yet written
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[Store]:
+        """The store, with the steps finished since the last write recorded first.
+
+        A step's result is written when the store is next opened (the next step's start, or the round's end), so
+        each step costs one opening of the store; a killed process still loses only the step in flight.
+        """
+        from automc.search import storage
+
+        with _opened(self.store) as s:
+            while self.pending:
+                eval_id, record = self.pending[0]
+                storage.end_evaluation(s, eval_id, record)
+                self.pending.pop(0)
+            yield s
+
+    @property
+    def done(self) -> int:
+        return len(self.history)
+
+    def emit(self, kind: str, round_: int, message: str = "") -> None:
+        if self.progress is None:
+            return
+        from automc.search.pareto import front
+
+        fr = front(self.history.complete(), self.cfg.target_pr)
+        best = max((o.val_accuracy for o in fr if o.val_accuracy is not None), default=None)
+        left = self.cfg.budget - self.done
+        mean = sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else None
+        eta = None if mean is None else mean * left
+        self.progress(SearchEvent(kind, self.id, round_, self.done, int(self.cfg.budget), best, len(fr), eta, message))
+
+    def time_up(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+def search(config: SearchConfig, *, progress: Callable[[SearchEvent], None] | None = None) -> SearchResult:
+    """Run (or resume) a search; returns the front and what it cost. Never prints.
+
+    Raises ``ValidationError`` / ``NotFoundError`` for bad input before anything is written, and
+    ``SearchInterrupted`` after Ctrl-C (the run is INTERRUPTED and can be resumed).
+    """
+    t0 = time.monotonic()
+    _check(config)
+    from automc.kb import default_store_uri
+    from automc.search import storage
+
+    store_uri = config.store or default_store_uri()
+    stored = None
+    if config.resume:
+        from automc.kb import open_store
+
+        with open_store(store_uri, create=False) as s:
+            stored = storage.load_run(s, config.resume)
+        if stored.state == "RUNNING" and storage.owner_alive(stored.host, stored.pid):
+            raise ValidationError(f"search run {stored.id} is still running (process {stored.pid} on "
+                                  f"{stored.host})", field="--resume")
+    cfg = _resolve(config, stored.config.get("config") if stored else None)
+    ident = identity(cfg)
+    if stored is not None:
+        _compare(stored.id, stored.config.get("identity", {}), ident)
+    run_id = stored.id if stored else uuid.uuid4().hex[:12]
+    run = _start(run_id, cfg, ident, store_uri, stored, progress, t0)
+    return _loop(run, stored)
+
+
+def _device(name: str | None) -> Any:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValidationError("CUDA is not available on this machine; use --device cpu", field="--device")
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _load_data(cfg: SearchConfig, fraction: float, device: Any) -> Any:
+    """The task's data with three disjoint parts (``automc.compress.data.load_data``); ``fraction`` samples only
+    the training part, so validation and test images are the same at every fidelity."""
+    from automc.compress.data import load_data
+
+    return load_data(cfg.data, val_data=cfg.val_data, val_from=str(cfg.val_from), fraction=fraction,
+                     seed=int(cfg.seed), device=device)
+
+
+def _base_model(cfg: SearchConfig, data: Any, device: Any, run_dir: Path) -> Any:
+    """The model to compress: the given weights, or a base trained once and kept in the run's directory."""
+    import torch
+
+    from automc.compress.models import build_model, load_weights
+
+    net = build_model(cfg.model, data.num_classes, width=cfg.width)
+    if cfg.weights:
+        return load_weights(net, cfg.weights)
+    path = run_dir / "base.pt"
+    if path.is_file():
+        return load_weights(net, path)
+    from automc.compress.builtin import train_base
+
+    train_base(net, data, float(cfg.train_epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(net.state_dict(), tmp)
+    tmp.replace(path)  # a killed training leaves no half-written base behind
+    return net
+
+
+def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str, stored: Any,
+           progress: Callable[[SearchEvent], None] | None, t0: float) -> _Run:
+    """Load data and model, measure the base, write (or reopen) the SearchRun, build strategy and history."""
+    import torch
+
+    from automc.compress.base import Task, TrainBudget
+    from automc.kb import TaskFeatures
+    from automc.search import storage
+    from automc.search.evaluator import Evaluator
+    from automc.search.space import SearchSpace
+
+    torch.manual_seed(int(cfg.seed))
+    device = _device(cfg.device)
+    run_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(run_id)
+    # the full training part trains a base model, sets the task's features and serves the final fine-tune
+    full = _load_data(cfg, 1.0, device)
+    data = full if cfg.data_fraction >= 1 else _load_data(cfg, float(cfg.data_fraction), device)
+    net = _base_model(cfg, full, device, run_dir)
+    budget = TrainBudget(epochs=float(cfg.epochs), batch_size=int(cfg.batch_size), lr=float(cfg.lr))
+    task = Task(data, float(cfg.target_pr), budget, device, int(cfg.seed))
+    space = SearchSpace(max_length=int(cfg.max_length))
+    evaluator = Evaluator(net, task, cache_dir=run_dir / "cache", cache_bytes=int(cfg.cache_bytes),
+                          seed=int(cfg.seed), space=space, data_fraction=float(cfg.data_fraction))
+    base = evaluator.base().record()
+    features = TaskFeatures(model=ident["model"], dataset=_dataset_name(cfg.data), num_classes=data.num_classes,
+                            image_size=int(data.input_shape[-1]), image_channels=int(data.input_shape[0]),
+                            num_images=int(sum(full.size(s) for s in ("train", "val"))),
+                            # validation, not test, accuracy: strategies see the task, and never test data
+                            base_accuracy=float(base["val_accuracy"]), params=float(base["params"]),
+                            flops=float(base["flops"]))
+    config_json = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "store")},
+                   "identity": ident, "base": base, "run_dir": str(run_dir)}
+    with _opened(store_uri) as s:
+        if stored is None:
+            storage.create_run(s, run_id=run_id, algorithm=str(cfg.strategy), task=features, seed=int(cfg.seed),
+                               target_pr=float(cfg.target_pr), budget=int(cfg.budget), config=config_json,
+                               fingerprint=fingerprint(ident))
+        else:
+            storage.fail_running(s, run_id, f"stale: the process running it ({stored.pid} on {stored.host}) died")
+            storage.update_run(s, run_id, state="RUNNING", budget=int(cfg.budget), config=config_json, error="",
+                               finished=None)
+        rows = storage.run_evaluations(s, run_id) if stored is not None else []
+    base_obs = Observation((), "COMPLETE", val_accuracy=base.get("val_accuracy"), pr=0.0, fr=0.0,
+                           params=base.get("params"), flops=base.get("flops"), round=-1)
+    history = History(base_obs, [storage.observation(r) for r in storage.search_rows(rows)])
+    deadline = None if cfg.time_limit is None else t0 + float(cfg.time_limit)
+    return _Run(run_id, cfg, store_uri, features, evaluator, space, history, base, config_json, t0,
+                stored.seconds if stored else 0.0, progress, full, deadline=deadline)
+
+
+def _builtin(data: str | None) -> bool:
+    """``digits`` names the built-in data unless a path of that name exists (as ``load_data`` reads it)."""
+    return data in BUILTIN_DATA and not Path(str(data)).exists()
+
+
+def _dataset_name(data: str) -> str:
+    return data if _builtin(data) else Path(data).name
+
+
+def _context(run: _Run) -> tuple[Context, dict[str, int]]:
+    """The strategy's context; with reuse, the prior steps of other tasks, transfer schemes and embeddings."""
+    from automc.search.reuse import ensure_embeddings, load_prior, task_vector
+
+    cfg = run.cfg
+    info: dict[str, Any] = {"evaluations": 0, "tasks": 0}
+    embeddings: Mapping[str, Any] = {}
+    prior: tuple = ()
+    transfer: tuple = ()
+    if cfg.reuse:
+        with run.opened() as s:
+            embeddings, embed_info = ensure_embeddings(s, refresh=True)
+            p = load_prior(s, run.task.id, task=run.task)
+        prior, transfer = tuple(p.records), tuple(p.transfer)
+        info = {"evaluations": int(p.evaluations), "tasks": int(p.tasks), "transfer": len(p.transfer),
+                "embeddings": embed_info}
+    else:
+        with run.opened() as s:  # the stored embeddings as they are: no refresh, nothing learnt from other tasks
+            embeddings, _ = ensure_embeddings(s, refresh=False)
+    ctx = Context(space=run.space, target_pr=float(cfg.target_pr), seed=int(cfg.seed), task=run.task,
+                  task_vector=task_vector(run.task, float(cfg.target_pr)), embeddings=embeddings, prior=prior,
+                  transfer=transfer, per_round=int(cfg.per_round))
+    return ctx, info
+
+
+def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
+    """Evaluate one scheme (its parent is in the history): RUNNING record, evaluation, COMPLETE or FAIL."""
+    from automc.catalog import Scheme
+    from automc.search import storage
+    from automc.search.evaluator import step_seed
+
+    cfg = run.cfg
+    full = run.space.to_scheme(scheme)
+    extra = {"fidelity": "search", "round": round_, "parent": Scheme(full.strategies[:-1]).id,
+             "epochs": float(cfg.epochs), "data_fraction": float(cfg.data_fraction),
+             "seed": step_seed(int(cfg.seed), scheme), "val_source": run.evaluator.task.data.sources.get("val")}
+    t = time.monotonic()
+    with run.opened() as s:
+        eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
+                                     device=str(run.evaluator.task.device), extra=extra)
+        storage.update_run(s, run.id)  # the run's heartbeat: another host tells a live run from a dead one by it
+    try:
+        result = run.evaluator.evaluate(scheme)
+    except BaseException as e:
+        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        with run.opened() as s:
+            s.fail_evaluation(eval_id, reason)
+        raise
+    run.pending.append((eval_id, result.record()))
+    run.step_seconds.append(time.monotonic() - t)
+    return result.observation(round_, eval_id)
+
+
+def _round(run: _Run, strategy: Any, round_: int) -> list[Observation]:
+    """One round: proposals, each missing prefix then the scheme, until the budget or the time is spent."""
+    cfg = run.cfg
+    rng = round_rng(int(cfg.seed), round_)
+    proposals = strategy.propose(run.history, min(int(cfg.per_round), int(cfg.budget) - run.done), rng)
+    new: list[Observation] = []
+    for scheme in proposals:
+        for k in range(1, len(scheme) + 1):
+            prefix = tuple(scheme[:k])
+            seen = run.history.get(prefix)
+            if seen is not None:
+                if not seen.ok:
+                    break  # a failed scheme has no model to extend
+                continue
+            if run.done >= cfg.budget or run.time_up():
+                return new
+            obs = _step(run, prefix, round_)
+            run.history.add(obs)
+            new.append(obs)
+            run.emit("step", round_, f"{'ok' if obs.ok else 'FAIL'} {' > '.join(prefix)}")
+            if not obs.ok:
+                break
+    return new
+
+
+def _loop(run: _Run, stored: Any) -> SearchResult:
+    from automc.search import STRATEGIES, storage
+
+    cfg = run.cfg
+    try:
+        ctx, reuse_info = _context(run)
+        run.config_json["reuse"] = reuse_info
+        with run.opened() as s:
+            storage.update_run(s, run.id, config=run.config_json)
+        strategy = STRATEGIES[str(cfg.strategy)](ctx)
+        if stored is not None and stored.strategy_state:
+            strategy.load_state_dict(stored.strategy_state)
+        round_ = (stored.round + 1) if stored is not None else 0
+        round_ = max(round_, run.history.rounds - 1 if run.history.rounds else 0)
+        run.emit("start", round_, f"task {run.task.id}; {run.done}/{cfg.budget} steps already evaluated")
+        message = ""
+        while run.done < cfg.budget:
+            if run.time_up():
+                message = "time limit reached"
+                break
+            new = _round(run, strategy, round_)
+            if not new and not run.time_up():
+                message = "the strategy proposed nothing new: the search space is exhausted"
+                break
+            strategy.observe(run.history, new)
+            with run.opened() as s:
+                storage.update_run(s, run.id, round=round_, strategy_state=strategy.state_dict(),
+                                   seconds=run.seconds_before + time.monotonic() - run.started)
+            run.emit("round", round_)
+            round_ += 1
+        _final(run, round_)
+        # F_mo's training data by task (progressive); strategies without a learnt model have none
+        trained_on = dict(getattr(strategy, "trained_on", None) or {})
+        return _finish(run, reuse_info, message, trained_on)
+    except KeyboardInterrupt:
+        with run.opened() as s:
+            storage.fail_running(s, run.id, "interrupted")
+            storage.update_run(s, run.id, state="INTERRUPTED",
+                               seconds=run.seconds_before + time.monotonic() - run.started)
+        raise SearchInterrupted(run.id, resume_command(run.id, run.store)) from None
+    except BaseException as e:
+        with contextlib.suppress(Exception), run.opened() as s:
+            storage.fail_running(s, run.id, f"{type(e).__name__}: {e}")
+            storage.update_run(s, run.id, state="FAILED", error=f"{type(e).__name__}: {e}"[:2000],
+                               seconds=run.seconds_before + time.monotonic() - run.started)
+        raise
+
+
+def _final(run: _Run, round_: int) -> None:
+    """Fine-tune the top-k front schemes again from the base model at full fidelity (skipped by final_epochs 0)."""
+    from automc.catalog import Scheme
+    from automc.compress.base import Task
+    from automc.search import storage
+    from automc.search.evaluator import step_seed
+    from automc.search.pareto import front
+
+    cfg = run.cfg
+    if not cfg.final_epochs or not cfg.top_k:
+        return
+    with run.opened() as s:
+        done = {r["scheme"] for r in storage.run_evaluations(s, run.id)
+                if r["fidelity"] == "final" and r["state"] == "COMPLETE"}
+    best = sorted(front(run.history.complete(), cfg.target_pr), key=lambda o: (-(o.val_accuracy or 0), o.scheme))
+    todo = [o for o in best[: int(cfg.top_k)] if " > ".join(o.scheme) not in done]
+    if not todo:
+        return
+    task = Task(run.full_data, float(cfg.target_pr), dataclasses.replace(run.evaluator.task.budget,
+                                                                  epochs=float(cfg.final_epochs)),
+                run.evaluator.task.device, int(cfg.seed))
+    for o in todo:
+        scheme = run.space.to_scheme(o.scheme)
+        extra = {"fidelity": "final", "round": round_, "parent": Scheme(scheme.strategies[:-1]).id,
+                 "epochs": float(cfg.final_epochs), "data_fraction": 1.0, "seed": step_seed(int(cfg.seed), o.scheme),
+                 "val_source": task.data.sources.get("val")}
+        run.emit("final", round_, f"final fine-tune of {scheme.text}")
+        with run.opened() as s:
+            eval_id = s.start_evaluation(run.task, scheme, target_pr=float(cfg.target_pr), search_run=run.id,
+                                         device=str(task.device), extra=extra)
+        try:
+            result, model = run.evaluator.final(o.scheme, task)
+        except BaseException as e:
+            with run.opened() as s:
+                s.fail_evaluation(eval_id, "interrupted" if isinstance(e, KeyboardInterrupt) else str(e))
+            raise
+        with run.opened() as s:
+            storage.end_evaluation(s, eval_id, result.record())
+        if result.state == "COMPLETE" and cfg.out:
+            _save_candidate(model, Path(cfg.out) / "final" / scheme.id, task, scheme.text, cfg.target_pr)
+
+
+def _save_candidate(model: Any, directory: Path, task: Any, text: str, target_pr: float) -> None:
+    from automc.compress.saving import save_compressed
+
+    data = task.data
+    save_compressed(model, directory, data.example_input(2), mean=data.mean, std=data.std,
+                    extra={"scheme": text, "target_pr": target_pr})
+
+
+def _finish(run: _Run, reuse_info: Mapping[str, Any], message: str, trained_on: dict[str, int]) -> SearchResult:
+    """Mark the run COMPLETE with its front, write the report and the best model, drop the model cache."""
+    from automc.search import report, storage
+
+    seconds = run.seconds_before + time.monotonic() - run.started
+    with run.opened() as s:
+        storage.update_run(s, run.id, seconds=seconds)
+        info = report.build_report(s, run.id)
+        storage.update_run(s, run.id, state="COMPLETE", front=info.front, seconds=seconds)
+        info = report.build_report(s, run.id)
+    files: dict[str, str] = {}
+    out = Path(run.cfg.out) if run.cfg.out else None
+    if out is not None:
+        files = {k: str(v) for k, v in report.write_report(info, out).items()}
+        best = report.best_row(info)
+        if best is not None:
+            model_dir = out / "model"
+            src = out / "final" / best["scheme_id"]
+            if best["fidelity"] == "final" and src.is_dir():
+                import shutil
+
+                shutil.rmtree(model_dir, ignore_errors=True)
+                shutil.copytree(src, model_dir)
+            else:
+                model = run.evaluator.model(storage.scheme_key(best["scheme"]))
+                _save_candidate(model, model_dir, run.evaluator.task, best["scheme"], run.cfg.target_pr)
+            files["model"] = str(model_dir)
+    cache = Path(run.cfg.cache_dir or default_cache_dir(run.id)) / "cache"
+    import shutil
+
+    shutil.rmtree(cache, ignore_errors=True)
+    run.emit("done", max(run.history.rounds - 1, 0), message)
+    return SearchResult(run.id, "COMPLETE", run.task.id, info.front, info.evaluations, info.failed,
+                        dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message, trained_on)

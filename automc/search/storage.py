@@ -1,0 +1,170 @@
+"""Search runs in the store: write and update a ``SearchRun``, read it back, and rebuild a run's history.
+
+Every function takes an open ``Store`` and does one transaction at most; the search loop opens the store only
+around these calls, so an embedded store stays usable by others while a model trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from automc.errors import NotFoundError
+from automc.kb.records import GraphBatch, TaskFeatures
+from automc.kb.schema import NODE
+from automc.kb.store import Store, now, owner
+from automc.search._base import Observation, SchemeKey
+
+RUN_STATES = ("RUNNING", "COMPLETE", "FAILED", "INTERRUPTED")
+_JSON_PROPS = ("config", "front", "strategy_state")
+# A FAIL with one of these errors was cut short (Ctrl-C, a killed process), not refused by a method: resume
+# evaluates the scheme again instead of treating it as failed.
+CUT_SHORT = ("interrupted", "stale")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A ``SearchRun`` as stored; ``config``, ``front`` and ``strategy_state`` decoded from JSON."""
+
+    id: str
+    algorithm: str
+    state: str
+    task: str
+    seed: int
+    target_pr: float
+    budget: int
+    config: dict[str, Any] = field(default_factory=dict)
+    front: list[dict[str, Any]] = field(default_factory=list)
+    strategy_state: dict[str, Any] = field(default_factory=dict)
+    round: int = -1  # the last round whose strategy state was stored; -1 before the first
+    seconds: float = 0.0
+    fingerprint: str = ""
+    started: str = ""
+    finished: str | None = None
+    host: str = ""
+    pid: int | None = None
+    heartbeat: str = ""
+    error: str = ""
+
+
+def create_run(store: Store, *, run_id: str, algorithm: str, task: TaskFeatures, seed: int, target_pr: float,
+               budget: int, config: Mapping[str, Any], fingerprint: str) -> None:
+    """Write a RUNNING ``SearchRun`` owned by this process, its task and ``RUN_ON_TASK``, in one transaction."""
+    batch = GraphBatch()
+    task_key = batch.task(task)
+    batch.node("SearchRun", id=run_id, algorithm=algorithm, config=json.dumps(config, sort_keys=True),
+               state="RUNNING", started=now(), task=task_key, seed=int(seed), target_pr=float(target_pr),
+               budget=int(budget), front="[]", strategy_state="{}", round=-1, seconds=0.0,
+               fingerprint=fingerprint, error="", **owner())
+    batch.rel("RUN_ON_TASK", run_id, task_key)
+    store.write(batch)
+
+
+def update_run(store: Store, run_id: str, **props: Any) -> None:
+    """Set properties of a run (JSON-encoding ``config``/``front``/``strategy_state``) and refresh its owner."""
+    names = NODE["SearchRun"].names
+    bad = sorted(set(props) - set(names))
+    if bad:
+        raise ValueError(f"SearchRun has no property {bad[0]!r}")
+    out = {k: json.dumps(v, sort_keys=True) if k in _JSON_PROPS and not isinstance(v, str) else v
+           for k, v in props.items()}
+    if out.get("state") in ("COMPLETE", "FAILED", "INTERRUPTED"):
+        out.setdefault("finished", now())
+    batch = GraphBatch()
+    batch.node("SearchRun", id=run_id, **owner(), **out)
+    store.write(batch)
+
+
+def load_run(store: Store, run_id: str) -> RunRecord:
+    """The stored run; raises ``NotFoundError`` naming the command that lists runs."""
+    cols = ", ".join(f"r.{n} AS {n}" for n in NODE["SearchRun"].names)
+    rows = store.query(f"MATCH (r:SearchRun {{id: $id}}) RETURN {cols}", {"id": run_id})
+    if not rows:
+        raise NotFoundError(f"no search run {run_id!r} in {store.uri} ('automc runs' lists them)")
+    r = rows[0]
+    decoded = {k: json.loads(r[k]) if r.get(k) else None for k in _JSON_PROPS}
+    return RunRecord(
+        id=r["id"], algorithm=r["algorithm"] or "", state=r["state"] or "", task=r["task"] or "",
+        seed=int(r["seed"] or 0), target_pr=float(r["target_pr"] or 0.0), budget=int(r["budget"] or 0),
+        config=decoded["config"] or {}, front=decoded["front"] or [], strategy_state=decoded["strategy_state"] or {},
+        round=-1 if r["round"] is None else int(r["round"]), seconds=float(r["seconds"] or 0.0),
+        fingerprint=r["fingerprint"] or "", started=r["started"] or "", finished=r["finished"],
+        host=r["host"] or "", pid=r["pid"], heartbeat=r["heartbeat"] or "", error=r["error"] or "")
+
+
+def list_runs(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """Runs, newest first, with evaluated steps and best validation accuracy at PR >= gamma."""
+    return store.named("search-runs", {"limit": limit})
+
+
+def run_evaluations(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Every evaluation of the run (base, search and final fidelity; any state), in evaluation order."""
+    return store.named("run-evaluations", {"run": run_id})
+
+
+def cut_short(row: Mapping[str, Any]) -> bool:
+    """A FAIL that an interruption caused (its scheme is evaluated again on resume)."""
+    return row.get("state") == "FAIL" and str(row.get("error") or "").startswith(CUT_SHORT)
+
+
+def search_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows that count as evaluated steps: search fidelity, COMPLETE or FAIL, not cut short."""
+    return [r for r in rows if r.get("fidelity") == "search" and r.get("state") in ("COMPLETE", "FAIL")
+            and not cut_short(r)]
+
+
+def scheme_key(text: str | None) -> SchemeKey:
+    """The strategy ids of a stored scheme text (``Scheme.text`` joins them with ' > ')."""
+    return tuple(text.split(" > ")) if text else ()
+
+
+def observation(row: Mapping[str, Any]) -> Observation:
+    """A stored evaluation as a strategy sees it (validation accuracy only, never test accuracy)."""
+    def num(k: str) -> float | None:
+        return None if row.get(k) is None else float(row[k])
+
+    return Observation(scheme=scheme_key(row.get("scheme")), state=str(row["state"]),
+                       val_accuracy=num("val_accuracy"), pr=num("pr"), fr=num("fr"), params=num("params"),
+                       flops=num("flops"), round=int(row.get("round") or 0), evaluation_id=str(row["id"]),
+                       error=str(row.get("error") or ""))
+
+
+def owner_alive(host: str, pid: int | None) -> bool:
+    """True when ``pid`` on ``host`` is another live process of this machine (another host's counts as alive)."""
+    from automc.kb.store import pid_alive
+
+    if not pid:
+        return False
+    if host and host != socket.gethostname():
+        return True
+    return int(pid) != os.getpid() and pid_alive(int(pid))
+
+
+def fail_running(store: Store, run_id: str, reason: str) -> int:
+    """Mark the run's RUNNING evaluations FAIL with ``reason`` (one transaction); returns how many."""
+    rows = [r for r in run_evaluations(store, run_id) if r["state"] == "RUNNING"]
+    if not rows:
+        return 0
+    batch = GraphBatch()
+    for r in rows:
+        batch.node("Evaluation", id=r["id"], state="FAIL", error=reason[:2000], finished=now())
+    store.write(batch)
+    return len(rows)
+
+
+def end_evaluation(store: Store, eval_id: str, record: Mapping[str, Any]) -> None:
+    """Finish a RUNNING evaluation with its measurements: COMPLETE, or FAIL with ``record['error']`` (the FAIL
+    keeps its timing, so the run's training share stays right); one transaction."""
+    if record.get("state") == "COMPLETE":
+        # finish_evaluation sets state and finished itself (passing them again is a TypeError there)
+        store.finish_evaluation(eval_id, {k: v for k, v in record.items() if k not in ("state", "finished", "error")})
+        return
+    props = {k: v for k, v in record.items() if k in NODE["Evaluation"].names and k not in ("id", "steps")}
+    props["error"] = str(props.get("error") or "failed")[:2000]
+    batch = GraphBatch()
+    batch.node("Evaluation", id=eval_id, **{**props, "state": "FAIL", "finished": now()})
+    store.write(batch)
