@@ -126,7 +126,8 @@ def save_compressed(model: nn.Module, directory: str | Path, example_input: torc
     paths["standalone"], program = _save_standalone(cpu, x, out)
     arch["standalone"] = paths["standalone"].name
     onnx_path = out / "model.onnx"
-    onnx_path.unlink(missing_ok=True)  # never leave a stale file from an earlier save next to new weights
+    for stale in (onnx_path, out / "model.onnx.data"):  # never leave an earlier save's file next to new weights
+        stale.unlink(missing_ok=True)
     try:
         paths["onnx"] = _save_onnx(program, cpu, x, onnx_path)
         arch["onnx"], arch["onnx_error"] = paths["onnx"].name, None
@@ -188,6 +189,8 @@ def _save_onnx(program: Any, model: nn.Module, x: torch.Tensor, path: Path) -> P
     if x.shape[0] < 2:
         x = torch.cat([x, x])
     source = program if program is not None else model
+    # One self-contained file; weights go to model.onnx.data only past protobuf's 2 GiB limit.
+    big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > 2**30
     dims = ({0: "batch"},) if program is not None else ({0: torch.export.Dim("batch", min=1)},)
     # The exporter logs about optional packages (torchvision) and warns about torch internals: not ours to show.
     logger = logging.getLogger("torch.onnx")
@@ -197,7 +200,8 @@ def _save_onnx(program: Any, model: nn.Module, x: torch.Tensor, path: Path) -> P
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(source, (x,), str(path), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
-                              input_names=["input"], output_names=["output"], dynamic_shapes=dims)
+                              input_names=["input"], output_names=["output"], dynamic_shapes=dims,
+                              external_data=big)
     finally:
         logger.setLevel(level)
     if not path.is_file():

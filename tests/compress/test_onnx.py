@@ -31,6 +31,7 @@ def _onnx_matches(model: nn.Module, directory, example: torch.Tensor) -> None:
     paths = save_compressed(model, directory, example)
     arch = json.loads(paths["architecture"].read_text())
     assert arch["onnx"] == "model.onnx" and arch["onnx_error"] is None and paths["onnx"].is_file()
+    assert not (paths["onnx"].parent / "model.onnx.data").exists()  # one self-contained file
     proto = onnx.load(str(paths["onnx"]))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
