@@ -110,11 +110,12 @@ def rebuild(arch: dict[str, Any], base_model: nn.Module | None = None) -> nn.Mod
 def save_compressed(model: nn.Module, directory: str | Path, example_input: torch.Tensor, *,
                     record: Sequence[tuple[str, Sequence[int]]] | None = None,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    extra: dict[str, Any] | None = None) -> dict[str, Path]:
+                    extra: dict[str, Any] | None = None, onnx: bool = True) -> dict[str, Path]:
     """Write ``model.pt2`` (or ``model.ts``), ``model.onnx``, ``state_dict.pt`` and ``architecture.json`` into
     ``directory``.
 
-    ``example_input`` is a normalised input batch (any batch size). Returns the written paths by role.
+    ``example_input`` is a normalised input batch (any batch size); ``onnx=False`` skips ``model.onnx`` (the
+    conversion costs about as long again as ``model.pt2``). Returns the written paths by role.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,14 +129,17 @@ def save_compressed(model: nn.Module, directory: str | Path, example_input: torc
     onnx_path = out / "model.onnx"
     for stale in (onnx_path, out / "model.onnx.data"):  # never leave an earlier save's file next to new weights
         stale.unlink(missing_ok=True)
+    arch["onnx"], arch["onnx_error"] = None, None
     try:
-        paths["onnx"] = _save_onnx(program, cpu, x, onnx_path)
-        arch["onnx"], arch["onnx_error"] = paths["onnx"].name, None
+        if onnx:
+            paths["onnx"] = _save_onnx(program, cpu, x, onnx_path)
+            arch["onnx"] = paths["onnx"].name
     except Exception as e:  # noqa: BLE001 - any exporter failure is recorded, not fatal (module docstring)
         onnx_path.unlink(missing_ok=True)
         reason = _root_cause(e)
         arch["onnx"], arch["onnx_error"] = None, reason
-        warnings.warn(f"model.onnx not written ({reason}); model.pt2/state_dict.pt are", UserWarning, stacklevel=2)
+        warnings.warn(f"model.onnx not written ({reason}); {paths['standalone'].name} and state_dict.pt are",
+                      UserWarning, stacklevel=2)
     if extra:
         arch["extra"] = extra
     paths["architecture"].write_text(json.dumps(arch, indent=1, sort_keys=True))

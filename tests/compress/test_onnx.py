@@ -87,3 +87,12 @@ def test_onnx_failure_is_recorded_not_fatal(tmp_path):
     assert arch["onnx"] is None and "airy_ai" in arch["onnx_error"]
     assert "onnx" not in paths and not (tmp_path / "model.onnx").exists()
     assert paths["standalone"].name == "model.pt2" and paths["state_dict"].is_file()
+
+
+def test_onnx_can_be_skipped(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    (tmp_path / "model.onnx").write_bytes(b"stale")
+    paths = save_compressed(model, tmp_path, torch.randn(2, 3, 8, 8), onnx=False)
+    arch = json.loads(paths["architecture"].read_text())
+    assert arch["onnx"] is None and arch["onnx_error"] is None and "onnx" not in paths
+    assert not (tmp_path / "model.onnx").exists() and paths["standalone"].is_file()
