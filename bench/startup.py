@@ -88,6 +88,7 @@ def markdown(res: dict) -> str:
         f"Median of {res['runs']} interleaved runs per command, each a fresh interpreter; ratio to "
         f"`{BASELINE}` measured in the same run.",
         "",
+        *([f"Note: {res['note']}", ""] if res.get("note") else []),
         "| command | median (s) | min (s) | max (s) | ratio to `import torch` |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -101,8 +102,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--note", default="", help="a line to keep with the results (what the checkout contains)")
     args = ap.parse_args()
     res = run(args.runs)
+    if args.note:
+        res["note"] = args.note
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "startup.json").write_text(json.dumps(res, indent=1) + "\n")
     (args.out / "startup.md").write_text(markdown(res))
