@@ -40,6 +40,16 @@ def _piecewise_linear(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     return slopes.to(x.dtype)[seg] * x + intercepts.to(x.dtype)[seg]
 
 
+def _relu_sum(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    """The same function as c + s0 * x + sum_j d_j * relu(x - b_j) in standard ops only, for ``torch.export``
+    and ONNX (no sort, bucketize or custom autograd node). Vectorised over j: a sixth of the ONNX nodes of the
+    table lookup and export several times faster, for k copies of x in memory at inference."""
+    w = w.to(x.dtype)
+    shape = (k,) + (1,) * x.dim()
+    terms = w[k: 2 * k].view(shape) * torch.relu(x.unsqueeze(0) - w[:k].view(shape))
+    return w[2 * k + 1] + w[2 * k] * x + terms.sum(0)
+
+
 class _PiecewiseLinear(torch.autograd.Function):
     """The activation as one autograd node: Torch-Pruning sees an element-wise op of x (its dependency
     graph blows up on the small parameter-side tensors otherwise), and only x and w are kept for backward.
@@ -136,9 +146,11 @@ class MultiSegmentActivation(nn.Module):
         return self.k + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            return _PiecewiseLinear.apply(x, self.params.weight, self.k)
-        return _piecewise_linear(x, self.params.weight, self.k)
+        if torch.jit.is_scripting():
+            return _piecewise_linear(x, self.params.weight, self.k)
+        if torch.compiler.is_exporting():
+            return _relu_sum(x, self.params.weight, self.k)
+        return _PiecewiseLinear.apply(x, self.params.weight, self.k)
 
     kind = "multi_segment_activation"
 

@@ -6,6 +6,10 @@ A saved directory holds
 - ``model.pt2``: a ``torch.export`` program with a dynamic batch dimension; load it anywhere with
   ``torch.export.load(path).module()``. If export fails for a model, ``model.ts`` (TorchScript trace, load with
   ``torch.jit.load``) is written instead; ``architecture.json`` names the file under ``"standalone"``.
+- ``model.onnx``: the same program for ONNX runtimes (opset 18, dynamic batch; input ``input``, output
+  ``output``), converted from the ``torch.export`` program. If conversion fails, the save still succeeds:
+  ``architecture.json`` holds ``"onnx": null`` and the reason under ``"onnx_error"``, and a ``UserWarning``
+  is issued (the expensive part, the trained weights, must not be lost to an export limitation).
 - ``state_dict.pt``: the weights (load with ``weights_only=True``).
 - ``architecture.json``: ``base`` (``build_model`` arguments, or null for a user's own model),
   ``layers`` (type and shape of every ``Conv2d``, ``BatchNorm2d`` and ``Linear`` by module path),
@@ -25,6 +29,7 @@ are described like any other, so a later pruning step on a replaced model reload
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,10 +110,12 @@ def rebuild(arch: dict[str, Any], base_model: nn.Module | None = None) -> nn.Mod
 def save_compressed(model: nn.Module, directory: str | Path, example_input: torch.Tensor, *,
                     record: Sequence[tuple[str, Sequence[int]]] | None = None,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``model.pt2`` (or ``model.ts``), ``state_dict.pt`` and ``architecture.json`` into ``directory``.
+                    extra: dict[str, Any] | None = None, onnx: bool = True) -> dict[str, Path]:
+    """Write ``model.pt2`` (or ``model.ts``), ``model.onnx``, ``state_dict.pt`` and ``architecture.json`` into
+    ``directory``.
 
-    ``example_input`` is a normalised input batch (any batch size). Returns the written paths by role.
+    ``example_input`` is a normalised input batch (any batch size); ``onnx=False`` skips ``model.onnx`` (the
+    conversion costs about as long again as ``model.pt2``). Returns the written paths by role.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +124,22 @@ def save_compressed(model: nn.Module, directory: str | Path, example_input: torc
     arch = describe(cpu, record=record, input_shape=x.shape[1:], mean=mean, std=std)
     paths = {"state_dict": out / "state_dict.pt", "architecture": out / "architecture.json"}
     torch.save(cpu.state_dict(), paths["state_dict"])
-    paths["standalone"] = _save_standalone(cpu, x, out)
+    paths["standalone"], program = _save_standalone(cpu, x, out)
     arch["standalone"] = paths["standalone"].name
+    onnx_path = out / "model.onnx"
+    for stale in (onnx_path, out / "model.onnx.data"):  # never leave an earlier save's file next to new weights
+        stale.unlink(missing_ok=True)
+    arch["onnx"], arch["onnx_error"] = None, None
+    try:
+        if onnx:
+            paths["onnx"] = _save_onnx(program, cpu, x, onnx_path)
+            arch["onnx"] = paths["onnx"].name
+    except Exception as e:  # noqa: BLE001 - any exporter failure is recorded, not fatal (module docstring)
+        onnx_path.unlink(missing_ok=True)
+        reason = _root_cause(e)
+        arch["onnx"], arch["onnx_error"] = None, reason
+        warnings.warn(f"model.onnx not written ({reason}); {paths['standalone'].name} and state_dict.pt are",
+                      UserWarning, stacklevel=2)
     if extra:
         arch["extra"] = extra
     paths["architecture"].write_text(json.dumps(arch, indent=1, sort_keys=True))
@@ -134,21 +155,62 @@ def _cpu_eval_copy(model: nn.Module) -> nn.Module:
     return cpu
 
 
-def _save_standalone(model: nn.Module, x: torch.Tensor, out: Path) -> Path:
+def _save_standalone(model: nn.Module, x: torch.Tensor, out: Path) -> tuple[Path, Any]:
+    """Write ``model.pt2`` (or ``model.ts``); returns the path and the exported program (None for TorchScript)."""
     if x.shape[0] < 2:
         x = torch.cat([x, x])
+    for stale in ("model.pt2", "model.ts"):
+        (out / stale).unlink(missing_ok=True)
     try:
         program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         path = out / "model.pt2"
         torch.export.save(program, path)
-        return path
+        return path, program
     except Exception:  # noqa: BLE001 - fall back to TorchScript for models export cannot handle
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, x)
         path = out / "model.ts"
         torch.jit.save(traced, path)
-        return path
+        return path, None
+
+
+ONNX_OPSET = 18
+
+
+def _root_cause(e: BaseException) -> str:
+    """One line naming the innermost cause (the exporter wraps the useful message, e.g. the missing op)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+
+
+def _save_onnx(program: Any, model: nn.Module, x: torch.Tensor, path: Path) -> Path:
+    """Convert the ``torch.export`` program (or export ``model`` afresh when there is none) to ONNX at ``path``."""
+    import logging
+
+    if x.shape[0] < 2:
+        x = torch.cat([x, x])
+    source = program if program is not None else model
+    # One self-contained file; weights go to model.onnx.data only past protobuf's 2 GiB limit.
+    big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > 2**30
+    dims = ({0: "batch"},) if program is not None else ({0: torch.export.Dim("batch", min=1)},)
+    # The exporter logs about optional packages (torchvision) and warns about torch internals: not ours to show.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(source, (x,), str(path), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
+                              input_names=["input"], output_names=["output"], dynamic_shapes=dims,
+                              external_data=big)
+    finally:
+        logger.setLevel(level)
+    if not path.is_file():
+        raise RuntimeError("the exporter wrote no file")
+    return path
 
 
 def load_compressed(directory: str | Path, base_model: nn.Module | None = None) -> nn.Module:
