@@ -14,7 +14,7 @@ from rich.table import Table
 
 from automc.cli._util import console, err_console, handle_errors, print_json, store_option
 
-STRATEGY_HELP = "progressive (default), random, or a baseline (evolution, tpe, rl) where installed"
+STRATEGY_HELP = "progressive (default), or a baseline: random, evolution (NSGA-II), tpe, rl"
 
 
 def _front_table(front: Sequence[Mapping[str, Any]], title: str) -> Table:

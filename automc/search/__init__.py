@@ -16,10 +16,13 @@ if TYPE_CHECKING:
 
 __all__ = ["STRATEGIES", "SearchConfig", "SearchEvent", "SearchInterrupted", "SearchResult", "search"]
 
-# name -> "module:Class", declared once; the lead adds the baselines here when they are merged.
+# name -> "module:Class", declared once.
 _STRATEGY_PATHS: dict[str, str] = {
     "progressive": "automc.search.progressive:ProgressiveStrategy",
     "random": "automc.search.random:RandomStrategy",
+    "evolution": "automc.search.evolution:EvolutionStrategy",
+    "tpe": "automc.search.tpe:TPEStrategy",
+    "rl": "automc.search.rl:RLStrategy",
 }
 
 
