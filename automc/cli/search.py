@@ -134,7 +134,8 @@ def search_cmd(
     else:
         console.print(f"no evaluated scheme reached the target PR in run {result.run_id}")
     console.print(f"{result.evaluations} steps evaluated ({result.failed} failed) in {_duration(result.seconds)}; "
-                  f"{result.overhead:.0%} of the time outside method training; reused "
+                  f"setup {_duration(result.setup_seconds)}, then {result.overhead:.0%} of the search outside "
+                  f"method training; reused "
                   f"{result.reuse.get('evaluations', 0)} evaluations of {result.reuse.get('tasks', 0)} other tasks",
                   highlight=False)
     if result.out:
