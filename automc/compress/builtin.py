@@ -45,7 +45,7 @@ def digits(*, val_from: str = "test", val_share: float | None = None, fraction: 
                        fraction=fraction, seed=seed, device=device, num_classes=10, augment=False)
 
 
-def train_base(model: nn.Module, data: Data, epochs: float = 15.0, *, batch_size: int = 64, lr: float = 0.05,
+def train_base(model: nn.Module, data: Data, epochs: float = 10.0, *, batch_size: int = 64, lr: float = 0.05,
                seed: int = 0, device: torch.device | str | None = None) -> TrainLog:
     """Train ``model`` from scratch in place on ``data``'s training split with the fine-tune loop (SGD, cosine
     learning rate), e.g. the small CNN on the digits when no pretrained weights are given."""
