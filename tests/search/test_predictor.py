@@ -87,6 +87,7 @@ def test_mixed_lengths_stay_aligned(small_space):
     assert not np.allclose(batched[1], p.predict([()], [cands[1]], TASK)[0])
 
 
+@pytest.mark.slow  # ~3 s alone, ~10 s on a busy 2-core machine
 def test_learns_a_planted_relation(small_space):
     train, test = planted(small_space, 600, 1), planted(small_space, 300, 2)
     p = Predictor(small_space, {}, task_dim=len(TASK), seed=0)
