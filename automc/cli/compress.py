@@ -129,6 +129,10 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
             "params": float(before.params), "flops": float(before.flops), "device": str(dev)}
     # The store is opened only around each write: a LadybugDB file stays free for others while training runs.
     eval_id = _start_evaluation(store, info, parsed, target_pr) if store is not None else None
+    if eval_id is not None:  # refresh the record's heartbeat as steps go by, so others can tell it is alive
+        from automc.kb import heartbeat_callback
+
+        progress = heartbeat_callback(store, eval_id, progress)
     try:
         result = apply_scheme(net, parsed, task, progress=progress, before=before)
         paths = save_compressed(result.model, out, ds.example_input(2), mean=ds.mean, std=ds.std,
@@ -148,7 +152,7 @@ def _start_evaluation(store_uri: str, task_info: dict[str, Any], scheme: Scheme,
     from automc.kb import TaskFeatures, open_store
 
     features = TaskFeatures(**{k: v for k, v in task_info.items() if k in TaskFeatures.__dataclass_fields__})
-    with open_store(store_uri) as s:
+    with open_store(store_uri, create=True) as s:  # a writable open also marks stale RUNNING records
         return s.start_evaluation(features, scheme, target_pr=target_pr, device=str(task_info.get("device", "")))
 
 
@@ -156,7 +160,7 @@ def _end_evaluation(store_uri: str, eval_id: str, *, record: dict[str, Any] | No
                     error: str | None = None) -> None:
     from automc.kb import open_store
 
-    with open_store(store_uri) as s:
+    with open_store(store_uri, create=False) as s:
         if error is not None:
             s.fail_evaluation(eval_id, error)
         else:

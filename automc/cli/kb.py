@@ -126,8 +126,8 @@ def stale_cmd(store: str = store_option(),
               json_out: bool = typer.Option(False, "--json")) -> None:
     """Mark RUNNING evaluations (FAIL) and search runs (INTERRUPTED) whose process is gone as stale."""
     limit = _duration(max_age)
-    with _opened(open_store(store, create=False)) as s:
-        ids = s.fail_stale(max_age_s=limit)
+    with _opened(open_store(store, create=False, stale_after_s=limit)) as s:
+        ids = list(s.marked_stale)
     if json_out:
         print_json({"stale": ids})
         return

@@ -60,7 +60,8 @@ def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]
 def _csv_error(path: Path, reader: csv.DictReader, e: csv.Error) -> ValidationError:
     """``FILE:LINE: problem`` for what the csv module refuses (a field over its size limit, a stray quote)."""
     problem = "field too large" if "field larger than field limit" in str(e) else f"malformed CSV: {e}"
-    return ValidationError(problem, path=str(path), line=max(reader.line_num, 1))
+    # DictReader.line_num is updated only after a row parses; its inner reader's counts the failing line too.
+    return ValidationError(problem, path=str(path), line=max(reader.reader.line_num, 1))
 
 
 class RowChecker:

@@ -11,7 +11,7 @@ from pathlib import Path
 from automc.errors import AutomcError, SchemaVersionError, ValidationError
 from automc.kb.records import GraphBatch, TaskFeatures
 from automc.kb.schema import SCHEMA_VERSION
-from automc.kb.store import Store, _NeedsUpgrade
+from automc.kb.store import STALE_AFTER_S, Store, _NeedsUpgrade
 
 __all__ = ["GraphBatch", "SCHEMA_VERSION", "Store", "TaskFeatures", "default_store_uri", "heartbeat_callback",
            "open_store"]
@@ -26,13 +26,14 @@ def default_store_uri() -> str:
 
 
 def open_store(uri: str | Store | None = None, *, create: bool = True, read_only: bool = False,
-               repair: bool = False, lock_timeout: float | None = None) -> Store:
+               repair: bool = False, lock_timeout: float | None = None,
+               stale_after_s: float | None = STALE_AFTER_S) -> Store:
     """Open ``ladybug://PATH`` (or a bare path), ``neo4j://HOST:PORT`` / ``bolt://...``, or pass a Store through.
 
     ``create=False`` (and ``read_only``) refuse a store that does not exist yet with ``NotFoundError``
-    ("no knowledge base at PATH"); ``read_only`` lets the engine refuse every write. A writable open first marks
-    stale RUNNING records (``Store.fail_stale``); ``repair`` recreates missing schema tables, columns and the version
-    node (``automc kb init``).
+    ("no knowledge base at PATH"); ``read_only`` lets the engine refuse every write; ``repair`` recreates missing
+    schema tables, columns and the version node (``automc kb init``). A writable open first marks stale RUNNING
+    records (``Store.fail_stale(stale_after_s)``, ids in ``store.marked_stale``; None skips it).
     """
     if isinstance(uri, Store):
         return uri
@@ -68,9 +69,9 @@ def open_store(uri: str | Store | None = None, *, create: bool = True, read_only
     else:
         raise ValidationError(f"unknown store scheme {scheme!r}; use ladybug://PATH or neo4j://HOST:PORT",
                               field="store")
-    if not read_only:
+    if not read_only and stale_after_s is not None:
         try:
-            store.fail_stale()
+            store.marked_stale = tuple(store.fail_stale(stale_after_s))
         except BaseException:
             store.close()
             raise
@@ -91,7 +92,7 @@ def heartbeat_callback(uri: str, eval_id: str, progress: Callable[[str], None] |
         if time.monotonic() - last[0] < every_s:
             return
         last[0] = time.monotonic()
-        with contextlib.suppress(AutomcError), open_store(uri, create=False, lock_timeout=1.0) as s:
+        with contextlib.suppress(AutomcError), open_store(uri, create=False, lock_timeout=1.0, stale_after_s=None) as s:
             s.heartbeat(eval_id)
 
     return beat

@@ -49,6 +49,7 @@ class LadybugStore(Store):
         self.created = not self.path.exists()
         if self.created and (read_only or not create):
             raise NotFoundError(f"no knowledge base at {self.path} (run automc kb init)")
+        self._new_dirs = [p for p in self.path.parents if not p.exists()] if self.created else []
         if self.created:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +148,9 @@ class LadybugStore(Store):
         for suffix in ("", *_SIDE_FILES):
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{self.path}{suffix}").unlink()
+        for d in self._new_dirs:  # innermost first; only folders this open created, and only while empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
     def _cast(self, expr: str, typ: str) -> str:
         return f"CAST({expr} AS {typ})"

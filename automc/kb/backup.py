@@ -12,7 +12,7 @@ from typing import Any
 from automc.errors import SchemaVersionError, ValidationError
 from automc.kb.records import GraphBatch
 from automc.kb.schema import NODE, NODES, REL, RELS, SCHEMA_VERSION
-from automc.kb.store import Store
+from automc.kb.store import UPGRADABLE, Store
 
 FORMAT = "automc-kb-export"
 MANIFEST = "manifest.json"
@@ -21,10 +21,17 @@ MANIFEST = "manifest.json"
 def export_store(store: Store, directory: str | Path) -> dict[str, Any]:
     """Write every node and relationship (all properties) to ``directory``; returns the manifest."""
     out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise ValidationError("exists and is not a directory; export into a new one", path=str(out))
     if out.exists() and any(out.iterdir()):
         raise ValidationError("directory is not empty; export into a new one", path=str(out))
+    if not out.absolute().parent.is_dir():
+        raise ValidationError("parent folder does not exist", path=str(out))
     # Write beside the target and rename, so an interrupted export leaves no half-written backup.
-    tmp = Path(tempfile.mkdtemp(prefix=".automc-export-", dir=out.parent if out.parent.exists() else None))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".automc-export-", dir=out.absolute().parent))
+    except OSError as e:
+        raise ValidationError(f"cannot write here: {e.strerror or e}", path=str(out)) from None
     try:
         for node in NODES:
             if node.label == "Meta":
@@ -63,11 +70,11 @@ def read_backup(directory: Path) -> tuple[GraphBatch, int, list[ValidationError]
     """Validate an export directory and turn it into one batch; errors name file, line and field."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return GraphBatch(), 0, [ValidationError(f"unreadable manifest: {e}", path=str(directory / MANIFEST))]
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return GraphBatch(), 0, [ValidationError(f"not an {FORMAT} directory", path=str(directory / MANIFEST))]
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in (*UPGRADABLE, SCHEMA_VERSION):
         raise SchemaVersionError(f"{directory} was exported with schema version {manifest.get('schema_version')}, "
                                  f"this automc reads version {SCHEMA_VERSION}")
     batch, errors, n = GraphBatch(), [], 0
@@ -79,20 +86,50 @@ def read_backup(directory: Path) -> tuple[GraphBatch, int, list[ValidationError]
             continue
         allowed = set(spec.names) | ({"src", "dst"} if kind == "rel" else set())
         required = {"src", "dst"} if kind == "rel" else {spec.key}  # type: ignore[union-attr]
-        for line, text in enumerate(path.read_text().splitlines(), 1):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            errors.append(ValidationError(f"cannot read: {getattr(e, 'strerror', None) or e}", path=str(path)))
+            continue
+        for line, text in enumerate(lines, 1):
             n += 1
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
                 errors.append(ValidationError(f"invalid JSON: {e.msg}", path=str(path), line=line))
                 continue
+            if not isinstance(row, dict):
+                errors.append(ValidationError("expected a JSON object", path=str(path), line=line))
+                continue
             bad = sorted(set(row) - allowed) or sorted(required - set(row))
             if bad:
                 what = "unknown" if set(row) - allowed else "missing"
                 errors.append(ValidationError(f"{what} property", path=str(path), line=line, field=bad[0]))
+                continue
+            types = {**dict(spec.properties), "src": "STRING", "dst": "STRING"}
+            wrong = next((k for k, v in row.items() if v is not None and not _fits(v, types[k])), None)
+            if wrong:
+                errors.append(ValidationError(f"expected {types[wrong]}, got {json.dumps(row[wrong])[:40]}",
+                                              path=str(path), line=line, field=wrong))
                 continue
             if kind == "node":
                 batch.node(name, **row)
             else:
                 batch.rel(name, row.pop("src"), row.pop("dst"), **row)
     return batch, n, errors
+
+
+def _fits(value: Any, typ: str) -> bool:
+    """Whether a JSON value has the schema type (numbers for DOUBLE, whole numbers for INT64, ...)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if typ == "DOUBLE":
+        return number(value)
+    if typ == "INT64":
+        return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+    if typ == "BOOLEAN":
+        return isinstance(value, bool)
+    if typ == "DOUBLE[]":
+        return isinstance(value, list) and all(number(v) for v in value)
+    return isinstance(value, str)

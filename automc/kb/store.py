@@ -48,6 +48,7 @@ class Store(ABC):
     uri: str
     read_only: bool = False  # opened so that the engine refuses writes
     created: bool = False  # this open created the store
+    marked_stale: tuple[str, ...] = ()  # ids open_store marked stale when it opened this store for writing
     _create: bool = True  # an empty store may get the schema (kb init, kb import, compress/search --store)
 
     # -- connection layer (backends) -------------------------------------------------------------------------

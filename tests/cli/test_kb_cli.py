@@ -67,5 +67,18 @@ def test_installed_console_script(tmp_path):
     # a read-only command on a missing store says so and creates nothing
     out = subprocess.run([exe, "kb", "stats", "--store", f"ladybug://{tmp_path / 'k.lbug'}", "--json"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stderr.startswith("error: no knowledge base at") and "automc kb init" in out.stderr
+    assert out.returncode == 1 and out.stderr.startswith("error: no knowledge base at")
+    assert "automc kb init" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_queries_need_write_and_init_repairs(kb_copy):
+    store = f"ladybug://{kb_copy}"
+    res = _invoke("kb", "query", "MATCH (n) DETACH DELETE n", "--store", store)
+    assert res.exit_code == 1 and "read-only" in res.stderr
+    assert json.loads(_invoke("kb", "stats", "--store", store, "--json").stdout)["nodes"]["Strategy"] == 8934
+    assert _invoke("kb", "query", "MATCH (n) DETACH DELETE n", "--write", "--store", store).exit_code == 0
+    res = _invoke("kb", "stats", "--store", store)
+    assert res.exit_code == 1 and "run 'automc kb init' to repair it" in res.stderr
+    res = _invoke("kb", "init", "--store", store, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["nodes"]["Strategy"] == 8934

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -146,3 +147,22 @@ def test_two_processes_importing_at_once(kb_copy, tmp_path):
     with open_store(uri) as s:
         assert s.stats()["nodes"]["Experience"] == 80 + 9 * len(ok)
     assert ok, "at least one import must succeed"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (HEADER + _row() + _row(method="NS" + "x" * 140_000), r":3: field too large$"),
+    (HEADER + _row() + _row().replace("Resnet-56", "Res\0net"), r":3: NUL byte"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe\x00junk", r"not a UTF-8 text file"),
+    ("", r":1: empty file"),
+    (HEADER + _row() + 'NS,"unterminated\n', r"exp.csv:\d+: "),
+])
+def test_unreadable_csv_is_one_located_error(tmp_path, content, message):
+    p = tmp_path / "exp.csv"
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with open_store(f"ladybug://{tmp_path / 'kb.lbug'}") as s:
+        with pytest.raises((ValidationError, ValidationErrors)) as info:
+            import_file(s, p)
+        assert sum(s.stats()["nodes"].values()) == 0
+    errors = getattr(info.value, "errors", [info.value])
+    assert len(errors) == 1 and re.search(message, str(errors[0])), str(info.value)
+    assert str(errors[0]).startswith(str(p))

@@ -1,0 +1,61 @@
+"""A ``automc compress --store`` killed with SIGKILL leaves a RUNNING evaluation that the next writer marks FAIL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from automc.cli.app import app
+from automc.kb import open_store
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_killed_compress_is_marked_stale(tmp_path):
+    from automc.compress.data import synthetic
+
+    exe = shutil.which("automc")
+    assert exe, "the automc console script is not installed"
+    data = synthetic(num_classes=4, per_class=24, size=16, test_per_class=8, val_fraction=0.0)
+    np.savez(tmp_path / "data.npz", x_train=data.x["train"].permute(0, 2, 3, 1).numpy(),
+             y_train=data.y["train"].numpy(), x_test=data.x["test"].permute(0, 2, 3, 1).numpy(),
+             y_test=data.y["test"].numpy())
+    uri = f"ladybug://{tmp_path / 'kb.lbug'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [exe, "compress", "--model", "resnet8", "--data", str(tmp_path / "data.npz"), "--epochs", "50",
+         "--batch-size", "32", "--device", "cpu", "--scheme", "NS(target_ratio_factor=1.0)",
+         "--out", str(tmp_path / "out"), "--store", uri],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stderr.readline()  # the first step starts after the RUNNING record is written
+        assert line.startswith("step 1/1"), line + child.stderr.read()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    with open_store(uri, read_only=True) as s:
+        (running,) = s.evaluations(state="RUNNING")
+    r = runner.invoke(app, ["kb", "stale", "--store", uri, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"stale": [running["id"]]}
+    with open_store(uri, read_only=True) as s:
+        (failed,) = s.evaluations(state="FAIL")
+        error = s.query("MATCH (e:Evaluation {id: $id}) RETURN e.error AS e", {"id": failed["id"]})[0]["e"]
+    assert failed["id"] == running["id"] and error == f"stale: process {child.pid} on {os.uname().nodename} is gone"
+
+
+def test_stale_command_rejects_bad_duration_and_missing_store(tmp_path):
+    r = runner.invoke(app, ["kb", "stale", "--store", f"ladybug://{tmp_path / 'kb.lbug'}", "--max-age", "soon"])
+    assert r.exit_code == 1 and "duration" in r.stderr
+    r = runner.invoke(app, ["kb", "stale", "--store", f"ladybug://{tmp_path / 'kb.lbug'}"])
+    assert r.exit_code == 1 and "no knowledge base" in r.stderr and list(tmp_path.iterdir()) == []
