@@ -31,7 +31,7 @@ from automc.compress import METHODS, lowrank
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import load_data
 from automc.compress.metrics import wilson_interval
-from automc.compress.models import build_model, load_weights
+from automc.compress.models import model_for_data
 from automc.compress.scheme import measure
 from automc.compress.surgery import analyse, prune_by_scores
 from automc.compress.train import finetune
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = load_data(args.data, val_data=args.val_data, val_from=args.val_from, fraction=args.data_fraction,
                      seed=args.seed, device=dev)
-    base = load_weights(build_model(args.model, data.num_classes), args.weights)
+    base = model_for_data(args.model, data, args.weights)
     budget = TrainBudget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill_alpha=args.distill_alpha)
     task = Task(data, 0.4, budget, dev, args.seed)
     t0 = time.perf_counter()

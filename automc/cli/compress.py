@@ -108,17 +108,14 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
 
     from automc.compress.base import Task, TrainBudget
     from automc.compress.data import load_data
-    from automc.compress.models import build_model, check_fits, load_weights
+    from automc.compress.models import model_for_data
     from automc.compress.saving import save_compressed
     from automc.compress.scheme import apply_scheme, measure
 
     dev = _device(device)
     torch.manual_seed(seed)
     ds = load_data(data, val_data=val_data, val_from=val_from, fraction=data_fraction, seed=seed, device=dev)
-    net = build_model(model, ds.num_classes)
-    check_fits(net, ds.input_shape, ds.num_classes, data=ds.sources["train"])
-    if weights is not None:
-        load_weights(net, weights)
+    net = model_for_data(model, ds, weights)
     task = Task(ds, target_pr, TrainBudget(epochs=epochs, batch_size=batch_size, lr=lr), dev, seed)
     before = measure(net, task)
     splits = {k: {"source": ds.sources[k], "images": ds.size(k)} for k in ("train", "val", "test")}
@@ -167,12 +164,15 @@ def _end_evaluation(store_uri: str, eval_id: str, *, record: dict[str, Any] | No
             s.finish_evaluation(eval_id, record or {})
 
 
-def _table(result: SchemeResult, splits: dict[str, dict[str, Any]]) -> Table:
+def _sources(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """Which images each column of the table was measured on (and what the model was fine-tuned on)."""
+    return [f"{label}: {splits[k]['source']} ({splits[k]['images']:,} images)"
+            for label, k in (("val acc", "val"), ("test acc", "test"), ("fine-tuned on", "train")) if k in splits]
+
+
+def _table(result: SchemeResult) -> Table:
     b = result.before
-    caption = "\n".join(f"{label}: {splits[k]['source']} ({splits[k]['images']:,} images)"
-                         for label, k in (("val acc", "val"), ("test acc", "test"), ("fine-tuned on", "train"))
-                         if k in splits)
-    t = Table(title=result.scheme, title_justify="left", caption=caption or None, caption_justify="left")
+    t = Table(title=result.scheme, title_justify="left")
     for col in ("", "parameters", "FLOPs", "val acc", "test acc"):
         t.add_column(col, justify="right" if col else "left")
     t.add_row("before", f"{b.params:,}", f"{b.flops / 1e6:,.1f} M", f"{b.acc_val:.2%}", f"{b.acc_test:.2%}")
@@ -220,7 +220,9 @@ def compress_cmd(
         obj.update(out=str(out), standalone=str(run.paths["standalone"]), evaluation=eval_id, data=run.splits)
         print_json(obj)
         return
-    console.print(_table(run.result, run.splits))
+    console.print(_table(run.result))
+    for line in _sources(run.splits):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     console.print(f"saved to {out} ({run.paths['standalone'].name}, state_dict.pt, architecture.json)")
     if eval_id:
         console.print(f"recorded evaluation {eval_id}")

@@ -134,7 +134,7 @@ class _Part:
 
     x: np.ndarray
     y: np.ndarray
-    xname: str  # "x_train", "train/", "data_batch_1-5"
+    xname: str  # "x_train", "train/", "data_batch_1..5"
     yname: str  # "y_train", "train/ labels", ...
     path: str  # the file or folder it was read from
     classes: tuple[str, ...] | None = None  # class folder names, for image folders

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from automc.errors import ValidationError
+
+if TYPE_CHECKING:
+    from automc.compress.data import Data
 
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 164)
 VGG_CONFIGS: dict[int, list[int | str]] = {
@@ -219,6 +223,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only=True``): a state dict, or ``{"state_dict": ...}``; strips
     ``module.`` prefixes. Raises ``ValidationError`` naming the path."""
     p = Path(path)
+    if p.is_dir():
+        raise ValidationError("is a directory; expected a checkpoint file (.th/.pt)", path=str(p))
     if not p.is_file():
         raise ValidationError("weights file not found", path=str(p))
     try:
@@ -260,6 +266,10 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
         raise ValidationError(f"weights do not fit {type(model).__name__}: " + "; ".join(parts),
                               path=str(path))
+    bad = next((k for k in own if k in state and state[k].is_floating_point() and not state[k].isfinite().all()),
+               None)
+    if bad is not None:
+        raise ValidationError(f"weights contain NaN or infinite values (e.g. {bad})", path=str(path))
     model.load_state_dict(state, strict=False)
     return model
 
@@ -304,3 +314,13 @@ def check_fits(model: nn.Module, input_shape: tuple[int, ...], num_classes: int,
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ValidationError(f"{name} gives outputs of shape {tuple(out.shape)} for {data}; expected "
                               f"(batch, {num_classes})", field="data")
+
+
+def model_for_data(name: str, data: Data, weights: str | Path | None = None, *, width: int | None = None) -> nn.Module:
+    """``build_model`` for ``data``'s class count, checked against its images (``check_fits``), with ``weights``
+    loaded when given; every misfit is one ``ValidationError``."""
+    model = build_model(name, data.num_classes, width=width)
+    check_fits(model, data.input_shape, data.num_classes, data=data.sources.get("train", "the data"))
+    if weights is not None:
+        load_weights(model, weights)
+    return model

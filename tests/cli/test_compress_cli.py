@@ -40,10 +40,34 @@ def test_json_output_and_saved_model(inputs, tmp_path):
     assert (out / "model.pt2").is_file() and (out / "architecture.json").is_file()
 
 
-def test_table_output(inputs, tmp_path):
-    r = runner.invoke(app, _args(inputs, "--target-pr", "0.3", "--scheme", SCHEME, "--out", str(tmp_path)))
+def test_table_output_says_which_images_each_column_used(inputs, tmp_path):
+    r = runner.invoke(app, _args(inputs, "--target-pr", "0.3", "--scheme", SCHEME, "--out", str(tmp_path)),
+                      env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert "before" in r.stdout and "PR" in r.stdout
+    assert "val acc: x_test[half 1 of 2, seed 0] of data.npz (16 images)" in r.stdout
+    assert "test acc: x_test[half 2 of 2, seed 0] of data.npz (16 images)" in r.stdout
+    assert "fine-tuned on: x_train of data.npz (96 images)" in r.stdout
+
+
+def test_val_data_and_val_from_train(inputs, tmp_path):
+    rng = np.random.default_rng(7)
+    np.savez(tmp_path / "val.npz", x_val=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
+             y_val=np.arange(12) % 4)
+    out = tmp_path / "o1"
+    r = runner.invoke(app, _args(inputs, "--scheme", SCHEME, "--out", str(out), "--json", "--val-data",
+                                 str(tmp_path / "val.npz")))
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)["data"]
+    assert data["val"] == {"source": "x_val of val.npz", "images": 12}
+    assert data["test"] == {"source": "x_test of data.npz", "images": 32}
+    assert json.loads((out / "result.json").read_text())["data"] == data
+    r = runner.invoke(app, _args(inputs, "--scheme", SCHEME, "--out", str(tmp_path / "o2"), "--json",
+                                 "--val-from", "train"))
+    assert r.exit_code == 0, r.output
+    assert "--val-from train" in r.stderr and "biased" in r.stderr
+    data = json.loads(r.stdout)["data"]
+    assert data["val"]["source"] == "x_train[stratified 10%, seed 0] of data.npz" and data["test"]["images"] == 32
 
 
 @pytest.mark.parametrize(("change", "message"), [

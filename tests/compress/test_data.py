@@ -358,3 +358,14 @@ def test_model_fit_checks_channels_classes_and_image_size(tmp_path):
     torch.save(build_model("resnet8", 10, width=4).state_dict(), tmp_path / "w10.pt")
     with pytest.raises(ValidationError, match=r"classifier \(linear\) has 10 classes but the data has 4"):
         load_weights(net, tmp_path / "w10.pt")
+
+
+def test_model_for_data_builds_checks_and_loads(tmp_path):
+    from automc.compress.models import build_model, model_for_data
+
+    data = synthetic(num_classes=4, per_class=6, test_per_class=2, size=8)
+    torch.save(build_model("resnet8", 4, width=4).state_dict(), tmp_path / "w.pt")
+    net = model_for_data("resnet8", data, tmp_path / "w.pt", width=4)
+    assert net.linear.out_features == 4
+    with pytest.raises(ValidationError, match="CifarVGG cannot take the 8x8 images of x_train.* of synthetic"):
+        model_for_data("vgg11", data, width=8)

@@ -54,7 +54,8 @@ def test_pretrained_resnet20_scores_on_shared_subset(shared_dir):
     from automc.compress.data import load_data
     from automc.compress.train import evaluate
 
-    data = load_data(shared_dir / "datasets" / "cifar10-subset.npz", device="cpu")
+    data = load_data(shared_dir / "datasets" / "cifar10-subset.npz",
+                     val_data=shared_dir / "datasets" / "cifar10-val-jpeg.npz", device="cpu")  # test: all 1017
     model = load_weights(build_model("resnet20", 10), shared_dir / "models" / "resnet20-cifar10.th")
     acc = evaluate(model, data, "test")
     assert acc.total == 1017
