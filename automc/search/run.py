@@ -382,11 +382,11 @@ def _base_model(cfg: SearchConfig, data: Any, device: Any, run_dir: Path) -> Any
     """The model to compress: the given weights, or a base trained once and kept in the run's directory."""
     import torch
 
-    from automc.compress.models import build_model, load_weights
+    from automc.compress.models import load_weights, model_for_data
 
-    net = build_model(cfg.model, data.num_classes, width=cfg.width)
+    net = model_for_data(str(cfg.model), data, cfg.weights, width=cfg.width)
     if cfg.weights:
-        return load_weights(net, cfg.weights)
+        return net
     path = run_dir / "base.pt"
     if path.is_file():
         return load_weights(net, path)

@@ -187,6 +187,18 @@ def test_bad_input_writes_nothing(inputs, tmp_path, change, error, message):
     assert not (tmp_path / "cache").exists()
 
 
+def test_validation_data_with_other_classes_is_refused(inputs, tmp_path):
+    val = tmp_path / "val.npz"
+    rng = np.random.default_rng(0)
+    np.savez(val, x_val=rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8), y_val=np.arange(12) % 6)
+    cfg = config(inputs, tmp_path, val_data=str(val))
+    open_store(cfg.store).close()
+    with pytest.raises(ValidationError, match="class"):
+        search(cfg)
+    with open_store(cfg.store) as s:
+        assert storage.list_runs(s) == []
+
+
 def test_resume_of_a_run_on_other_data_is_refused(finished, inputs, tmp_path_factory):
     cfg, result, _ = finished
     other, _ = write_inputs(tmp_path_factory.mktemp("other"), seed=1)
