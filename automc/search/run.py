@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
 import hashlib
 import json
 import math
@@ -497,6 +498,8 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
              "epochs": float(cfg.epochs), "data_fraction": float(cfg.data_fraction),
              "seed": step_seed(int(cfg.seed), scheme), "val_source": run.evaluator.task.data.sources.get("val")}
     t = time.monotonic()
+    # to the microsecond: a resumed run reads its steps back in the order they were evaluated
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
     with run.opened() as s:
         eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
                                      device=str(run.evaluator.task.device), extra=extra)
@@ -508,7 +511,7 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
         with run.opened() as s:
             s.fail_evaluation(eval_id, reason)
         raise
-    run.pending.append((eval_id, result.record()))
+    run.pending.append((eval_id, {**result.record(), "created": created}))
     run.step_seconds.append(time.monotonic() - t)
     return result.observation(round_, eval_id)
 

@@ -72,6 +72,8 @@ def test_budget_counts_steps_all_linked_to_run_and_parent(finished):
     steps = storage.search_rows(rows)
     assert len(steps) == cfg.budget == result.evaluations
     assert [e.done for e in events if e.kind == "step"] == list(range(1, cfg.budget + 1))
+    # the store gives the steps back in evaluation order (what a resumed run rebuilds its history from)
+    assert [e.message.split(" ", 1)[1] for e in events if e.kind == "step"] == [r["scheme"] for r in steps]
     with open_store(cfg.store) as s:
         linked = s.query("MATCH (e:Evaluation)-[:EVAL_IN_RUN]->(:SearchRun {id: $r}) MATCH (e)-[:EVAL_OF_SCHEME]->"
                          "(x:Scheme) MATCH (x)-[:EXTENDS]->(p:Scheme) RETURN e.id AS e, e.parent AS parent, "
