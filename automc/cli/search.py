@@ -134,7 +134,8 @@ def search_cmd(
     else:
         console.print(f"no evaluated scheme reached the target PR in run {result.run_id}")
     console.print(f"{result.evaluations} steps evaluated ({result.failed} failed) in {_duration(result.seconds)}; "
-                  f"{result.overhead:.0%} of the time outside method training; reused "
+                  f"setup {_duration(result.setup_seconds)}, then {result.overhead:.0%} of the search outside "
+                  f"method training; reused "
                   f"{result.reuse.get('evaluations', 0)} evaluations of {result.reuse.get('tasks', 0)} other tasks",
                   highlight=False)
     if result.out:
@@ -188,8 +189,9 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
             continue
         console.print(_front_table(info.front, f"Pareto front of run {info.run.id} ({info.run.algorithm}, "
                                                f"{info.run.state}, γ = {info.gamma})"))
-        console.print(f"{info.evaluations} steps evaluated ({info.failed} failed); {info.seconds:,.0f} s, "
-                      f"{info.overhead:.0%} outside method training", highlight=False)
+        console.print(f"{info.evaluations} steps evaluated ({info.failed} failed); {info.seconds:,.0f} s (setup "
+                      f"{info.setup_seconds:,.0f} s), then {info.overhead:.0%} of the search outside method training",
+                      highlight=False)
         if target is not None:
             console.print(f"report: {target}", highlight=False)
     if json_out:

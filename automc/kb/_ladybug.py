@@ -188,9 +188,9 @@ def _env_float(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValidationError(f"expected a number of seconds, got {raw!r}", field=name) from None
+        raise ValidationError(f"must be a number of seconds ≥ 0, got {raw!r}", field=name) from None
     if not value >= 0 or value == float("inf"):
-        raise ValidationError(f"expected a finite number of seconds ≥ 0, got {raw!r}", field=name)
+        raise ValidationError(f"must be a number of seconds ≥ 0, got {raw!r}", field=name)
     return value
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
 import hashlib
 import json
 import math
@@ -110,10 +111,14 @@ class SearchResult:
     message: str = ""
     trained_on: dict[str, int] = field(default_factory=dict)  # task -> steps the strategy's model learnt from
 
+    setup_seconds: float = 0.0  # data, base model, embeddings: before the first proposal
+
     @property
     def overhead(self) -> float:
-        """Share of wall time spent outside method training (search, caching, store writes, measuring)."""
-        return max(0.0, 1.0 - self.train_seconds / self.seconds) if self.seconds > 0 else 0.0
+        """Share of the search's wall time (after setup) spent outside method training: strategy, caching,
+        measuring, store writes."""
+        search = self.seconds - self.setup_seconds
+        return max(0.0, 1.0 - self.train_seconds / search) if search > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The CLI's ``--json`` object."""
@@ -122,8 +127,8 @@ class SearchResult:
         return {"run_id": self.run_id, "state": self.state, "task": self.task,
                 "front": [{k: row.get(k) for k in keys} for row in self.front], "evaluations": self.evaluations,
                 "failed": self.failed, "reuse": dict(self.reuse), "seconds": self.seconds,
-                "train_seconds": self.train_seconds, "overhead": self.overhead, "store": self.store,
-                "out": str(self.out) if self.out else None, "files": dict(self.files)}
+                "train_seconds": self.train_seconds, "setup_seconds": self.setup_seconds, "overhead": self.overhead,
+                "store": self.store, "out": str(self.out) if self.out else None, "files": dict(self.files)}
 
 
 class SearchInterrupted(AutomcError):
@@ -378,11 +383,11 @@ def _base_model(cfg: SearchConfig, data: Any, device: Any, run_dir: Path) -> Any
     """The model to compress: the given weights, or a base trained once and kept in the run's directory."""
     import torch
 
-    from automc.compress.models import build_model, load_weights
+    from automc.compress.models import load_weights, model_for_data
 
-    net = build_model(cfg.model, data.num_classes, width=cfg.width)
+    net = model_for_data(str(cfg.model), data, cfg.weights, width=cfg.width)
     if cfg.weights:
-        return load_weights(net, cfg.weights)
+        return net
     path = run_dir / "base.pt"
     if path.is_file():
         return load_weights(net, path)
@@ -427,7 +432,8 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
                             base_accuracy=float(base["val_accuracy"]), params=float(base["params"]),
                             flops=float(base["flops"]))
     config_json = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "store")},
-                   "identity": ident, "base": base, "run_dir": str(run_dir)}
+                   "identity": ident, "base": base, "run_dir": str(run_dir),
+                   "setup_seconds": float(stored.config.get("setup_seconds") or 0.0) if stored else 0.0}
     with _opened(store_uri) as s:
         if stored is None:
             storage.create_run(s, run_id=run_id, algorithm=str(cfg.strategy), task=features, seed=int(cfg.seed),
@@ -492,6 +498,8 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
              "epochs": float(cfg.epochs), "data_fraction": float(cfg.data_fraction),
              "seed": step_seed(int(cfg.seed), scheme), "val_source": run.evaluator.task.data.sources.get("val")}
     t = time.monotonic()
+    # to the microsecond: a resumed run reads its steps back in the order they were evaluated
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
     with run.opened() as s:
         eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
                                      device=str(run.evaluator.task.device), extra=extra)
@@ -503,7 +511,7 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
         with run.opened() as s:
             s.fail_evaluation(eval_id, reason)
         raise
-    run.pending.append((eval_id, result.record()))
+    run.pending.append((eval_id, {**result.record(), "created": created}))
     run.step_seconds.append(time.monotonic() - t)
     return result.observation(round_, eval_id)
 
@@ -540,6 +548,9 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
     try:
         ctx, reuse_info = _context(run)
         run.config_json["reuse"] = reuse_info
+        # setup (data, training the base model, measuring it, an embedding refresh) is not search overhead
+        run.config_json["setup_seconds"] = float(run.config_json.get("setup_seconds") or 0.0) + (
+            time.monotonic() - run.started)
         with run.opened() as s:
             storage.update_run(s, run.id, config=run.config_json)
         strategy = STRATEGIES[str(cfg.strategy)](ctx)
@@ -664,4 +675,5 @@ def _finish(run: _Run, reuse_info: Mapping[str, Any], message: str, trained_on: 
     shutil.rmtree(cache, ignore_errors=True)
     run.emit("done", max(run.history.rounds - 1, 0), message)
     return SearchResult(run.id, "COMPLETE", run.task.id, info.front, info.evaluations, info.failed,
-                        dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message, trained_on)
+                        dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message, trained_on,
+                        info.setup_seconds)

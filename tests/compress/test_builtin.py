@@ -30,10 +30,10 @@ def test_digits_arrays_are_a_stratified_seeded_split():
 
 
 def test_load_data_digits_is_reserved(tmp_path, monkeypatch):
-    d = load_data("digits", val_fraction=0.1, device="cpu")
+    d = load_data("digits", val_from="train", device="cpu")
     assert d.input_shape == (1, 8, 8) and d.num_classes == 10 and not d.augment
     assert d.size("train") + d.size("val") == 1257 and d.size("test") == 540
-    assert torch.equal(d.x["test"], digits(device="cpu").x["test"])
+    assert torch.equal(d.x["test"], digits(val_from="train", device="cpu").x["test"])
     monkeypatch.chdir(tmp_path)
     (tmp_path / "digits").mkdir()  # a real path of that name is read as data
     with pytest.raises(ValidationError, match="no dataset found"):

@@ -68,7 +68,8 @@ def test_user_values_are_parameters_not_query_text(store):
 def test_every_named_query_runs(store):
     store.write_catalog(load_catalog())
     samples = {"method": "NS", "setting": "kd_alpha=0.3", "technique": "fine_tuning", "task": TASK.id,
-               "scheme": "x", "strategy": load_catalog().strategies("NS")[0].id, "dataset": "cifar10"}
+               "scheme": "x", "strategy": load_catalog().strategies("NS")[0].id, "dataset": "cifar10",
+               "run": "x", "model": "resnet56"}
     for q in queries.QUERIES.values():
         params = {p.name: samples[p.name] for p in q.params if p.name in samples}
         rows = store.named(q.name, params)

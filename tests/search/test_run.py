@@ -72,6 +72,8 @@ def test_budget_counts_steps_all_linked_to_run_and_parent(finished):
     steps = storage.search_rows(rows)
     assert len(steps) == cfg.budget == result.evaluations
     assert [e.done for e in events if e.kind == "step"] == list(range(1, cfg.budget + 1))
+    # the store gives the steps back in evaluation order (what a resumed run rebuilds its history from)
+    assert [e.message.split(" ", 1)[1] for e in events if e.kind == "step"] == [r["scheme"] for r in steps]
     with open_store(cfg.store) as s:
         linked = s.query("MATCH (e:Evaluation)-[:EVAL_IN_RUN]->(:SearchRun {id: $r}) MATCH (e)-[:EVAL_OF_SCHEME]->"
                          "(x:Scheme) MATCH (x)-[:EXTENDS]->(p:Scheme) RETURN e.id AS e, e.parent AS parent, "
@@ -185,6 +187,18 @@ def test_bad_input_writes_nothing(inputs, tmp_path, change, error, message):
     with open_store(cfg.store) as s:
         assert storage.list_runs(s) == []
     assert not (tmp_path / "cache").exists()
+
+
+def test_validation_data_with_other_classes_is_refused(inputs, tmp_path):
+    val = tmp_path / "val.npz"
+    rng = np.random.default_rng(0)
+    np.savez(val, x_val=rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8), y_val=np.arange(12) % 6)
+    cfg = config(inputs, tmp_path, val_data=str(val))
+    open_store(cfg.store).close()
+    with pytest.raises(ValidationError, match="class"):
+        search(cfg)
+    with open_store(cfg.store) as s:
+        assert storage.list_runs(s) == []
 
 
 def test_resume_of_a_run_on_other_data_is_refused(finished, inputs, tmp_path_factory):
