@@ -10,23 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from automc.cli._util import console, err_console, handle_errors, print_json, store_option
+from automc.cli._util import console, err_console, handle_errors, print_json, print_rows, store_option
 
 STRATEGY_HELP = "progressive (default), or a baseline: random, evolution (NSGA-II), tpe, rl"
 
 
-def _front_table(front: Sequence[Mapping[str, Any]], title: str) -> Table:
+def _print_front(front: Sequence[Mapping[str, Any]], title: str) -> None:
     from automc.search.report import TABLE_HEADER, table_rows
 
-    t = Table(title=title, title_justify="left")
-    for col in TABLE_HEADER:
-        t.add_column(col, justify="left" if col in ("scheme", "fidelity", "evaluation") else "right",
-                     overflow="fold")
-    for cells in table_rows(front):
-        t.add_row(*cells)
-    return t
+    print_rows(TABLE_HEADER, table_rows(front), title=title)
 
 
 class _Live:
@@ -130,7 +123,7 @@ def search_cmd(
         return
     title = f"Pareto front of run {result.run_id} (PR ≥ γ; validation accuracy selects, test is reported)"
     if result.front:
-        console.print(_front_table(result.front, title))
+        _print_front(result.front, title)
     else:
         console.print(f"no evaluated scheme reached the target PR in run {result.run_id}")
     console.print(f"{result.evaluations} steps evaluated ({result.failed} failed) in {_duration(result.seconds)}; "
@@ -159,14 +152,10 @@ def runs_cmd(store: str | None = store_option(),
     if json_out:
         print_json(rows)
         return
-    t = Table(title=f"{len(rows)} search run(s)", title_justify="left")
-    for col in ("id", "strategy", "task", "state", "steps", "best val@γ", "started"):
-        t.add_column(col)
-    for r in rows:
-        best = "—" if r["best"] is None else f"{r['best']:.2%}"
-        t.add_row(r["id"], r["strategy"] or "", r["task"] or "", r["state"] or "",
-                  f"{r['evaluations']}/{r['budget']}", best, r["started"] or "")
-    console.print(t)
+    print_rows(("id", "strategy", "task", "state", "steps", "best val@γ", "started"),
+               [(r["id"], r["strategy"] or "", r["task"] or "", r["state"] or "", f"{r['evaluations']}/{r['budget']}",
+                 "—" if r["best"] is None else f"{r['best']:.2%}", r["started"] or "") for r in rows],
+               title=f"{len(rows)} search run(s)")
 
 
 @handle_errors
@@ -187,8 +176,8 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
             write_report(info, target)
         if json_out:
             continue
-        console.print(_front_table(info.front, f"Pareto front of run {info.run.id} ({info.run.algorithm}, "
-                                               f"{info.run.state}, γ = {info.gamma})"))
+        _print_front(info.front, f"Pareto front of run {info.run.id} ({info.run.algorithm}, {info.run.state}, "
+                                 f"γ = {info.gamma})")
         console.print(f"{info.evaluations} steps evaluated ({info.failed} failed); {info.seconds:,.0f} s (setup "
                       f"{info.setup_seconds:,.0f} s), then {info.overhead:.0%} of the search outside method training",
                       highlight=False)
