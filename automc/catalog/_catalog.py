@@ -157,6 +157,7 @@ class Catalog:
                 if t not in self.techniques:
                     raise ValidationError(f"unknown technique {t!r}", field=f"methods.{name}.techniques")
             self.methods[name] = Method(name, m["title"], m["reference"], tuple(m["techniques"]), grid)
+        self.search_rules = search_rules(data.get("search", {}), self.methods)
 
     # -- lookup ------------------------------------------------------------------------------------------
     def method(self, name: str) -> Method:
@@ -248,6 +249,37 @@ def _split_top(text: str, sep: str) -> list[str]:
             cur.append(ch)
     parts.append("".join(cur))
     return parts
+
+
+@dataclass(frozen=True)
+class SearchRules:
+    """The ``[search]`` table: what makes a sequence of strategies a scheme the search may build."""
+
+    max_length: int = 5
+    max_epochs_factor_sum: float = 4.0
+    only_first: tuple[str, ...] = ()
+    only_last: tuple[str, ...] = ()
+    not_after: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # B -> methods not before B
+
+
+def search_rules(table: dict[str, Any], methods: dict[str, Method]) -> SearchRules:
+    """Read and check the ``[search]`` table; raises ``ValidationError`` naming the bad field."""
+    def names(value: Any, where: str) -> tuple[str, ...]:
+        for n in value:
+            if n not in methods:
+                raise ValidationError(f"unknown method {n!r}", field=f"search.{where}")
+        return tuple(value)
+
+    d = SearchRules()
+    not_after = {names([m], "not_after")[0]: names(v, f"not_after.{m}")
+                 for m, v in table.get("not_after", {}).items()}
+    rules = SearchRules(int(table.get("max_length", d.max_length)),
+                        float(table.get("max_epochs_factor_sum", d.max_epochs_factor_sum)),
+                        names(table.get("only_first", ()), "only_first"),
+                        names(table.get("only_last", ()), "only_last"), not_after)
+    if rules.max_length < 1 or rules.max_epochs_factor_sum <= 0:
+        raise ValidationError("max_length and max_epochs_factor_sum must be positive", field="search")
+    return rules
 
 
 @functools.cache

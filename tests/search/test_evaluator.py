@@ -1,0 +1,208 @@
+"""The evaluator: parent caching, LRU eviction and replay, FAIL results, determinism, no test data for strategies."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import ClassVar
+
+import pytest
+import torch
+
+from automc.compress import METHODS
+from automc.compress.base import Task, TrainBudget
+from automc.compress.data import synthetic
+from automc.compress.models import build_model
+from automc.compress.ns import NetworkSlimming
+from automc.compress.train import finetune, predict
+from automc.errors import ValidationError
+from automc.kb.schema import NODE
+from automc.search._base import Observation
+from automc.search.evaluator import Evaluator, ModelCache, StepResult, run_step, step_seed
+from automc.search.space import SearchSpace
+
+torch.set_num_threads(1)
+
+
+class CountingNS(NetworkSlimming):
+    """The real Network Slimming, counting its calls."""
+
+    calls: ClassVar[list[float]] = []
+
+    def compress(self, model, task, params, ratio):
+        CountingNS.calls.append(ratio)
+        return super().compress(model, task, params, ratio)
+
+
+METHODS_COUNTED = {**METHODS, "NS": CountingNS}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(num_classes=4, per_class=48, size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base(data):
+    torch.manual_seed(0)
+    model = build_model("resnet8", data.num_classes, width=4)
+    finetune(model, Task(data, 0.4, TrainBudget(epochs=12, batch_size=32, lr=0.05)), 12)
+    return model
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace()
+
+
+@pytest.fixture
+def task(data):
+    return Task(data, 0.4, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+
+
+def make(base, task, space, tmp_path, name="cache", **kw):
+    kw.setdefault("methods", METHODS_COUNTED)
+    return Evaluator(base, task, cache_dir=tmp_path / name, space=space, **kw)
+
+
+def same(a: StepResult, b: StepResult) -> bool:
+    drop = {"seconds": 0.0, "train_seconds": 0.0}
+    return dataclasses.replace(a, **drop) == dataclasses.replace(b, **drop)
+
+
+def outputs(model, data):
+    return predict(model, data, "test", device="cpu")
+
+
+def test_step_seed_depends_on_run_seed_and_scheme():
+    assert step_seed(0, ("a", "b")) == step_seed(0, ("a", "b"))
+    assert len({step_seed(0, ("a", "b")), step_seed(1, ("a", "b")), step_seed(0, ("b", "a")),
+                step_seed(0, ("a",))}) == 4
+    assert 0 <= step_seed(123, ("x",)) < 2**31
+
+
+def test_extension_applies_only_the_last_step(base, task, space, tmp_path):
+    ev = make(base, task, space, tmp_path)
+    a, b = space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=1.0)")
+    CountingNS.calls.clear()
+    first = ev.evaluate((a,))
+    assert first.ok and len(CountingNS.calls) == 1
+    second = ev.evaluate((a, b))
+    assert second.ok and len(CountingNS.calls) == 2  # (a,) came from the cache, not from a second NS run
+    assert second.pr == pytest.approx(0.4, abs=0.03) and first.pr == pytest.approx(0.2, abs=0.03)
+    assert second.step_pr == pytest.approx(1 - second.params / first.params)
+    assert second.step_ar == pytest.approx((second.val_accuracy - first.val_accuracy) / first.val_accuracy)
+    b0 = ev.base()
+    assert b0.scheme == () and b0.pr == 0 and b0.params > first.params > second.params
+    assert second.ar == pytest.approx((second.test_accuracy - b0.test_accuracy) / b0.test_accuracy)
+    assert second.fr > 0 and second.train_seconds <= second.seconds and second.fidelity == "search"
+    assert second.val_low <= second.val_accuracy <= second.val_high
+    assert second.test_low <= second.test_accuracy <= second.test_high
+
+
+def test_eviction_and_replay_give_the_uncached_model(base, task, space, tmp_path):
+    key = space.parse("NS(target_ratio_factor=0.5) > LFB")
+    cached = make(base, task, space, tmp_path, "a")
+    r1 = cached.evaluate(key[:1])
+    r2 = cached.evaluate(key)
+    # A cache that keeps one entry at a time: (a,) is evicted when (a, b) is written, so model() replays it.
+    tiny = make(base, task, space, tmp_path, "b", cache_bytes=1)
+    CountingNS.calls.clear()
+    r2_replayed = tiny.evaluate(key)  # the parent (a,) was never evaluated here: replayed first
+    assert len(CountingNS.calls) == 1 and same(r2, r2_replayed)
+    assert key[:1] not in tiny.cache and key in tiny.cache
+    assert torch.equal(outputs(cached.model(key), task.data), outputs(tiny.model(key), task.data))
+    assert torch.equal(outputs(cached.model(key[:1]), task.data), outputs(tiny.model(key[:1]), task.data))
+    assert r1.ok
+    # Without any cache: the pure step on the base model gives the same child as the cached path.
+    child, _ = run_step(base, space.strategy(key[0]), task, base_params=cached.base().params,
+                        seed=step_seed(0, key[:1]), methods=METHODS)
+    assert torch.equal(outputs(child, task.data), outputs(cached.model(key[:1]), task.data))
+
+
+def test_deterministic_for_a_seed_and_independent_of_order(base, task, space, tmp_path):
+    keys = [space.parse(t) for t in ("SFP(target_ratio_factor=0.5)", "SFP(target_ratio_factor=0.5) > NS",
+                                     "LMA(target_ratio_factor=0.5)")]
+    one = make(base, task, space, tmp_path, "one")
+    two = make(base, task, space, tmp_path, "two")
+    r_one = [one.evaluate(k) for k in keys]
+    r_two = [two.evaluate(k) for k in reversed(keys)][::-1]
+    assert all(same(x, y) for x, y in zip(r_one, r_two, strict=True))
+    assert all(r.ok and r.seed == step_seed(0, r.scheme) for r in r_one)
+    other = make(base, task, space, tmp_path, "other", seed=1).evaluate(keys[1])
+    assert other.seed != r_one[1].seed
+
+
+def test_impossible_steps_fail_with_a_reason(base, data, space, tmp_path):
+    hard = Task(data, 0.95, TrainBudget(epochs=1, batch_size=32, lr=0.05), seed=0)
+    ev = make(base, hard, space, tmp_path)
+    lfb = space.parse("LFB")
+    r = ev.evaluate(lfb)
+    assert r.state == "FAIL" and r.error.startswith("CompressionError: LFB can remove at most")
+    assert r.params is None and r.val_accuracy is None and not r.ok
+    assert lfb not in ev.cache
+    child = ev.evaluate((*lfb, space.parse("NS")[0]))
+    assert child.state == "FAIL" and "prefix cannot be built" in child.error
+    too_long = space.parse(" > ".join(["NS(finetune_epochs_factor=0.2)"] * 6))
+    assert "not allowed: 6 steps" in ev.evaluate(too_long).error
+    no_impl = make(base, hard, space, tmp_path, "x", methods={"NS": NetworkSlimming})
+    assert no_impl.evaluate(space.parse("SFP")).error.startswith("NotFoundError: no implementation")
+
+
+def test_observation_and_record_keep_test_accuracy_apart(base, task, space, tmp_path):
+    r = make(base, task, space, tmp_path).evaluate(space.parse("NS(target_ratio_factor=0.5)"))
+    obs = r.observation(3, "ev-1")
+    assert isinstance(obs, Observation)
+    names = {f.name for f in dataclasses.fields(Observation)}
+    assert not any("test" in n for n in names) and "accuracy" not in names
+    assert no_test_value(obs, r)
+    assert (obs.round, obs.evaluation_id, obs.val_accuracy, obs.pr, obs.params) == (3, "ev-1", r.val_accuracy,
+                                                                                   r.pr, r.params)
+    rec = r.record()
+    props = {name for name, _ in NODE["Evaluation"].properties}
+    assert set(rec) <= props
+    assert rec["accuracy"] == r.test_accuracy and rec["val_accuracy"] == r.val_accuracy
+    assert rec["steps"].startswith('["NS(') and rec["fidelity"] == "search" and rec["state"] == "COMPLETE"
+
+
+def no_test_value(obs: Observation, r: StepResult) -> bool:
+    """The test accuracy is nowhere in the observation (unless it equals the validation accuracy)."""
+    values = dataclasses.astuple(obs)
+    return r.test_accuracy == r.val_accuracy or r.test_accuracy not in values
+
+
+def test_final_replays_the_whole_scheme_at_another_fidelity(base, task, space, tmp_path):
+    ev = make(base, task, space, tmp_path)
+    key = space.parse("NS(target_ratio_factor=0.5) > SFP")
+    search = ev.evaluate(key)
+    again, model = ev.final(key, task)
+    assert again.fidelity == "final" and same(dataclasses.replace(again, fidelity="search"), search)
+    longer = dataclasses.replace(task, budget=TrainBudget(epochs=2, batch_size=32, lr=0.05))
+    final, model = ev.final(key, longer, data_fraction=1.0)
+    assert final.ok and final.epochs == 2.0 and final.params == sum(p.numel() for p in model.parameters())
+
+
+def test_cache_lru_and_crash_safety(base, tmp_path):
+    cache = ModelCache(tmp_path / "c", max_bytes=10**9)
+    cache.put(("a",), base)
+    size = cache.size()
+    cache = ModelCache(tmp_path / "c", max_bytes=int(2.5 * size))
+    cache.put(("b",), base)
+    os.utime(cache.path(("a",)), (1, 1))
+    os.utime(cache.path(("b",)), (2, 2))
+    assert cache.get(("a",)) is not None  # touching a makes b the least recently used
+    cache.put(("c",), base)
+    assert ("a",) in cache and ("c",) in cache and ("b",) not in cache
+    assert torch.equal(outputs(cache.get(("c",)), synthetic(num_classes=4, per_class=4, size=16)),
+                       outputs(base, synthetic(num_classes=4, per_class=4, size=16)))
+    # A half-written entry (a crash mid-write) reads as missing and is removed; temp files are not entries.
+    cache.path(("a",)).write_bytes(cache.path(("a",)).read_bytes()[:100])
+    (cache.directory / ".tmp-123.pt").write_bytes(b"partial")
+    assert cache.get(("a",)) is None and ("a",) not in cache
+    assert [p.name for _, _, p in cache.entries()] == [cache.path(("c",)).name]
+
+
+def test_evaluator_needs_a_validation_split(base, space, tmp_path):
+    data = synthetic(num_classes=4, per_class=8, size=16, val_fraction=0.0)
+    with pytest.raises(ValidationError, match="no validation split"):
+        make(base, Task(data, 0.4), space, tmp_path)
