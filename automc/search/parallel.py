@@ -204,9 +204,9 @@ class SerialExecutor:
 _WORKER_CONTEXT: dict[str, WorkerContext] = {}
 
 
-def _ray_entry(job: StepJob, context_ref: list[Any], token: str, threads: int) -> StepOutcome:
-    """The Ray task: the run's context (fetched once per process, passed nested so Ray does not resolve it for
-    every task), then ``execute``."""
+def _worker_context(context_ref: list[Any], token: str, threads: int) -> WorkerContext:
+    """The run's context in this worker process: fetched once per process (the reference comes nested so that Ray
+    does not resolve it for every task) and moved to the worker's device."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
@@ -216,7 +216,19 @@ def _ray_entry(job: StepJob, context_ref: list[Any], token: str, threads: int) -
 
         _WORKER_CONTEXT.clear()
         ctx = _WORKER_CONTEXT[token] = ray.get(context_ref[0]).on_device()
-    return execute(job, ctx)
+    return ctx
+
+
+def _ray_entry(job: StepJob, context_ref: list[Any], token: str, threads: int) -> StepOutcome:
+    """The Ray task of one step."""
+    return execute(job, _worker_context(context_ref, token, threads))
+
+
+def _ray_warm(context_ref: list[Any], token: str, threads: int, hold: float) -> str:
+    """The warm-up task: load the context, then stay busy ``hold`` seconds so that each lands on its own worker."""
+    _worker_context(context_ref, token, threads)
+    time.sleep(hold)
+    return worker_name()
 
 
 class RayExecutor:
@@ -255,10 +267,20 @@ class RayExecutor:
             self._task = ray.remote(_ray_entry).options(
                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_retries=self.max_retries,
                 retry_exceptions=False, name="automc-step")
+            self._warm = ray.remote(_ray_warm).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                                       name="automc-warm-up")
         except BaseException:
             self.close()
             raise
         self.context = context
+
+    def warm_up(self) -> list[str]:
+        """Start the workers and load the run's context into each (what the first steps would otherwise pay for);
+        returns the worker names."""
+        import ray
+
+        return ray.get([self._warm.remote([self._context], self._token, self.threads, 0.5)
+                        for _ in range(self.workers)])
 
     def map(self, jobs: Sequence[StepJob]) -> Iterator[tuple[int, StepOutcome]]:
         """Submit at most ``workers`` jobs at a time; yield each outcome as it arrives. Leaving early (Ctrl-C, a
@@ -279,7 +301,8 @@ class RayExecutor:
         try:
             submit()
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                # a timeout returns to Python now and then, so that Ctrl-C is seen while steps run
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
                     i, job = pending.pop(ref)
                     yield i, self._collect(ref, job)

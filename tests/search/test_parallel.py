@@ -1,0 +1,270 @@
+"""Parallel evaluation: batches through the serial and the Ray executor give ``Evaluator.evaluate``'s results; a
+killed worker costs one retry, then a FAIL; leaving a batch early cancels what still runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from automc.compress import METHODS
+from automc.compress.base import Task, TrainBudget
+from automc.compress.data import synthetic
+from automc.compress.models import build_model
+from automc.compress.ns import NetworkSlimming
+from automc.compress.sfp import SoftFilterPruning
+from automc.compress.train import finetune
+from automc.search.evaluator import Evaluator, StepResult, step_seed
+from automc.search.parallel import (
+    RayExecutor,
+    SerialExecutor,
+    StepJob,
+    WorkerContext,
+    evaluate_batch,
+    make_executor,
+    prepare,
+)
+from automc.search.space import SearchSpace
+
+torch.set_num_threads(1)
+ANNOUNCE = "AUTOMC_TEST_ANNOUNCE"  # a directory: each step writes "<seed>.<pid>" there and waits on "<seed>.hold"
+
+
+def announce(task: Task) -> None:
+    """Tell the test which process runs the step of this seed, and wait while the test holds it."""
+    d = os.environ.get(ANNOUNCE)
+    if not d:
+        return
+    Path(d, f"{task.seed}.{os.getpid()}").touch()
+    deadline = time.monotonic() + 120
+    while Path(d, f"{task.seed}.hold").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class AnnouncingNS(NetworkSlimming):
+    """The real Network Slimming, announcing its process first."""
+
+    def compress(self, model, task, params, ratio):
+        announce(task)
+        return super().compress(model, task, params, ratio)
+
+
+class AnnouncingSFP(SoftFilterPruning):
+    def compress(self, model, task, params, ratio):
+        announce(task)
+        return super().compress(model, task, params, ratio)
+
+
+ANNOUNCING = {**METHODS, "NS": AnnouncingNS, "SFP": AnnouncingSFP}
+SCHEMES = ("NS(target_ratio_factor=0.5)", "SFP(target_ratio_factor=0.5)", "LMA(target_ratio_factor=0.5)",
+           "NS(target_ratio_factor=0.5) > LFB")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(num_classes=4, per_class=48, size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base(data):
+    torch.manual_seed(0)
+    model = build_model("resnet8", data.num_classes, width=4)
+    finetune(model, Task(data, 0.4, TrainBudget(epochs=6, batch_size=32, lr=0.05)), 6)
+    return model
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace()
+
+
+@pytest.fixture(scope="module")
+def task(data):
+    return Task(data, 0.4, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+
+
+def evaluator(base, task, space, directory, **kw):
+    kw.setdefault("methods", ANNOUNCING)
+    return Evaluator(base, task, cache_dir=directory, space=space, **kw)
+
+
+def same(a: StepResult, b: StepResult) -> bool:
+    drop = {"seconds": 0.0, "train_seconds": 0.0}
+    return dataclasses.replace(a, **drop) == dataclasses.replace(b, **drop)
+
+
+def test_serial_batch_gives_the_evaluators_results(base, task, space, tmp_path):
+    keys = [space.parse(t) for t in SCHEMES]
+    keys.insert(0, keys[-1][:1])  # the parent of the last scheme, in the same batch: it runs first
+    one = evaluator(base, task, space, tmp_path / "one")
+    expected = [one.evaluate(k) for k in keys]
+    two = evaluator(base, task, space, tmp_path / "two")
+    with make_executor(two) as ex:
+        assert isinstance(ex, SerialExecutor)
+        order = list(evaluate_batch(two, keys, ex))
+    got = dict(order)
+    assert sorted(got) == list(range(len(keys)))
+    assert order.index((0, got[0])) < order.index((len(keys) - 1, got[len(keys) - 1]))
+    assert all(r.ok for r in expected)
+    assert all(same(got[i], expected[i]) for i in range(len(keys)))
+    assert all(k in two.cache for k in keys)  # children went into the driver's cache, as evaluate puts them
+    # A job is plain data: tensors, dicts and the frozen strategy, no module.
+    job = prepare(two, (*keys[-1], space.parse("NS")[0]))
+    assert isinstance(job, StepJob) and job.seed == step_seed(0, job.scheme)
+    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in job.parent_state.values())
+    assert b"torch.nn" not in pickle.dumps((job.parent_arch, job.strategy, job.parent))
+
+
+def test_failures_match_the_evaluators(base, data, space, tmp_path):
+    hard = Task(data, 0.95, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+    lfb = space.parse("LFB")
+    keys = [lfb, (*lfb, space.parse("NS")[0]), space.parse(" > ".join(["NS(finetune_epochs_factor=0.2)"] * 6))]
+    one = evaluator(base, hard, space, tmp_path / "one")
+    expected = [one.evaluate(k) for k in keys]
+    two = evaluator(base, hard, space, tmp_path / "two")
+    got = dict(evaluate_batch(two, keys, make_executor(two)))
+    assert [r.state for r in expected] == ["FAIL"] * 3
+    assert [got[i].error for i in range(3)] == [r.error for r in expected]
+    assert got[1].error.startswith("its prefix cannot be built: CompressionError")
+    assert all(same(got[i], expected[i]) for i in range(3))
+
+
+# -- Ray (one local instance for the module: starting one costs seconds) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def announce_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("announce")
+
+
+@pytest.fixture(scope="module")
+def ray_run(base, task, space, tmp_path_factory, announce_dir):
+    """An evaluator and a RayExecutor with two single-thread CPU workers that started their own Ray."""
+    pytest.importorskip("ray")
+    import ray
+
+    ev = evaluator(base, task, space, tmp_path_factory.mktemp("ray-cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ANNOUNCE, str(announce_dir))  # before Ray starts: its workers inherit the environment
+        ex = RayExecutor(WorkerContext.from_evaluator(ev), workers=2, cpus_per_worker=1, threads=1)
+    try:
+        assert ray.is_initialized()
+        yield ev, ex
+    finally:
+        ex.close()
+    assert not ray.is_initialized()
+
+
+def pids(directory: Path, seed: int) -> list[int]:
+    return [int(p.suffix[1:]) for p in directory.glob(f"{seed}.*") if p.suffix[1:].isdigit()]
+
+
+@pytest.mark.slow
+def test_ray_gives_the_serial_results(ray_run, base, task, space, tmp_path):
+    ev, ex = ray_run
+    keys = [space.parse(t) for t in SCHEMES]
+    got = dict(evaluate_batch(ev, keys, ex))
+    serial = evaluator(base, task, space, tmp_path / "serial")
+    expected = dict(evaluate_batch(serial, keys, SerialExecutor(WorkerContext.from_evaluator(serial), threads=1)))
+    assert all(expected[i].ok for i in range(len(keys)))
+    assert all(same(got[i], expected[i]) for i in range(len(keys)))
+    assert all(k in ev.cache for k in keys)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_one_retry_then_a_fail(ray_run, space, announce_dir, tmp_path):
+    ev, ex = ray_run
+    keys = [space.parse(t) for t in ("NS(target_ratio_factor=0.7)", "SFP(target_ratio_factor=0.9)",
+                                     "NS(target_ratio_factor=0.3)")]
+    assert not any(space.why_not(k) for k in keys)
+    once, twice, free = (step_seed(ev.seed, k) for k in keys)
+    for seed in (once, twice):
+        (announce_dir / f"{seed}.hold").touch()
+    killed: list[int] = []
+    problems: list[str] = []
+
+    def attempt(seed: int, known: list[int]) -> int:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            new = [p for p in pids(announce_dir, seed) if p not in known]
+            if new:
+                return new[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"no attempt of step {seed} started")
+
+    def killer() -> None:
+        try:
+            first = attempt(once, [])
+            os.kill(first, signal.SIGKILL)  # mid-evaluation: it announced itself and waits on its hold file
+            killed.append(first)
+            (announce_dir / f"{once}.hold").unlink()  # its retry runs through
+            a = attempt(twice, [])
+            os.kill(a, signal.SIGKILL)
+            b = attempt(twice, [a])
+            os.kill(b, signal.SIGKILL)  # the retry dies too: that step is a FAIL
+            killed.extend([a, b])
+        except Exception as e:  # noqa: BLE001 - reported by the test below
+            problems.append(repr(e))
+        finally:
+            (announce_dir / f"{twice}.hold").unlink(missing_ok=True)
+            (announce_dir / f"{once}.hold").unlink(missing_ok=True)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    got = dict(evaluate_batch(ev, keys, ex))
+    thread.join(timeout=120)
+    assert not problems and len(killed) == 3
+    assert got[0].ok and len(pids(announce_dir, once)) == 2  # retried once, on a new worker process
+    assert got[1].state == "FAIL" and got[1].error.startswith("worker lost on 2 attempts: ")
+    assert len(pids(announce_dir, twice)) == 2 and got[2].ok and len(pids(announce_dir, free)) == 1
+    # The retried step computed what an undisturbed one computes.
+    serial = evaluator(ev.base_model, ev.task, space, tmp_path / "serial")
+    assert same(got[0], serial.evaluate(keys[0]))
+    assert not any(p.suffix == ".hold" for p in announce_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_running_steps(ray_run, space, announce_dir):
+    ev, ex = ray_run
+    keys = [space.parse(t) for t in ("NS(target_ratio_factor=0.9)", "SFP(target_ratio_factor=0.1)")]
+    assert not any(space.why_not(k) for k in keys)
+    seeds = [step_seed(ev.seed, k) for k in keys]
+    for seed in seeds:
+        (announce_dir / f"{seed}.hold").touch()
+
+    def interrupt() -> None:  # Ctrl-C once both steps run (and wait on their hold files)
+        deadline = time.monotonic() + 90
+        while not all(pids(announce_dir, s) for s in seeds) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            list(evaluate_batch(ev, keys, ex))
+        running = [p for s in seeds for p in pids(announce_dir, s)]
+        assert len(running) == 2
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in running) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in running)  # force-cancelled ...
+        time.sleep(1)
+        assert all(len(pids(announce_dir, s)) == 1 for s in seeds)  # ... and not retried
+        assert not any(k in ev.cache for k in keys)
+    finally:
+        for seed in seeds:
+            (announce_dir / f"{seed}.hold").unlink(missing_ok=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").is_file() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
