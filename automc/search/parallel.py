@@ -25,12 +25,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from automc.catalog import Strategy
-from automc.search._base import SchemeKey
+from automc.search._base import History, SchemeKey
 from automc.search.evaluator import FAIL, StepResult, _measure, _Measured, _reason, measured_result, step_seed
 
 if TYPE_CHECKING:
@@ -390,12 +390,45 @@ def absorb(evaluator: Evaluator, outcome: StepOutcome) -> StepResult:
     return r
 
 
-def evaluate_batch(evaluator: Evaluator, schemes: Iterable[Sequence[str]],
-                   executor: Executor) -> Iterator[tuple[int, StepResult]]:
+def round_plan(proposals: Iterable[Sequence[str]], history: History, budget: int) -> list[SchemeKey]:
+    """The steps a serial round would evaluate next, in its order, if every step still to run succeeds: each
+    proposal's missing prefixes (a known FAIL ends that proposal), at most ``budget`` of them.
+
+    Run the plan's steps whose parent is evaluated, add their observations to ``history``, plan again, until
+    the plan has none left: the round evaluates exactly the steps the serial loop does (a failure only drops
+    its own extensions, which lets later proposals' steps into the budget, as in the serial loop).
+    """
+    plan: list[SchemeKey] = []
+    planned: set[SchemeKey] = set()
+    for scheme in proposals:
+        for k in range(1, len(scheme) + 1):
+            prefix = tuple(scheme[:k])
+            seen = history.get(prefix)
+            if seen is not None:
+                if not seen.ok:
+                    break
+                continue
+            if prefix in planned:
+                continue
+            if len(plan) >= budget:
+                return plan
+            plan.append(prefix)
+            planned.add(prefix)
+    return plan
+
+
+def ready(plan: Sequence[SchemeKey], history: History) -> list[SchemeKey]:
+    """The planned steps that can run now: their parent is evaluated (and COMPLETE: a plan holds no other)."""
+    return [s for s in plan if s not in history and s[:-1] in history]
+
+
+def evaluate_batch(evaluator: Evaluator, schemes: Iterable[Sequence[str]], executor: Executor, *,
+                   started: Callable[[SchemeKey], None] | None = None) -> Iterator[tuple[int, StepResult]]:
     """Evaluate ``schemes`` through ``executor`` and yield ``(index, result)`` as each finishes.
 
     Independent schemes run side by side; a scheme whose parent is also in the batch waits for it (in waves),
     and fails at once when the parent failed. The results equal ``evaluator.evaluate``'s one by one.
+    ``started(scheme)`` is called just before each scheme is prepared (the search loop writes RUNNING there).
     """
     keys = [tuple(s) for s in schemes]
     waiting = list(range(len(keys)))
@@ -413,6 +446,8 @@ def evaluate_batch(evaluator: Evaluator, schemes: Iterable[Sequence[str]],
         where: list[int] = []
         for i in wave:
             key = keys[i]
+            if started is not None:
+                started(key)
             if key and key[:-1] in failed and not evaluator.space.why_not(key):
                 r = evaluator._fail(key, _PREFIX + failed[key[:-1]], 0.0)
             else:

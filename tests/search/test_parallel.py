@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import random
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from automc.compress.models import build_model
 from automc.compress.ns import NetworkSlimming
 from automc.compress.sfp import SoftFilterPruning
 from automc.compress.train import finetune
+from automc.search._base import History, Observation
 from automc.search.evaluator import Evaluator, StepResult, step_seed
 from automc.search.parallel import (
     RayExecutor,
@@ -30,6 +32,8 @@ from automc.search.parallel import (
     evaluate_batch,
     make_executor,
     prepare,
+    ready,
+    round_plan,
 )
 from automc.search.space import SearchSpace
 
@@ -134,6 +138,59 @@ def test_failures_match_the_evaluators(base, data, space, tmp_path):
     assert [got[i].error for i in range(3)] == [r.error for r in expected]
     assert got[1].error.startswith("its prefix cannot be built: CompressionError")
     assert all(same(got[i], expected[i]) for i in range(3))
+
+
+def serial_round(proposals, fails, history, budget):
+    """The serial search loop's round (``run._round``): each proposal's missing prefixes in order, a FAIL ends
+    the proposal, the budget is checked before each step."""
+    done = []
+    for scheme in proposals:
+        for k in range(1, len(scheme) + 1):
+            prefix = scheme[:k]
+            seen = history.get(prefix)
+            if seen is not None:
+                if not seen.ok:
+                    break
+                continue
+            if len(done) >= budget:
+                return done
+            history.add(Observation(prefix, "FAIL" if prefix in fails else "COMPLETE"))
+            done.append(prefix)
+            if prefix in fails:
+                break
+    return done
+
+
+def planned_round(proposals, fails, history, budget):
+    """The same round in waves: run every ready step of the plan side by side, plan again."""
+    done = []
+    while batch := ready(round_plan(proposals, history, budget - len(done)), history):
+        for prefix in batch:
+            history.add(Observation(prefix, "FAIL" if prefix in fails else "COMPLETE"))
+        done += batch
+    return done
+
+
+def test_a_round_in_waves_evaluates_what_the_serial_round_does():
+    rng = random.Random(0)
+    for _ in range(300):
+        def scheme():
+            return tuple(rng.choice("abc") for _ in range(rng.randint(1, 3)))
+        known = {scheme() for _ in range(rng.randint(0, 4))}
+        proposals = [scheme() for _ in range(rng.randint(1, 6))]
+        fails = {s for s in {p[:k] for p in proposals + list(known) for k in range(1, len(p) + 1)}
+                 if rng.random() < 0.3}
+        budget = rng.randint(1, 8)
+        histories = []
+        for _ in range(2):
+            h = History(Observation((), "COMPLETE"))
+            for s in sorted(known, key=len):  # a history holds a scheme's prefixes before it
+                if all(h.get(s[:k]) is not None and h.get(s[:k]).ok for k in range(len(s))):
+                    h.add(Observation(s, "FAIL" if s in fails else "COMPLETE"))
+            histories.append(h)
+        serial = serial_round(proposals, fails, histories[0], budget)
+        waves = planned_round(proposals, fails, histories[1], budget)
+        assert sorted(serial) == sorted(waves) and len(waves) == len(set(waves)) <= budget
 
 
 # -- Ray (one local instance for the module: starting one costs seconds) ---------------------------------------
