@@ -245,10 +245,15 @@ class RayExecutor:
                  max_retries: int = 1, ray_init: Mapping[str, Any] | None = None) -> None:
         import logging
 
-        import ray
+        from automc.errors import ValidationError
 
+        try:
+            import ray
+        except ImportError:
+            raise ValidationError("more than one worker needs Ray: pip install 'automc[distributed]'",
+                                  field="--workers") from None
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+            raise ValidationError(f"must be at least 1, got {workers}", field="--workers")
         self.workers = int(workers)
         self.max_retries = int(max_retries)
         self.threads = int(threads) if threads else max(1, int(cpus_per_worker))
@@ -259,7 +264,14 @@ class RayExecutor:
             if address is None:
                 kw["num_cpus"] = max(1, math.ceil(self.workers * cpus_per_worker))
             kw.update(ray_init or {})
-            ray.init(address=address, **kw)
+            try:
+                ray.init(address=address, **kw)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                hint = ("; a cluster started with token authentication needs RAY_AUTH_MODE=token and its token "
+                        "(~/.ray/auth_token or RAY_AUTH_TOKEN) here too" if address else "")
+                raise ValidationError(f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: "
+                                      f"{_reason(e)}{hint}", field="--ray-address" if address else "--workers"
+                                      ) from None
             self._owned = True
         try:
             self._context = ray.put(context)
