@@ -128,7 +128,7 @@ def _fail(scheme: SchemeKey, error: str, ctx: WorkerContext, seconds: float = 0.
           worker: str = "") -> StepOutcome:
     """A FAIL outcome with the fields ``Evaluator`` fills for one."""
     task = ctx.task
-    device = str(task.device) if task.device.type == ctx.device else ctx.device  # the driver's CPU copy
+    device = str(task.device) if str(task.device).split(":")[0] == ctx.device else ctx.device  # not the CPU copy
     return StepOutcome(StepResult(scheme, FAIL, error, seconds=seconds, train_seconds=train_seconds,
                                   device=device, fidelity="search", epochs=float(task.budget.epochs),
                                   data_fraction=ctx.data_fraction, seed=step_seed(ctx.run_seed, scheme)),
