@@ -149,11 +149,20 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {r['config']} | {r['round_wall_s']:.1f} | {r['evaluations_per_hour']:.0f} | "
                      f"{r['ratio_to_1_worker']:.2f}x | {r['fails']} | {r['start_s']:.1f} | "
                      f"{r['loadavg_before'][0]:.2f} -> {r['loadavg_after'][0]:.2f} |{gpu}")
-    lines += ["", f"Same measurements in every configuration (params, FLOPs, validation and test accuracy): "
-              f"{'yes' if result['same_answers'] else 'no'}"
-              + ("" if result["same_answers"] else " (different torch thread counts may round differently)") + ".",
-              "", "Steps:", ""]
-    lines += [f"- `{s[0]}`" for s in result["schemes"]]
+    recs = result["results"]
+    keys = ("state", "params", "flops", "val_accuracy", "accuracy")
+    same = [all(all(r[i][k] == recs[0][i][k] for k in keys) for r in recs) for i in range(len(result["schemes"]))]
+    lines += ["", f"Identical measurements (params, FLOPs, validation and test accuracy) in every configuration: "
+              f"{sum(same)} of {len(same)} steps"
+              + ("" if all(same) else " (torch with another thread count rounds differently; the search compares "
+                 "runs with the same threads per worker)") + ".",
+              "", "| step | " + " | ".join(f"seconds, {r['workers']} worker(s)" for r in result["configs"])
+              + " | " + " | ".join(f"val acc., {r['workers']} worker(s)" for r in result["configs"]) + " |",
+              "|---|" + "---|" * (2 * len(recs))]
+    for i, s in enumerate(result["schemes"]):
+        secs = " | ".join(f"{r[i]['seconds']:.1f}" for r in recs)
+        accs = " | ".join("FAIL" if r[i]["val_accuracy"] is None else f"{r[i]['val_accuracy']:.2%}" for r in recs)
+        lines.append(f"| `{s[0].split('(')[0]}` ({s[0].split('(', 1)[1][:-1]}) | {secs} | {accs} |")
     if result.get("note"):
         lines += ["", result["note"]]
     return "\n".join(lines) + "\n"
@@ -162,8 +171,8 @@ def render(result: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--weights", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--weights", type=Path)
+    ap.add_argument("--data", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -178,7 +187,14 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line added to the markdown (e.g. what else ran on the machine)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--name", default="scaleout")
+    ap.add_argument("--render", type=Path, default=None, help="only render this results JSON again as markdown")
     args = ap.parse_args()
+    if args.render:
+        result = json.loads(args.render.read_text())
+        result["note"] = args.note or result.get("note", "")
+        args.render.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+        args.render.with_suffix(".md").write_text(render(result))
+        return
     import ray
 
     from bench._common import machine
