@@ -188,6 +188,10 @@ def load_data(path: str | Path, *, val_fraction: float = 0.1, fraction: float = 
 
     Raises ``ValidationError`` naming the path when it is missing or in no known layout.
     """
+    if str(path) == "digits" and not Path(path).exists():  # reserved: the built-in digits (compress.builtin)
+        from automc.compress.builtin import digits
+
+        return digits(val_fraction=val_fraction, fraction=fraction, seed=seed, device=device)
     p = Path(path)
     if not p.exists():
         raise ValidationError("data path not found", path=str(p))

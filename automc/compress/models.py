@@ -150,10 +150,37 @@ class CifarVGG(nn.Module):
         return self.classifier(out)
 
 
-def build_model(name: str, num_classes: int = 10, *, width: int | None = None) -> nn.Module:
-    """A fresh model by name: ``resnet{8,14,20,...,164}``, ``vgg{11,13,16,19}``, or a torchvision name.
+class SmallCNN(nn.Module):
+    """A small VGG-style CNN for small grayscale images (1 input channel, e.g. the built-in 8x8 digits):
+    conv-BN-ReLU stages of widths w, w, (pool) 2w, 2w, (pool) 4w, global pooling, one linear layer. Every conv
+    is prunable and factorisable, so all six methods compress it."""
 
-    ``width`` sets the first stage's channels (16 for ResNets, 64 for VGG by default); small widths and
+    STAGES: tuple[int | str, ...] = (1, 1, "M", 2, 2, "M", 4)
+
+    def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 1) -> None:
+        super().__init__()
+        self.width = width
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in self.STAGES:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                out = int(v) * width
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                c = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def build_model(name: str, num_classes: int = 10, *, width: int | None = None) -> nn.Module:
+    """A fresh model by name: ``resnet{8,14,20,...,164}``, ``vgg{11,13,16,19}``, ``smallcnn`` (1 input channel,
+    for the built-in digits), or a torchvision name.
+
+    ``width`` sets the first stage's channels (16 for ResNets and the small CNN, 64 for VGG); small widths and
     ``resnet8`` are for tests. ResNet-164 (and any depth 9n+2 that is not 6n+2) uses bottleneck blocks.
     Raises ``ValidationError`` for an unknown name.
     """
@@ -165,6 +192,8 @@ def build_model(name: str, num_classes: int = 10, *, width: int | None = None) -
         model = CifarResNet(depth, num_classes, width or 16, bottleneck=bottleneck)
     elif m := re.fullmatch(r"vgg(\d+)(bn)?", key):
         model = CifarVGG(int(m.group(1)), num_classes, width or 64)
+    elif key == "smallcnn":
+        model = SmallCNN(num_classes, width or 16)
     else:
         model = _torchvision_model(name, num_classes)
     # How to rebuild this model; saving.describe() writes it next to the weights.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,9 +34,14 @@ if TYPE_CHECKING:
     from torch import nn
 
     from automc.compress.base import Method, Task
+    from automc.compress.data import Data
     from automc.search.space import SearchSpace
 
 COMPLETE, FAIL = "COMPLETE", "FAIL"
+
+
+class StepFailed(Exception):
+    """A step of a scheme's prefix failed earlier in this run (remembered in the cache directory)."""
 
 
 def scheme_id(scheme: Sequence[str]) -> str:
@@ -122,7 +128,7 @@ def run_step(parent: nn.Module, strategy: Strategy, task: Task, *, base_params: 
     from automc.compress.metrics import count_params
 
     if methods is None:
-        from automc.compress import METHODS as methods  # noqa: N811
+        from automc.compress import METHODS as methods
     if strategy.method not in methods:
         from automc.errors import NotFoundError
 
@@ -175,16 +181,28 @@ class ModelCache:
             raise
         self.evict(keep=self.path(key))
 
+    def put_failure(self, key: Sequence[str], reason: str) -> None:
+        """Remember that the step producing ``key`` failed (deterministic for the run's seed: never retried)."""
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".fail", dir=self.directory)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"key": list(key), "reason": reason}, f)
+        os.replace(tmp, self.directory / f"{scheme_id(key)}.fail")
+
+    def failure(self, key: Sequence[str]) -> str | None:
+        """Why the step producing ``key`` failed, when it did."""
+        try:
+            entry = json.loads((self.directory / f"{scheme_id(key)}.fail").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return entry["reason"] if entry.get("key") == list(key) else None
+
     def get(self, key: Sequence[str]) -> nn.Module | None:
         """The stored model of ``key`` (CPU, eval mode), or None when absent or unreadable."""
-        entry = self._read(key)
+        entry = self.entry(key)
         return None if entry is None else entry[0]
 
-    def meta(self, key: Sequence[str]) -> dict[str, Any] | None:
-        entry = self._read(key)
-        return None if entry is None else entry[1]
-
-    def _read(self, key: Sequence[str]) -> tuple[nn.Module, dict[str, Any]] | None:
+    def entry(self, key: Sequence[str]) -> tuple[nn.Module, dict[str, Any]] | None:
+        """The stored model of ``key`` and the ``meta`` it was put with, or None when absent or unreadable."""
         import torch
 
         from automc.compress.saving import rebuild
@@ -302,17 +320,18 @@ class Evaluator:
         self.space = space
         self.methods = methods
         self.data_fraction = float(data_fraction)
-        self._fresh = base_builder or (lambda: copy.deepcopy(base_model))
+        # a partial, not a lambda: the evaluator must pickle (Ray workers)
+        self._fresh = base_builder or functools.partial(copy.deepcopy, base_model)
         self.cache = ModelCache(cache_dir, cache_bytes, base_builder=self._fresh)
         self._base: StepResult | None = None
-        self._base_measured: dict[int, _Measured] = {}
+        self._base_measured: dict[int, tuple[Data, _Measured]] = {}  # id(data) -> (data kept alive, measured)
 
     # -- measuring ---------------------------------------------------------------------------------------
     def _base_on(self, task: Task) -> _Measured:
         key = id(task.data)
         if key not in self._base_measured:
-            self._base_measured[key] = _measure(self.base_model, task)
-        return self._base_measured[key]
+            self._base_measured[key] = (task.data, _measure(self.base_model, task))
+        return self._base_measured[key][1]
 
     def _result(self, scheme: SchemeKey, m: _Measured, parent: _Measured | None, base: _Measured, task: Task, *,
                 seconds: float, train_seconds: float, fidelity: str, data_fraction: float) -> StepResult:
@@ -342,30 +361,31 @@ class Evaluator:
         return run_step(parent, self.space.strategy(scheme[-1]), task, base_params=base_params,
                         seed=step_seed(self.seed, scheme), methods=self.methods)
 
-    def _replay(self, scheme: SchemeKey) -> nn.Module:
-        """The model of ``scheme``: from the cache, or replayed from its nearest cached ancestor (each replayed
-        step cached too). Raises what a replayed step raises."""
-        if not scheme:
-            return self._fresh_base()
-        start, model = len(scheme), None
+    def _replay(self, scheme: SchemeKey) -> tuple[nn.Module, dict[str, Any]]:
+        """The model of ``scheme`` and its cache meta: from the cache, or replayed from its nearest cached
+        ancestor (each replayed step cached too). Raises what a replayed step raises."""
+        start, entry = len(scheme), None
         while start > 0:
-            model = self.cache.get(scheme[:start])
-            if model is not None:
+            entry = self.cache.entry(scheme[:start])
+            if entry is not None:
                 break
             start -= 1
-        if model is None:
-            model = self._fresh_base()
+        model, meta = entry if entry is not None else (self._fresh_base(), {})
         for i in range(start + 1, len(scheme) + 1):
+            failed = self.cache.failure(scheme[:i])
+            if failed:
+                raise StepFailed(f"{scheme_id(scheme[:i])} failed: {failed}")
             model, _ = self._step(model, scheme[:i], self.task)
-            self.cache.put(scheme[:i], model, {"params": _params(model)})
-        return model
+            meta = {"params": _params(model)}
+            self.cache.put(scheme[:i], model, meta)
+        return model, meta
 
     def _fresh_base(self) -> nn.Module:
         return copy.deepcopy(self.base_model)
 
     def model(self, scheme: Sequence[str]) -> nn.Module:
         """The (search-fidelity) model of ``scheme``; raises what rebuilding it raises."""
-        return self._replay(tuple(scheme))
+        return self._replay(tuple(scheme))[0]
 
     # -- evaluating --------------------------------------------------------------------------------------
     def evaluate(self, scheme: Sequence[str]) -> StepResult:
@@ -381,26 +401,30 @@ class Evaluator:
         why = self.space.why_not(key)
         if why:
             return self._fail(key, f"not allowed: {why}", time.perf_counter() - t0)
+        failed = self.cache.failure(key)
+        if failed:
+            return self._fail(key, failed, time.perf_counter() - t0)
         base_m = self._base_on(self.task)
         try:
-            parent = self._replay(key[:-1])
+            parent, parent_meta = self._replay(key[:-1])
         except Exception as e:  # noqa: BLE001 - a failing prefix fails its extensions
             return self._fail(key, f"its prefix cannot be built: {_reason(e)}", time.perf_counter() - t0)
-        parent_m = self._parent_measurement(key[:-1], parent)
+        train_s = 0.0
         try:
+            parent_m = self._parent_measurement(key[:-1], parent, parent_meta)
             child, train_s = self._step(parent, key, self.task)
+            m = _measure(child, self.task)
         except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
-            return self._fail(key, _reason(e), time.perf_counter() - t0)
-        m = _measure(child, self.task)
+            self.cache.put_failure(key, _reason(e))
+            return self._fail(key, _reason(e), time.perf_counter() - t0, train_s)
         self.cache.put(key, child, {"params": m.params, "val_correct": m.val_correct, "val_total": m.val_total})
         return self._result(key, m, parent_m, base_m, self.task, seconds=time.perf_counter() - t0,
                             train_seconds=train_s, fidelity="search", data_fraction=self.data_fraction)
 
-    def _parent_measurement(self, key: SchemeKey, parent: nn.Module) -> _Measured:
+    def _parent_measurement(self, key: SchemeKey, parent: nn.Module, meta: Mapping[str, Any]) -> _Measured:
         """The parent's parameters and validation accuracy: from its cache entry, else measured again."""
         if not key:
             return self._base_on(self.task)
-        meta = self.cache.meta(key) or {}
         if "val_correct" in meta:
             return _Measured(int(meta["params"]), 0, int(meta["val_correct"]), int(meta["val_total"]), 0, 0)
         from automc.compress.train import evaluate

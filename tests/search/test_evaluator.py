@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from typing import ClassVar
 
 import pytest
@@ -140,9 +141,10 @@ def test_impossible_steps_fail_with_a_reason(base, data, space, tmp_path):
     r = ev.evaluate(lfb)
     assert r.state == "FAIL" and r.error.startswith("CompressionError: LFB can remove at most")
     assert r.params is None and r.val_accuracy is None and not r.ok
-    assert lfb not in ev.cache
+    assert lfb not in ev.cache and ev.cache.failure(lfb) == r.error
+    assert same(ev.evaluate(lfb), r)  # remembered: never retried
     child = ev.evaluate((*lfb, space.parse("NS")[0]))
-    assert child.state == "FAIL" and "prefix cannot be built" in child.error
+    assert child.state == "FAIL" and "prefix cannot be built" in child.error and "LFB can remove" in child.error
     too_long = space.parse(" > ".join(["NS(finetune_epochs_factor=0.2)"] * 6))
     assert "not allowed: 6 steps" in ev.evaluate(too_long).error
     no_impl = make(base, hard, space, tmp_path, "x", methods={"NS": NetworkSlimming})
@@ -200,6 +202,13 @@ def test_cache_lru_and_crash_safety(base, tmp_path):
     (cache.directory / ".tmp-123.pt").write_bytes(b"partial")
     assert cache.get(("a",)) is None and ("a",) not in cache
     assert [p.name for _, _, p in cache.entries()] == [cache.path(("c",)).name]
+
+
+def test_evaluator_pickles_for_workers(base, task, space, tmp_path):
+    ev = make(base, task, space, tmp_path, methods=None)
+    key = space.parse("SFP(target_ratio_factor=0.5)")
+    clone = pickle.loads(pickle.dumps(ev))
+    assert same(clone.evaluate(key), ev.evaluate(key))
 
 
 def test_evaluator_needs_a_validation_split(base, space, tmp_path):

@@ -38,6 +38,9 @@ def test_default_rules_come_from_the_catalogue(space):
     assert all(space.index[s] == i for i, s in enumerate(space.ids))
     assert space.strategy(space.ids[7]) is space.strategies[7]
     assert SearchSpace(max_length=2).max_length == 2
+    assert rules.not_after == {"LFB": ("LFB",)}  # bench/results/chaining.md
+    lfb, ns = sid(space, "LFB"), sid(space, "NS")
+    assert space.why_not((lfb, ns, lfb)) == "LFB may not come after LFB" and space.allowed((ns, lfb, ns))
 
 
 def test_parse_and_schemes(space):
