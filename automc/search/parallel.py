@@ -371,8 +371,8 @@ def make_executor(evaluator: Evaluator, *, workers: int = 1, gpus_per_worker: fl
 
 def prepare(evaluator: Evaluator, scheme: Sequence[str]) -> StepJob | StepResult:
     """The job that evaluates ``scheme`` from its parent's model (from the evaluator's cache, or replayed), or the
-    result at once when there is nothing to run: the base model, a scheme the rules forbid, a parent that
-    cannot be built (the same results ``Evaluator.evaluate`` gives)."""
+    result at once when there is nothing to run: the base model, a scheme the rules forbid, a step that failed
+    before, a parent that cannot be built or measured (the results ``Evaluator.evaluate`` gives)."""
     key = tuple(scheme)
     if not key:
         return evaluator.base()
@@ -380,25 +380,35 @@ def prepare(evaluator: Evaluator, scheme: Sequence[str]) -> StepJob | StepResult
     why = evaluator.space.why_not(key)
     if why:
         return evaluator._fail(key, f"not allowed: {why}", time.perf_counter() - t0)
+    failed = evaluator.cache.failure(key)
+    if failed:
+        return evaluator._fail(key, failed, time.perf_counter() - t0)
     try:
-        strategy = evaluator.space.strategy(key[-1])
-        parent = evaluator._replay(key[:-1])
+        parent, meta = evaluator._replay(key[:-1])
     except Exception as e:  # noqa: BLE001 - a failing prefix fails its extensions
         return evaluator._fail(key, _PREFIX + _reason(e), time.perf_counter() - t0)
+    try:
+        parent_m = evaluator._parent_measurement(key[:-1], parent, meta)
+    except Exception as e:  # noqa: BLE001 - as in evaluate: part of the step
+        evaluator.cache.put_failure(key, _reason(e))
+        return evaluator._fail(key, _reason(e), time.perf_counter() - t0)
     from automc.compress.saving import describe
 
-    parent_m = evaluator._parent_measurement(key[:-1], parent)
-    return StepJob(key, strategy, cpu_state(parent), describe(parent), parent_m, step_seed(evaluator.seed, key))
+    return StepJob(key, evaluator.space.strategy(key[-1]), cpu_state(parent), describe(parent), parent_m,
+                   step_seed(evaluator.seed, key))
 
 
 def absorb(evaluator: Evaluator, outcome: StepOutcome) -> StepResult:
-    """Put a COMPLETE outcome's child into the evaluator's model cache (as ``Evaluator.evaluate`` does); return its
+    """Take a worker's outcome into the evaluator's model cache as ``Evaluator.evaluate`` does (the child of a
+    COMPLETE step; the reason of a FAIL, so that it is never retried and its extensions fail fast); return the
     result."""
     r, m = outcome.result, outcome.measured
     if r.ok and outcome.child_state is not None and outcome.child_arch is not None and m is not None:
         child = rebuild_model(outcome.child_arch, outcome.child_state, evaluator._fresh())
         evaluator.cache.put(r.scheme, child, {"params": m.params, "val_correct": m.val_correct,
                                               "val_total": m.val_total})
+    elif not r.ok:
+        evaluator.cache.put_failure(r.scheme, r.error)
     return r
 
 
@@ -444,12 +454,6 @@ def evaluate_batch(evaluator: Evaluator, schemes: Iterable[Sequence[str]], execu
     """
     keys = [tuple(s) for s in schemes]
     waiting = list(range(len(keys)))
-    failed: dict[SchemeKey, str] = {}  # scheme -> the first failing step's reason, as a replay would raise it
-
-    def fail_root(r: StepResult) -> None:
-        if not r.ok:
-            failed[r.scheme] = r.error.removeprefix(_PREFIX)
-
     while waiting:
         pending = {keys[i] for i in waiting}
         wave = [i for i in waiting if not keys[i] or keys[i][:-1] not in pending]  # parents shorter: never empty
@@ -457,24 +461,16 @@ def evaluate_batch(evaluator: Evaluator, schemes: Iterable[Sequence[str]], execu
         jobs: list[StepJob] = []
         where: list[int] = []
         for i in wave:
-            key = keys[i]
             if started is not None:
-                started(key)
-            if key and key[:-1] in failed and not evaluator.space.why_not(key):
-                r = evaluator._fail(key, _PREFIX + failed[key[:-1]], 0.0)
-            else:
-                job = prepare(evaluator, key)
-                if isinstance(job, StepJob):
-                    jobs.append(job)
-                    where.append(i)
-                    continue
-                r = job
-            fail_root(r)
-            yield i, r
+                started(keys[i])
+            job = prepare(evaluator, keys[i])  # a parent that failed in an earlier wave fails fast here
+            if isinstance(job, StepResult):
+                yield i, job
+                continue
+            jobs.append(job)
+            where.append(i)
         for j, outcome in executor.map(jobs):
-            r = absorb(evaluator, outcome)
-            fail_root(r)
-            yield where[j], r
+            yield where[j], absorb(evaluator, outcome)
 
 
 _PREFIX = "its prefix cannot be built: "
