@@ -276,11 +276,12 @@ class RayExecutor:
         try:
             self._context = ray.put(context)
             self._token = uuid.uuid4().hex
-            self._task = ray.remote(_ray_entry).options(
-                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_retries=self.max_retries,
-                retry_exceptions=False, name="automc-step")
-            self._warm = ray.remote(_ray_warm).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
-                                                       name="automc-warm-up")
+            # max_calls=0: a worker process serves any number of steps (Ray's default for GPU tasks is one step per
+            # process), so the task's data crosses to each worker and its GPU once per run
+            self._task = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_retries=self.max_retries,
+                                    retry_exceptions=False, max_calls=0)(_ray_entry).options(name="automc-step")
+            self._warm = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                    max_calls=0)(_ray_warm).options(name="automc-warm-up")
         except BaseException:
             self.close()
             raise
