@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from automc.catalog import Strategy
-from automc.search._base import History, SchemeKey
+from automc.search._base import History, Observation, SchemeKey
 from automc.search.evaluator import FAIL, StepResult, _measure, _Measured, _reason, measured_result, step_seed
 
 if TYPE_CHECKING:
@@ -472,6 +472,65 @@ def evaluate_batch(evaluator: Evaluator, schemes: Iterable[Sequence[str]], execu
             where.append(i)
         for j, outcome in executor.map(jobs):
             yield where[j], absorb(evaluator, outcome)
+
+
+def evaluate_round(evaluator: Evaluator, executor: Executor, proposals: Sequence[Sequence[str]], history: History,
+                   budget: int, *, started: Callable[[SchemeKey], Any],
+                   finished: Callable[[StepResult, Any], Observation],
+                   interrupted: Callable[[list[Any], BaseException], None] | None = None,
+                   time_up: Callable[[], bool] = lambda: False) -> list[Observation]:
+    """One search round through ``executor``: the steps the serial round evaluates (``round_plan``, at most
+    ``budget``), side by side in waves; returns the new observations in the serial round's order and adds them to
+    ``history`` in that order at the end, so what a strategy sees does not depend on which worker finished first.
+
+    ``started(scheme)`` runs before a step is prepared (write RUNNING; it returns a token, e.g. the evaluation
+    id); ``finished(result, token)`` runs as each step arrives (write the result) and returns its observation.
+    When the round is left by an exception (Ctrl-C), ``interrupted(tokens of the steps still running,
+    exception)`` runs before it propagates.
+    """
+    before = {o.scheme for o in history}
+    shadow = History(history.base, list(history.observations))  # the round's progress, for planning
+    arrived: dict[SchemeKey, Observation] = {}
+    while not time_up():
+        batch = ready(round_plan(proposals, shadow, budget - len(arrived)), shadow)
+        if not batch:
+            break
+        tokens: dict[SchemeKey, Any] = {}
+
+        def start(scheme: SchemeKey, tokens: dict[SchemeKey, Any] = tokens) -> None:
+            tokens[scheme] = started(scheme)
+
+        try:
+            for i, result in evaluate_batch(evaluator, batch, executor, started=start):
+                arrived[batch[i]] = finished(result, tokens[batch[i]])
+        except BaseException as e:
+            if interrupted is not None:
+                interrupted([t for s, t in tokens.items() if s not in arrived], e)
+            raise
+        for scheme in batch:
+            shadow.add(arrived[scheme])
+    new = [arrived[s] for s in serial_order(proposals, before, arrived)]
+    for obs in new:
+        history.add(obs)
+    return new
+
+
+def serial_order(proposals: Iterable[Sequence[str]], before: set[SchemeKey],
+                 new: Mapping[SchemeKey, Observation]) -> list[SchemeKey]:
+    """The order in which the serial round walks the ``new`` steps (``before``: evaluated in earlier rounds)."""
+    order: list[SchemeKey] = []
+    for scheme in proposals:
+        for k in range(1, len(scheme) + 1):
+            prefix = tuple(scheme[:k])
+            if prefix in new:
+                if prefix not in order:
+                    order.append(prefix)
+                if not new[prefix].ok:
+                    break
+            elif prefix not in before:
+                break
+    order += [s for s in new if s not in order]  # nothing in practice: every new step is some proposal's prefix
+    return order
 
 
 _PREFIX = "its prefix cannot be built: "

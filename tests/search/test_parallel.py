@@ -30,6 +30,7 @@ from automc.search.parallel import (
     StepJob,
     WorkerContext,
     evaluate_batch,
+    evaluate_round,
     make_executor,
     prepare,
     ready,
@@ -191,6 +192,40 @@ def test_a_round_in_waves_evaluates_what_the_serial_round_does():
         serial = serial_round(proposals, fails, histories[0], budget)
         waves = planned_round(proposals, fails, histories[1], budget)
         assert sorted(serial) == sorted(waves) and len(waves) == len(set(waves)) <= budget
+
+
+def test_evaluate_round_matches_the_serial_loop(base, task, space, tmp_path):
+    proposals = [space.parse(t) for t in ("NS(target_ratio_factor=0.5) > LFB", "SFP(target_ratio_factor=0.5)",
+                                          "NS(target_ratio_factor=0.5)", "LMA(target_ratio_factor=0.5)")]
+    one = evaluator(base, task, space, tmp_path / "one")
+    h1 = History(one.base().observation(-1, "base"))
+    serial = serial_round(proposals, set(), History(Observation((), "COMPLETE")), 3)
+    expected = []
+    for scheme in serial:
+        r = one.evaluate(scheme)
+        h1.add(r.observation(0, f"id-{len(expected)}"))
+        expected.append(r)
+    two = evaluator(base, task, space, tmp_path / "two")
+    h2 = History(two.base().observation(-1, "base"))
+    calls: list[tuple[str, object]] = []
+
+    def started(scheme):
+        calls.append(("started", scheme))
+        return f"id-{len(calls) - 1}"
+
+    def finished(result, token):
+        calls.append(("finished", token))
+        return result.observation(0, token)
+
+    new = evaluate_round(two, SerialExecutor(WorkerContext.from_evaluator(two)), proposals, h2, 3,
+                         started=started, finished=finished)
+    assert [o.scheme for o in new] == [o.scheme for o in h1] == serial  # the serial order, budget 3 of 4 steps
+    assert [o.scheme for o in h2] == serial and all(o.ok for o in new)
+    begun = [k for kind, k in calls if kind == "started"]  # in waves: (a,) and (b,) before (a, c)
+    assert sorted(begun) == sorted(serial) and all(begun.index(k[:-1]) < begun.index(k) for k in begun if k[:-1])
+    assert sorted(o.evaluation_id for o in new) == sorted(t for kind, t in calls if kind == "finished")
+    assert [dataclasses.replace(o, evaluation_id="") for o in new] == [dataclasses.replace(o, evaluation_id="")
+                                                                         for o in h1]
 
 
 # -- Ray (one local instance for the module: starting one costs seconds) ---------------------------------------
