@@ -18,6 +18,7 @@ import torch
 from automc.compress import METHODS
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
+from automc.compress.lfb import LFB
 from automc.compress.models import build_model
 from automc.compress.ns import NetworkSlimming
 from automc.compress.sfp import SoftFilterPruning
@@ -67,7 +68,13 @@ class AnnouncingSFP(SoftFilterPruning):
         return super().compress(model, task, params, ratio)
 
 
-ANNOUNCING = {**METHODS, "NS": AnnouncingNS, "SFP": AnnouncingSFP}
+class AnnouncingLFB(LFB):
+    def compress(self, model, task, params, ratio):
+        announce(task)
+        return super().compress(model, task, params, ratio)
+
+
+ANNOUNCING = {**METHODS, "NS": AnnouncingNS, "SFP": AnnouncingSFP, "LFB": AnnouncingLFB}
 SCHEMES = ("NS(target_ratio_factor=0.5)", "SFP(target_ratio_factor=0.5)", "LMA(target_ratio_factor=0.5)",
            "NS(target_ratio_factor=0.5) > LFB")
 
@@ -319,6 +326,18 @@ def test_a_killed_worker_costs_one_retry_then_a_fail(ray_run, space, announce_di
     serial = evaluator(ev.base_model, ev.task, space, tmp_path / "serial")
     assert same(got[0], serial.evaluate(keys[0]))
     assert not any(p.suffix == ".hold" for p in announce_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_a_failing_step_is_a_fail_at_once_on_a_worker(ray_run, base, data, space, announce_dir, tmp_path):
+    hard = Task(data, 0.95, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+    ev = evaluator(base, hard, space, tmp_path / "hard")
+    lfb = space.parse("LFB")
+    with RayExecutor(WorkerContext.from_evaluator(ev), workers=2) as ex:  # joins the module's Ray, leaves it up
+        (_, got), = evaluate_batch(ev, [lfb], ex)
+    assert got.state == "FAIL" and got.error.startswith("CompressionError: LFB can remove at most")
+    assert len(pids(announce_dir, step_seed(0, lfb))) == 1  # not retried
+    assert same(got, evaluator(base, hard, space, tmp_path / "serial").evaluate(lfb))
 
 
 @pytest.mark.slow
