@@ -274,6 +274,10 @@ class RayExecutor:
                                       ) from None
             self._owned = True
         try:
+            gpus = ray.cluster_resources().get("GPU", 0.0)
+            if gpus_per_worker > gpus and address is None:  # a local instance never grows: the steps would wait forever
+                raise ValidationError(f"{gpus_per_worker:g} GPU per worker, but Ray sees {gpus:g} GPU(s) here",
+                                      field="--gpus-per-worker")
             self._context = ray.put(context)
             self._token = uuid.uuid4().hex
             # max_calls=0: a worker process serves any number of steps (Ray's default for GPU tasks is one step per
