@@ -285,6 +285,23 @@ def _measure(model: nn.Module, task: Task) -> _Measured:
                      test.correct, test.total)
 
 
+def measured_result(scheme: SchemeKey, m: _Measured, parent: _Measured | None, base: _Measured, task: Task, *,
+                    run_seed: int, seconds: float, train_seconds: float, fidelity: str,
+                    data_fraction: float) -> StepResult:
+    """The COMPLETE result of a measured child against its parent and the base model (also used by Ray workers)."""
+    from automc.compress.metrics import accuracy_change, flops_reduction, param_reduction, wilson_interval
+
+    vl, vh = wilson_interval(m.val_correct, m.val_total)
+    tl, th = wilson_interval(m.test_correct, m.test_total)
+    parent = parent or m
+    return StepResult(
+        scheme, COMPLETE, "", m.val, vl, vh, m.test, tl, th, m.params, m.flops,
+        param_reduction(base.params, m.params), flops_reduction(base.flops, m.flops),
+        accuracy_change(base.test, m.test), accuracy_change(parent.val, m.val),
+        param_reduction(parent.params, m.params), seconds, train_seconds, str(task.device), fidelity,
+        float(task.budget.epochs), data_fraction, step_seed(run_seed, scheme) if scheme else int(run_seed))
+
+
 class Evaluator:
     """Evaluates schemes on one task, each from its parent's cached model (see the module docstring).
 
@@ -318,17 +335,8 @@ class Evaluator:
 
     def _result(self, scheme: SchemeKey, m: _Measured, parent: _Measured | None, base: _Measured, task: Task, *,
                 seconds: float, train_seconds: float, fidelity: str, data_fraction: float) -> StepResult:
-        from automc.compress.metrics import accuracy_change, flops_reduction, param_reduction, wilson_interval
-
-        vl, vh = wilson_interval(m.val_correct, m.val_total)
-        tl, th = wilson_interval(m.test_correct, m.test_total)
-        parent = parent or m
-        return StepResult(
-            scheme, COMPLETE, "", m.val, vl, vh, m.test, tl, th, m.params, m.flops,
-            param_reduction(base.params, m.params), flops_reduction(base.flops, m.flops),
-            accuracy_change(base.test, m.test), accuracy_change(parent.val, m.val),
-            param_reduction(parent.params, m.params), seconds, train_seconds, str(task.device), fidelity,
-            float(task.budget.epochs), data_fraction, step_seed(self.seed, scheme) if scheme else self.seed)
+        return measured_result(scheme, m, parent, base, task, run_seed=self.seed, seconds=seconds,
+                               train_seconds=train_seconds, fidelity=fidelity, data_fraction=data_fraction)
 
     def _fail(self, scheme: SchemeKey, error: str, seconds: float, train_seconds: float = 0.0, *,
               fidelity: str = "search", task: Task | None = None, data_fraction: float | None = None) -> StepResult:
