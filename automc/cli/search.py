@@ -95,6 +95,12 @@ def search_cmd(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="models of evaluated schemes and a trained "
                                           "base [~/.cache/automc/runs/RUN_ID]"),
     width: int | None = typer.Option(None, "--width", hidden=True, help="first-stage width of a built-in model"),
+    workers: int | None = typer.Option(None, "--workers", help="evaluations run side by side as Ray tasks [1: no "
+                                       "Ray]"),
+    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker", help="share of a GPU per worker "
+                                                 "(0.25: four per GPU) [1/workers on a GPU]"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="join this Ray cluster (HOST:PORT) "
+                                           "instead of starting a local one"),
 ) -> None:
     """Search for Pareto-optimal compression schemes (accuracy vs parameter reduction)."""
     from automc.search.run import SearchConfig, SearchInterrupted, parse_duration, search
@@ -107,7 +113,8 @@ def search_cmd(
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,
-                       train_epochs=train_epochs, resume=resume, cache_dir=_s(cache_dir), width=width)
+                       train_epochs=train_epochs, resume=resume, cache_dir=_s(cache_dir), width=width,
+                       workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
     try:
         if json_out:
             result = search(cfg)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, Any] = {
     "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "data_fraction": 1.0, "val_from": "test",
     "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5, "reuse": True, "top_k": 3,
-    "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0,
+    "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0, "workers": 1,
 }
 # What defines a run: resuming with any of these changed would mix two experiments in one history.
 IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "data_fraction",
@@ -75,6 +75,9 @@ class SearchConfig:
     resume: str | None = None
     cache_dir: str | None = None  # models of evaluated schemes and a trained base (default: user cache dir)
     width: int | None = None  # first-stage width of a built-in model (tests use tiny ones)
+    workers: int | None = None  # evaluations of a round run side by side as Ray tasks when > 1
+    gpus_per_worker: float | None = None  # share of a GPU each Ray worker reserves (0.25: four per GPU)
+    ray_address: str | None = None  # join this Ray cluster instead of starting a local instance
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,10 @@ def _check(cfg: SearchConfig) -> None:
         raise bad("--lr", f"must be positive, got {cfg.lr}")
     if cfg.device is not None and cfg.device not in ("cpu", "cuda"):
         raise bad("--device", f"unknown device {cfg.device!r}; use cpu or cuda")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise bad("--workers", f"must be at least 1, got {cfg.workers}")
+    if cfg.gpus_per_worker is not None and not 0.0 <= cfg.gpus_per_worker <= 64:
+        raise bad("--gpus-per-worker", f"must be between 0 and 64, got {cfg.gpus_per_worker}")
 
 
 def _resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfig:
@@ -196,7 +203,9 @@ def _resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfi
     if stored:
         base.update({k: v for k, v in stored.items() if k in SearchConfig.__dataclass_fields__ and v is not None})
         base.pop("resume", None)
-        base.pop("time_limit", None)  # a time limit is per session
+        for k in ("time_limit", "workers", "gpus_per_worker", "ray_address"):  # per session, not per run
+            base.pop(k, None)
+        base["workers"] = DEFAULTS["workers"]
     out = SearchConfig(**{**base, **given})
     for flag, value in (("--model", out.model), ("--data", out.data)):
         if not value:
@@ -295,6 +304,7 @@ class _Run:
     deadline: float | None = None
 
     pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # finished steps not yet written
+    executor: Any = None  # a Ray executor when the run has several workers; None evaluates in this process
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Store]:
@@ -486,8 +496,8 @@ def _context(run: _Run) -> tuple[Context, dict[str, int]]:
     return ctx, info
 
 
-def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
-    """Evaluate one scheme (its parent is in the history): RUNNING record, evaluation, COMPLETE or FAIL."""
+def _start_step(run: _Run, scheme: SchemeKey, round_: int) -> tuple[str, str, float]:
+    """Write a step's RUNNING record (its parent is in the history); returns (evaluation id, created, clock)."""
     from automc.catalog import Scheme
     from automc.search import storage
     from automc.search.evaluator import step_seed
@@ -498,22 +508,70 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
              "epochs": float(cfg.epochs), "data_fraction": float(cfg.data_fraction),
              "seed": step_seed(int(cfg.seed), scheme), "val_source": run.evaluator.task.data.sources.get("val")}
     t = time.monotonic()
-    # to the microsecond: a resumed run reads its steps back in the order they were evaluated
-    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
     with run.opened() as s:
         eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
                                      device=str(run.evaluator.task.device), extra=extra)
         storage.update_run(s, run.id)  # the run's heartbeat: another host tells a live run from a dead one by it
-    try:
-        result = run.evaluator.evaluate(scheme)
-    except BaseException as e:
-        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        with run.opened() as s:
-            s.fail_evaluation(eval_id, reason)
-        raise
+    return eval_id, _stamp(), t
+
+
+def _stamp() -> str:
+    # to the microsecond: a resumed run reads its steps back in the order they were evaluated
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+def _end_step(run: _Run, token: tuple[str, str, float], result: Any, round_: int) -> Observation:
+    """Queue a step's result for the next store write; returns what the strategy sees of it."""
+    eval_id, created, t = token
     run.pending.append((eval_id, {**result.record(), "created": created}))
     run.step_seconds.append(time.monotonic() - t)
     return result.observation(round_, eval_id)
+
+
+def _interrupted(run: _Run, tokens: list[tuple[str, str, float]], e: BaseException) -> None:
+    reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+    with run.opened() as s:
+        for eval_id, _, _ in tokens:
+            s.fail_evaluation(eval_id, reason)
+
+
+def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
+    """Evaluate one scheme (its parent is in the history): RUNNING record, evaluation, COMPLETE or FAIL."""
+    token = _start_step(run, scheme, round_)
+    try:
+        result = run.evaluator.evaluate(scheme)
+    except BaseException as e:
+        _interrupted(run, [token], e)
+        raise
+    return _end_step(run, token, result, round_)
+
+
+def _parallel_round(run: _Run, proposals: list[SchemeKey], round_: int) -> list[Observation]:
+    """The serial round's steps side by side through the run's Ray executor; the history gets them in the serial
+    order, and their ``created`` stamps are rewritten in that order so a resumed run reads the same history."""
+    from automc.kb.records import GraphBatch
+    from automc.search.parallel import evaluate_round
+
+    def finished(result: Any, token: tuple[str, str, float]) -> Observation:
+        obs = _end_step(run, token, result, round_)
+        run.emit("step", round_, f"{'ok' if obs.ok else 'FAIL'} {' > '.join(obs.scheme)}")
+        return obs
+
+    new = evaluate_round(run.evaluator, run.executor, proposals, run.history, int(run.cfg.budget) - run.done,
+                         started=lambda scheme: _start_step(run, scheme, round_), finished=finished,
+                         interrupted=lambda tokens, e: _interrupted(run, tokens, e), time_up=run.time_up)
+    stamps = {eval_id: i for i, (eval_id, _) in enumerate(run.pending)}
+    batch = GraphBatch()
+    for obs in new:
+        created = _stamp()
+        if obs.evaluation_id in stamps:
+            run.pending[stamps[obs.evaluation_id]][1]["created"] = created
+        else:
+            batch.node("Evaluation", id=obs.evaluation_id, created=created)
+    if len(batch):
+        with run.opened() as s:
+            s.write(batch)
+    return new
 
 
 def _round(run: _Run, strategy: Any, round_: int) -> list[Observation]:
@@ -521,6 +579,8 @@ def _round(run: _Run, strategy: Any, round_: int) -> list[Observation]:
     cfg = run.cfg
     rng = round_rng(int(cfg.seed), round_)
     proposals = strategy.propose(run.history, min(int(cfg.per_round), int(cfg.budget) - run.done), rng)
+    if run.executor is not None:
+        return _parallel_round(run, proposals, round_)
     new: list[Observation] = []
     for scheme in proposals:
         for k in range(1, len(scheme) + 1):
@@ -554,6 +614,14 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
         with run.opened() as s:
             storage.update_run(s, run.id, config=run.config_json)
         strategy = STRATEGIES[str(cfg.strategy)](ctx)
+        if int(cfg.workers or 1) > 1 or cfg.ray_address:
+            from automc.search.parallel import make_executor
+
+            gpus = cfg.gpus_per_worker
+            if gpus is None:  # on a GPU, the workers share it evenly by default
+                gpus = 1.0 / int(cfg.workers) if run.evaluator.task.device.type == "cuda" else 0.0
+            run.executor = make_executor(run.evaluator, workers=int(cfg.workers), gpus_per_worker=float(gpus),
+                                         address=cfg.ray_address)
         if stored is not None and stored.strategy_state:
             strategy.load_state_dict(stored.strategy_state)
         round_ = (stored.round + 1) if stored is not None else 0
@@ -590,6 +658,9 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
             storage.update_run(s, run.id, state="FAILED", error=f"{type(e).__name__}: {e}"[:2000],
                                seconds=run.seconds_before + time.monotonic() - run.started)
         raise
+    finally:
+        if run.executor is not None:
+            run.executor.close()
 
 
 def _final(run: _Run, round_: int) -> None:
