@@ -86,7 +86,7 @@ def run_strategies(args: argparse.Namespace, res: dict[str, Any], save) -> None:
         for strategy in args.strategies:
             name = f"{strategy}-{seed}"
             kw = _base_kwargs(args, args.model, args.weights)
-            kw.update(seed=seed, strategy=strategy, out=str(args.out / "runs" / name),
+            kw.update(seed=seed, strategy=strategy, out=str(args.out / "runs" / name), store=seed_store(args, seed),
                       cache_dir=str(args.out / "cache" / name), time_limit=args.time_limit, _name=name)
             jobs.append(kw)
     _pool_named(jobs, args.jobs, res, "strategies", save, args)
@@ -135,6 +135,11 @@ def anytime(points: list[dict[str, Any]], target_pr: float) -> list[float]:
     return anytime_hypervolume(obs, target_pr)
 
 
+def seed_store(args: argparse.Namespace, seed: int) -> str:
+    """The store one seed's strategy runs share (a store per seed keeps the single-writer lock uncontended)."""
+    return f"ladybug://{(args.out / f'store-{seed}' / 'kb.lbug').resolve()}"
+
+
 def copy_store(src: str, dst: Path) -> str:
     """A private copy of a LadybugDB store (the file and its side files)."""
     path = Path(src.removeprefix("ladybug://"))
@@ -153,7 +158,7 @@ def run_reuse(args: argparse.Namespace, res: dict[str, Any], save) -> None:
             kw = _base_kwargs(args, args.reuse_model, args.reuse_weights)
             kw.update(seed=seed, strategy="progressive", reuse=reuse, out=str(args.out / "reuse" / name),
                       cache_dir=str(args.out / "cache" / name), time_limit=args.time_limit,
-                      store=copy_store(args.store, args.out / "stores" / name), _name=name)
+                      store=copy_store(seed_store(args, seed), args.out / "stores" / name), _name=name)
             jobs.append(kw)
     _pool_named(jobs, args.jobs, res, "reuse", save, args)
 
@@ -329,6 +334,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", "from automc.cli.app import main; main()", *cmd, "--store",
                             args.store], check=True,
                            stdout=subprocess.DEVNULL)
+        for seed in args.seeds:
+            copy_store(args.store, args.out / f"store-{seed}")
         res["kb_seconds"] = time.time() - t0
     phases = {"strategies": run_strategies, "reuse": run_reuse, "handmade": run_handmade, "honesty": run_honesty}
     for name in args.phases:
