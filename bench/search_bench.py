@@ -156,6 +156,7 @@ def run_reuse(args: argparse.Namespace, res: dict[str, Any], save) -> None:
         for reuse in (True, False):
             name = f"{'reuse' if reuse else 'noreuse'}-{seed}"
             kw = _base_kwargs(args, args.reuse_model, args.reuse_weights)
+            kw.update(budget=args.reuse_budget or args.budget, final_epochs=args.reuse_final_epochs)
             kw.update(seed=seed, strategy="progressive", reuse=reuse, out=str(args.out / "reuse" / name),
                       cache_dir=str(args.out / "cache" / name), time_limit=args.time_limit,
                       store=copy_store(seed_store(args, seed), args.out / "stores" / name), _name=name)
@@ -282,6 +283,9 @@ def main() -> None:
     p.add_argument("--weights", type=Path)
     p.add_argument("--reuse-model", default="resnet20")
     p.add_argument("--reuse-weights", type=Path)
+    p.add_argument("--reuse-budget", type=int, default=None, help="budget of the reuse runs [--budget]")
+    p.add_argument("--reuse-final-epochs", type=float, default=0.0, help="the reuse runs compare hypervolume at "
+                   "search fidelity, so no final fine-tune by default")
     p.add_argument("--data", type=Path)
     p.add_argument("--val-data", type=Path)
     p.add_argument("--target-pr", type=float, default=0.4)
