@@ -77,7 +77,7 @@ def _base_kwargs(args: argparse.Namespace, model: str, weights: Path) -> dict[st
     return {"model": model, "weights": str(weights), "data": str(args.data), "val_data": str(args.val_data),
             "target_pr": args.target_pr, "budget": args.budget, "epochs": args.epochs,
             "final_epochs": args.final_epochs, "top_k": args.top_k, "device": args.device, "store": args.store,
-            "per_round": args.per_round, "threads": args.threads}
+            "per_round": args.per_round, "threads": args.threads, "data_fraction": args.data_fraction}
 
 
 def run_strategies(args: argparse.Namespace, res: dict[str, Any], save) -> None:
@@ -107,7 +107,6 @@ def _pool_named(jobs: list[dict[str, Any]], workers: int, res: dict[str, Any], k
             r = done[name] = fut.result()
             if r.get("run_id"):
                 r["evaluated"] = run_points(job["store"], r["run_id"])
-                r["curve"] = anytime(r["evaluated"], float(job["target_pr"]))
             print(f"[{time.strftime('%H:%M:%S')}] {key} {name}: run {r.get('run_id')} "
                   f"{r.get('evaluations')} evaluations in {r.get('wall', 0):.0f} s {r.get('error', '')}", flush=True)
             save()
@@ -123,16 +122,6 @@ def run_points(store_uri: str, run_id: str) -> list[dict[str, Any]]:
     keys = ("scheme", "state", "fidelity", "val_accuracy", "accuracy", "pr", "fr", "seconds", "train_seconds",
             "round")
     return [{k: r.get(k) for k in keys} for r in rows]
-
-
-def anytime(points: list[dict[str, Any]], target_pr: float) -> list[float]:
-    """Hypervolume after each search-fidelity evaluation."""
-    from automc.search._base import Observation
-    from automc.search.indicators import anytime_hypervolume
-
-    obs = [Observation(tuple(p["scheme"].split(" > ")) if p["scheme"] else (), p["state"], p["val_accuracy"],
-                       p["pr"]) for p in points if p["fidelity"] == "search"]
-    return anytime_hypervolume(obs, target_pr)
 
 
 def seed_store(args: argparse.Namespace, seed: int) -> str:
@@ -247,9 +236,9 @@ def run_honesty(args: argparse.Namespace, res: dict[str, Any], save) -> None:
     ev = Evaluator(base, task, cache_dir=args.out / "honesty-cache", seed=0, space=space)
     rng = np.random.default_rng(0)
     rows = res.setdefault("honesty", {"rows": []})["rows"]
-    for m in (ev.base(),):
-        rows.append({"scheme": "", "val": m.val_accuracy, "carved": evaluate(base, carved, "val").top1,
-                     "test": m.test_accuracy})
+    m = ev.base()
+    rows.append({"scheme": "", "val": m.val_accuracy, "test": m.test_accuracy,
+                 "carved": evaluate(base.to(dev), carved, "val", device=dev).top1})
     while len(rows) < args.honesty + 1:
         scheme = space.random_scheme(rng, int(rng.integers(1, 4)))
         if not scheme:
@@ -260,8 +249,23 @@ def run_honesty(args: argparse.Namespace, res: dict[str, Any], save) -> None:
                 break
             model = ev.model(tuple(scheme[:i]))
             rows.append({"scheme": " > ".join(scheme[:i]), "val": r.val_accuracy, "pr": r.pr,
-                         "carved": evaluate(model, carved, "val").top1, "test": r.test_accuracy})
+                         "carved": evaluate(model.to(dev), carved, "val", device=dev).top1, "test": r.test_accuracy})
         save()
+
+
+def val_subsample(path: Path, n: int, out: Path) -> Path:
+    """A seeded, stratified subsample of a validation file, written under ``out`` (cheaper selection on a CPU)."""
+    import numpy as np
+
+    dst = out / f"val-subsample-{n}.npz"
+    if not dst.is_file():
+        with np.load(path) as z:
+            x, y = z["x_val"], z["y_val"]
+        rng = np.random.default_rng(0)
+        keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), n // 10, replace=False)
+                                       for c in np.unique(y)]))
+        np.savez(dst, x_val=x[keep], y_val=y[keep])
+    return dst
 
 
 def best_run(runs: dict[str, Any], strategy: str) -> dict[str, Any] | None:
@@ -298,6 +302,9 @@ def main() -> None:
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     p.add_argument("--phases", nargs="+", default=["strategies", "reuse", "handmade", "honesty"])
     p.add_argument("--honesty", type=int, default=24, help="evaluations in the honesty phase")
+    p.add_argument("--val-subsample", type=int, default=0, help="select on a seeded stratified subsample of "
+                   "--val-data of this size (0: all of it)")
+    p.add_argument("--data-fraction", type=float, default=1.0, help="search fidelity: share of the training data")
     p.add_argument("--device", default="cuda")
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
@@ -318,6 +325,8 @@ def main() -> None:
     args.data = args.data or s / "datasets" / "cifar10-subset.npz"
     args.val_data = args.val_data or s / "datasets" / "cifar10-val-jpeg.npz"
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.val_subsample:
+        args.val_data = val_subsample(args.val_data, args.val_subsample, args.out)
     args.store = args.store or f"ladybug://{(args.out / 'store' / 'kb.lbug').resolve()}"
     # one JSON per phase group, so groups can run side by side (the renderer merges them)
     path = args.out / f"search_bench_{'_'.join(args.phases)}.json"

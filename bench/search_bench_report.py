@@ -16,6 +16,19 @@ def _runs(res: dict[str, Any], key: str, prefix: str) -> list[dict[str, Any]]:
     return [r for n, r in sorted(res.get(key, {}).items()) if n.startswith(prefix + "-") and r.get("curve")]
 
 
+def _curves(res: dict[str, Any]) -> None:
+    """The anytime hypervolume of every run, from its evaluations (search fidelity, in evaluation order)."""
+    from automc.search._base import Observation
+    from automc.search.indicators import anytime_hypervolume
+
+    gamma = float(res["args"]["target_pr"])
+    for key in ("strategies", "reuse"):
+        for r in res.get(key, {}).values():
+            pts = [p for p in r.get("evaluated", []) if p["fidelity"] == "search"]
+            obs = [Observation(tuple(p["scheme"].split(" > ")), p["state"], p["val_accuracy"], p["pr"]) for p in pts]
+            r["curve"] = anytime_hypervolume(obs, gamma) if obs else []
+
+
 def _final_best(run: dict[str, Any], target_pr: float) -> dict[str, Any] | None:
     """The best test accuracy at PR >= gamma among a run's final fine-tunes."""
     rows = [p for p in run.get("evaluated", []) if p["fidelity"] == "final" and p["state"] == "COMPLETE"
@@ -56,6 +69,7 @@ def render(out: Path, results: Path) -> dict[str, Any]:
                 res.setdefault(k, v)
     args = res["args"]
     gamma = float(args["target_pr"])
+    _curves(res)
     n_test = int(args.get("n_test", 1017))
     results.mkdir(parents=True, exist_ok=True)
     lines = ["# Search strategies, knowledge reuse and validation honesty (`bench/search_bench.py`)", ""]
