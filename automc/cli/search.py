@@ -170,12 +170,15 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
                out: Path | None = typer.Option(None, "--out", help="write report.md, pareto.png, search.json"),
                store: str | None = store_option(),
                json_out: bool = typer.Option(False, "--json", help="print search.json")) -> None:
-    """Rebuild a search run's report from the store alone."""
+    """Rebuild search runs' reports from the store alone; several runs are also compared (compare.md, overlaid
+    fronts and hypervolume curves in --out)."""
     from automc.kb import open_store
-    from automc.search.report import build_report, to_json, write_report
+    from automc.search.report import build_report, to_json, write_comparison, write_report
 
     with open_store(store, read_only=True) as s:
         infos = [build_report(s, run_id) for run_id in run_ids]
+    if out is not None and len(infos) > 1:
+        write_comparison(infos, out)
     for info in infos:
         target = None
         if out is not None:

@@ -30,6 +30,11 @@ class ReportInfo(NamedTuple):
     seconds: float
     train_seconds: float
     setup_seconds: float  # data, base model, embeddings: before the first proposal
+    curve: list[float] = []  # hypervolume of (validation accuracy, PR) above (0, gamma) after each evaluated step
+
+    @property
+    def hypervolume(self) -> float:
+        return self.curve[-1] if self.curve else 0.0
 
     @property
     def overhead(self) -> float:
@@ -52,7 +57,14 @@ def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]]) -> ReportInfo
     return ReportInfo(run, run.target_pr, dict(run.config.get("base") or {}), points,
                       front_rows(points, rows, run.target_pr), len(steps),
                       sum(r["state"] == "FAIL" for r in steps), run.seconds, train,
-                      float(run.config.get("setup_seconds") or 0.0))
+                      float(run.config.get("setup_seconds") or 0.0), anytime_curve(steps, run.target_pr))
+
+
+def anytime_curve(steps: Sequence[Mapping[str, Any]], gamma: float) -> list[float]:
+    """The hypervolume after each evaluated step, in evaluation order (``indicators.anytime_hypervolume``)."""
+    from automc.search.indicators import anytime_hypervolume
+
+    return anytime_hypervolume([storage.observation(r) for r in steps], gamma)
 
 
 def front_rows(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
@@ -89,7 +101,7 @@ def to_json(info: ReportInfo) -> dict[str, Any]:
             "config": r.config.get("config", {}), "reuse": r.config.get("reuse", {}), "base": info.base,
             "front": info.front, "points": info.points, "evaluations": info.evaluations, "failed": info.failed,
             "seconds": info.seconds, "train_seconds": info.train_seconds, "setup_seconds": info.setup_seconds,
-            "overhead": info.overhead}
+            "overhead": info.overhead, "hypervolume": info.hypervolume, "hypervolume_curve": info.curve}
 
 
 def _pct(x: Any) -> str:
@@ -142,7 +154,9 @@ def render_markdown(info: ReportInfo) -> str:
         lines.append(f"No evaluated scheme reached PR >= {info.gamma}.")
     per = info.seconds / info.evaluations if info.evaluations else 0.0
     lines += ["", "Selection uses validation accuracy only; test accuracy (95% Wilson interval) is reported, never "
-              "used to choose.", "", "## Timing", "",
+              "used to choose.", "",
+              f"Hypervolume of (validation accuracy, PR) above (0, gamma) after the {info.evaluations} steps: "
+              f"{info.hypervolume:.4f} (its curve: `hypervolume.png`).", "", "## Timing", "",
               f"- wall time: {info.seconds:,.1f} s, of which setup (data, base model, embeddings) "
               f"{info.setup_seconds:,.1f} s; {per:,.1f} s per evaluated step",
               f"- inside method training: {info.train_seconds:,.1f} s; the rest of the search after setup "
@@ -186,12 +200,85 @@ def render_png(info: ReportInfo, path: str | Path) -> Path:
     return out
 
 
-def write_report(info: ReportInfo, out: str | Path) -> dict[str, Path]:
-    """Write ``report.md``, ``pareto.png`` and ``search.json`` into ``out``; returns the paths by name."""
+def render_curves(infos: Sequence[ReportInfo], path: str | Path) -> Path:
+    """``hypervolume.png``: the anytime hypervolume of one run, or of several overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for info in infos:
+        ax.plot(range(1, len(info.curve) + 1), info.curve, label=_label(info))
+    ax.set_xlabel("evaluated steps")
+    ax.set_ylabel(f"hypervolume (val acc x PR above gamma = {infos[0].gamma})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _label(info: ReportInfo) -> str:
+    return f"{info.run.id} ({info.run.algorithm}, seed {info.run.seed})"
+
+
+def render_fronts(infos: Sequence[ReportInfo], path: str | Path) -> Path:
+    """``pareto.png`` of several runs: each run's front (search fidelity) in its own colour, gamma marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for info in infos:
+        fx = [float(r["search_pr"]) for r in info.front]
+        fy = [float(r["search_val_accuracy"]) for r in info.front]
+        ax.plot(fx, fy, "-o", ms=4, label=_label(info))
+    ax.axvline(infos[0].gamma, ls="--", c="tab:green", label=f"gamma = {infos[0].gamma}")
+    ax.set_xlabel("parameter reduction (PR)")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_comparison(infos: Sequence[ReportInfo], out: str | Path) -> dict[str, Path]:
+    """Several runs overlaid: ``compare.md`` (a row per run), ``pareto.png`` (fronts), ``hypervolume.png``."""
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    paths = {"report": d / "report.md", "plot": d / "pareto.png", "json": d / "search.json"}
+    lines = ["# Search runs compared", "",
+             "| run | strategy | seed | steps | hypervolume | best val acc at PR >= gamma | its test acc [95%] | "
+             "evaluation |", "|---|---|---|---|---|---|---|---|"]
+    for info in infos:
+        best = best_row(info)
+        cells = ([_pct(best["val_accuracy"]), _interval(best), f"`{best['evaluation_id']}`"] if best
+                 else ["-", "-", "-"])
+        lines.append(f"| {info.run.id} | {info.run.algorithm} | {info.run.seed} | {info.evaluations} | "
+                     f"{info.hypervolume:.4f} | " + " | ".join(cells) + " |")
+    paths = {"report": d / "compare.md", "plot": d / "pareto.png", "curves": d / "hypervolume.png"}
+    paths["report"].write_text("\n".join(lines) + "\n")
+    render_fronts(infos, paths["plot"])
+    render_curves(infos, paths["curves"])
+    return paths
+
+
+def write_report(info: ReportInfo, out: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``pareto.png``, ``hypervolume.png`` and ``search.json`` into ``out``."""
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"report": d / "report.md", "plot": d / "pareto.png", "json": d / "search.json",
+             "curves": d / "hypervolume.png"}
     paths["report"].write_text(render_markdown(info))
     render_png(info, paths["plot"])
+    render_curves([info], paths["curves"])
     paths["json"].write_text(json.dumps(to_json(info), indent=1, sort_keys=True, default=str))
     return paths

@@ -262,3 +262,22 @@ def test_a_search_on_another_task_learns_from_the_first_only_with_reuse(inputs, 
                           cache_dir=str(tmp_path / "cache3")))
     assert alone.reuse == {"evaluations": 0, "tasks": 0}
     assert first.task not in alone.trained_on and set(alone.trained_on) <= {alone.task}
+
+
+def test_report_curve_and_comparison_of_runs(finished, tmp_path):
+    import numpy as np
+
+    from automc.search.indicators import hypervolume
+    from automc.search.report import write_comparison
+
+    cfg, res, _ = finished
+    with open_store(cfg.store) as s:
+        info = build_report(s, res.run_id)
+    assert len(info.curve) == info.evaluations
+    assert all(a <= b for a, b in zip(info.curve, info.curve[1:], strict=False))  # anytime: never decreases
+    pts = np.array([(p["val_accuracy"], p["pr"]) for p in info.points])
+    assert info.hypervolume == pytest.approx(hypervolume(pts, cfg.target_pr))
+    paths = write_comparison([info, info], tmp_path / "cmp")
+    assert paths["plot"].stat().st_size > 0 and paths["curves"].stat().st_size > 0
+    rows = [line for line in paths["report"].read_text().splitlines() if line.startswith(f"| {res.run_id} ")]
+    assert len(rows) == 2
