@@ -388,6 +388,16 @@ class Evaluator:
         return self._replay(tuple(scheme))[0]
 
     # -- evaluating --------------------------------------------------------------------------------------
+    def refused(self, key: SchemeKey, t0: float) -> StepResult | None:
+        """The FAIL result at once for a scheme the rules forbid or that failed before; None when it may run."""
+        why = self.space.why_not(key)
+        if why:
+            return self._fail(key, f"not allowed: {why}", time.perf_counter() - t0)
+        failed = self.cache.failure(key)
+        if failed:
+            return self._fail(key, failed, time.perf_counter() - t0)
+        return None
+
     def evaluate(self, scheme: Sequence[str]) -> StepResult:
         """Apply the last strategy of ``scheme`` to its parent's model and measure the child.
 
@@ -398,12 +408,9 @@ class Evaluator:
         if not key:
             return self.base()
         t0 = time.perf_counter()
-        why = self.space.why_not(key)
-        if why:
-            return self._fail(key, f"not allowed: {why}", time.perf_counter() - t0)
-        failed = self.cache.failure(key)
-        if failed:
-            return self._fail(key, failed, time.perf_counter() - t0)
+        refused = self.refused(key, t0)
+        if refused is not None:
+            return refused
         base_m = self._base_on(self.task)
         try:
             parent, parent_meta = self._replay(key[:-1])

@@ -382,12 +382,9 @@ def prepare(evaluator: Evaluator, scheme: Sequence[str]) -> StepJob | StepResult
     if not key:
         return evaluator.base()
     t0 = time.perf_counter()
-    why = evaluator.space.why_not(key)
-    if why:
-        return evaluator._fail(key, f"not allowed: {why}", time.perf_counter() - t0)
-    failed = evaluator.cache.failure(key)
-    if failed:
-        return evaluator._fail(key, failed, time.perf_counter() - t0)
+    refused = evaluator.refused(key, t0)
+    if refused is not None:
+        return refused
     try:
         parent, meta = evaluator._replay(key[:-1])
     except Exception as e:  # noqa: BLE001 - a failing prefix fails its extensions

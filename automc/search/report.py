@@ -166,32 +166,41 @@ def render_markdown(info: ReportInfo) -> str:
 
 def render_png(info: ReportInfo, path: str | Path) -> Path:
     """``pareto.png``: every evaluation, the front as a line, the base model and gamma marked."""
+
+    def draw(ax: Any) -> None:
+        pts = [p for p in info.points if p.get("pr") is not None and p.get("val_accuracy") is not None]
+        ax.scatter([float(p["pr"]) for p in pts], [float(p["val_accuracy"]) for p in pts], s=14, c="0.6",
+                   label=f"evaluated schemes ({len(pts)})")
+        if info.front:
+            fx = [float(r["search_pr"]) for r in info.front]
+            fy = [float(r["search_val_accuracy"]) for r in info.front]
+            ax.plot(fx, fy, "-o", c="tab:red", ms=5, label="Pareto front (search fidelity)")
+            final = [r for r in info.front if r["fidelity"] == "final"]
+            if final:
+                ax.scatter([float(r["pr"]) for r in final], [float(r["val_accuracy"]) for r in final], marker="*",
+                           s=120, c="tab:blue", label="after final fine-tune", zorder=3)
+        if info.base.get("val_accuracy") is not None:
+            ax.scatter([0.0], [float(info.base["val_accuracy"])], marker="D", s=50, c="k", label="base model",
+                       zorder=3)
+        ax.axvline(info.gamma, ls="--", c="tab:green", label=f"gamma = {info.gamma}")
+        ax.set_xlabel("parameter reduction (PR)")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(f"search run {info.run.id} ({info.run.algorithm})")
+        ax.legend(fontsize=8, loc="lower left")
+
+    return _figure(path, draw)
+
+
+def _figure(path: str | Path, draw: Any, size: tuple[float, float] = (7, 4.5)) -> Path:
+    """Draw on a fresh matplotlib axis (``draw(ax)``) and save it as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    xs = [float(p["pr"]) for p in info.points if p.get("pr") is not None and p.get("val_accuracy") is not None]
-    ys = [float(p["val_accuracy"]) for p in info.points if p.get("pr") is not None and p.get("val_accuracy")
-          is not None]
-    ax.scatter(xs, ys, s=14, c="0.6", label=f"evaluated schemes ({len(xs)})")
-    if info.front:
-        fx = [float(r["search_pr"]) for r in info.front]
-        fy = [float(r["search_val_accuracy"]) for r in info.front]
-        ax.plot(fx, fy, "-o", c="tab:red", ms=5, label="Pareto front (search fidelity)")
-        final = [r for r in info.front if r["fidelity"] == "final"]
-        if final:
-            ax.scatter([float(r["pr"]) for r in final], [float(r["val_accuracy"]) for r in final], marker="*",
-                       s=120, c="tab:blue", label="after final fine-tune", zorder=3)
-    if info.base.get("val_accuracy") is not None:
-        ax.scatter([0.0], [float(info.base["val_accuracy"])], marker="D", s=50, c="k", label="base model", zorder=3)
-    ax.axvline(info.gamma, ls="--", c="tab:green", label=f"gamma = {info.gamma}")
-    ax.set_xlabel("parameter reduction (PR)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"search run {info.run.id} ({info.run.algorithm})")
+    fig, ax = plt.subplots(figsize=size, dpi=120)
+    draw(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -202,24 +211,15 @@ def render_png(info: ReportInfo, path: str | Path) -> Path:
 
 def render_curves(infos: Sequence[ReportInfo], path: str | Path) -> Path:
     """``hypervolume.png``: the anytime hypervolume of one run, or of several overlaid."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax: Any) -> None:
+        for info in infos:
+            ax.plot(range(1, len(info.curve) + 1), info.curve, label=_label(info))
+        ax.set_xlabel("evaluated steps")
+        ax.set_ylabel(f"hypervolume (val acc x PR above gamma = {infos[0].gamma})")
+        ax.legend(fontsize=8)
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for info in infos:
-        ax.plot(range(1, len(info.curve) + 1), info.curve, label=_label(info))
-    ax.set_xlabel("evaluated steps")
-    ax.set_ylabel(f"hypervolume (val acc x PR above gamma = {infos[0].gamma})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _figure(path, draw, (7, 4.2))
 
 
 def _label(info: ReportInfo) -> str:
@@ -228,27 +228,18 @@ def _label(info: ReportInfo) -> str:
 
 def render_fronts(infos: Sequence[ReportInfo], path: str | Path) -> Path:
     """``pareto.png`` of several runs: each run's front (search fidelity) in its own colour, gamma marked."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax: Any) -> None:
+        for info in infos:
+            fx = [float(r["search_pr"]) for r in info.front]
+            fy = [float(r["search_val_accuracy"]) for r in info.front]
+            ax.plot(fx, fy, "-o", ms=4, label=_label(info))
+        ax.axvline(infos[0].gamma, ls="--", c="tab:green", label=f"gamma = {infos[0].gamma}")
+        ax.set_xlabel("parameter reduction (PR)")
+        ax.set_ylabel("validation accuracy")
+        ax.legend(fontsize=8, loc="lower left")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for info in infos:
-        fx = [float(r["search_pr"]) for r in info.front]
-        fy = [float(r["search_val_accuracy"]) for r in info.front]
-        ax.plot(fx, fy, "-o", ms=4, label=_label(info))
-    ax.axvline(infos[0].gamma, ls="--", c="tab:green", label=f"gamma = {infos[0].gamma}")
-    ax.set_xlabel("parameter reduction (PR)")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _figure(path, draw)
 
 
 def write_comparison(infos: Sequence[ReportInfo], out: str | Path) -> dict[str, Path]:
