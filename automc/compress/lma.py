@@ -36,7 +36,7 @@ def _tables(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 def _piecewise_linear(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     b, _, slopes, intercepts = _tables(w, k)
-    seg = torch.bucketize(x, b.to(x.dtype))  # segment index: number of breakpoints below x
+    seg = torch.bucketize(x.contiguous(), b.to(x.dtype))  # segment index: number of breakpoints below x
     return slopes.to(x.dtype)[seg] * x + intercepts.to(x.dtype)[seg]
 
 
@@ -70,7 +70,7 @@ class _PiecewiseLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         k = ctx.k
         b, order, slopes, _ = _tables(w.detach(), k)
-        seg = torch.bucketize(x, b.to(x.dtype))
+        seg = torch.bucketize(x.contiguous(), b.to(x.dtype))
         gx = gy * slopes.to(gy.dtype)[seg]
         flat = seg.flatten()
         g_s = torch.zeros(k + 1, dtype=torch.float64, device=x.device).index_add_(
