@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is absent")
     return SHARED
+
+
+def automc_exe() -> str | None:
+    """The installed ``automc`` console script of this interpreter's environment (CI runs pytest from a venv it
+    does not activate, so PATH may not hold it), else the one on PATH."""
+    beside = Path(sys.executable).with_name("automc")
+    return str(beside) if beside.is_file() else shutil.which("automc")
 
 
 def make_store(backend: str, tmp_path: Path):

@@ -187,7 +187,7 @@ def test_bad_lock_timeout_is_one_line_and_creates_no_store(files, tmp_path):
     pytest.importorskip("ladybug")
     r = runner.invoke(app, _cli(files, tmp_path), env={"AUTOMC_LOCK_TIMEOUT": "abc"})
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
-    assert r.stderr.strip() == "error: AUTOMC_LOCK_TIMEOUT: expected a number of seconds, got 'abc'"
+    assert r.stderr.strip() == "error: AUTOMC_LOCK_TIMEOUT: must be a number of seconds ≥ 0, got 'abc'"
     assert not (tmp_path / "kb").exists() and not (tmp_path / "out").exists()
 
 

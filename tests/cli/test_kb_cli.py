@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 from typer.testing import CliRunner
 
 from automc.cli.app import app
+from tests.conftest import automc_exe
 
 runner = CliRunner()
 
@@ -60,7 +60,7 @@ def test_init_export_import_round_trip(tmp_path):
 
 
 def test_installed_console_script(tmp_path):
-    exe = shutil.which("automc")
+    exe = automc_exe()
     assert exe, "the automc console script is not installed"
     out = subprocess.run([exe, "kb", "methods"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "8934 strategies" in out.stdout

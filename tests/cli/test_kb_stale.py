@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from automc.cli.app import app
 from automc.kb import open_store
+from tests.conftest import automc_exe
 
 runner = CliRunner()
 
@@ -23,7 +23,7 @@ runner = CliRunner()
 def test_killed_compress_is_marked_stale(tmp_path):
     from automc.compress.data import synthetic
 
-    exe = shutil.which("automc")
+    exe = automc_exe()
     assert exe, "the automc console script is not installed"
     data = synthetic(num_classes=4, per_class=24, size=16, test_per_class=8, val_fraction=0.0)
     np.savez(tmp_path / "data.npz", x_train=data.x["train"].permute(0, 2, 3, 1).numpy(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from automc.importers import import_file
 from automc.kb import open_store
+from tests.conftest import automc_exe
 
 HEADER = ("method,model,dataset,hyperparameters,flops_reduction,accuracy_change,base_top1,base_params_m,"
           "base_flops_m,num_classes,num_images,image_size,image_channels\n")
@@ -61,7 +61,7 @@ def test_torn_log_tail_is_dropped_and_committed_data_kept(tmp_path):
 @pytest.mark.slow
 def test_kill_during_import_keeps_earlier_import(tmp_path):
     """SIGKILL ``automc kb import`` while it writes: the store opens and the earlier import is all there."""
-    exe = shutil.which("automc")
+    exe = automc_exe()
     assert exe, "the automc console script is not installed"
     db = tmp_path / "kb.lbug"
     uri = f"ladybug://{db}"
