@@ -20,7 +20,6 @@ from automc.errors import ValidationError
 from automc.kb.schema import NODE
 from automc.search._base import Observation
 from automc.search.evaluator import Evaluator, ModelCache, StepResult, run_step, step_seed
-from automc.search.space import SearchSpace
 
 torch.set_num_threads(1)
 
@@ -39,21 +38,11 @@ METHODS_COUNTED = {**METHODS, "NS": CountingNS}
 
 
 @pytest.fixture(scope="module")
-def data():
-    return synthetic(num_classes=4, per_class=48, size=16, seed=0)
-
-
-@pytest.fixture(scope="module")
 def base(data):
     torch.manual_seed(0)
     model = build_model("resnet8", data.num_classes, width=4)
     finetune(model, Task(data, 0.4, TrainBudget(epochs=12, batch_size=32, lr=0.05)), 12)
     return model
-
-
-@pytest.fixture(scope="module")
-def space():
-    return SearchSpace()
 
 
 @pytest.fixture

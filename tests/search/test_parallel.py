@@ -17,7 +17,6 @@ import torch
 
 from automc.compress import METHODS
 from automc.compress.base import Task, TrainBudget
-from automc.compress.data import synthetic
 from automc.compress.lfb import LFB
 from automc.compress.models import build_model
 from automc.compress.ns import NetworkSlimming
@@ -37,7 +36,6 @@ from automc.search.parallel import (
     ready,
     round_plan,
 )
-from automc.search.space import SearchSpace
 
 torch.set_num_threads(1)
 ANNOUNCE = "AUTOMC_TEST_ANNOUNCE"  # a directory: each step writes "<seed>.<pid>" there and waits on "<seed>.hold"
@@ -80,21 +78,11 @@ SCHEMES = ("NS(target_ratio_factor=0.5)", "SFP(target_ratio_factor=0.5)", "LMA(t
 
 
 @pytest.fixture(scope="module")
-def data():
-    return synthetic(num_classes=4, per_class=48, size=16, seed=0)
-
-
-@pytest.fixture(scope="module")
 def base(data):
     torch.manual_seed(0)
     model = build_model("resnet8", data.num_classes, width=4)
     finetune(model, Task(data, 0.4, TrainBudget(epochs=6, batch_size=32, lr=0.05)), 6)
     return model
-
-
-@pytest.fixture(scope="module")
-def space():
-    return SearchSpace()
 
 
 @pytest.fixture(scope="module")
