@@ -358,19 +358,22 @@ class Store(ABC):
         self._write("MATCH (e:Evaluation {id: $id}) SET e.heartbeat = $t", {"id": eval_id, "t": now()})
 
     def finish_evaluation(self, eval_id: str, result: Mapping[str, Any]) -> None:
-        """Mark an evaluation COMPLETE with its measurements; raises ``NotFoundError``."""
+        """Mark an evaluation COMPLETE with its measurements (its own ``state``/``finished``/``error`` entries are
+        ignored); raises ``NotFoundError``."""
         self._check_eval(eval_id)
-        props = {k: result[k] for k in NODE["Evaluation"].names if k in result and k != "id"}
+        props = _evaluation_props(result)
         if "steps" in props and not isinstance(props["steps"], str):
             props["steps"] = json.dumps(props["steps"])
         batch = GraphBatch()
         batch.node("Evaluation", id=eval_id, **props, state="COMPLETE", finished=now())
         self.write(batch)
 
-    def fail_evaluation(self, eval_id: str, error: str) -> None:
+    def fail_evaluation(self, eval_id: str, error: str, result: Mapping[str, Any] | None = None) -> None:
+        """Mark an evaluation FAIL with ``error``, keeping what ``result`` measured before it failed (timing)."""
         self._check_eval(eval_id)
+        props = {k: v for k, v in _evaluation_props(result or {}).items() if k != "steps"}
         batch = GraphBatch()
-        batch.node("Evaluation", id=eval_id, state="FAIL", error=error[:2000], finished=now())
+        batch.node("Evaluation", id=eval_id, **props, state="FAIL", error=error[:2000], finished=now())
         self.write(batch)
 
     def _check_eval(self, eval_id: str) -> None:
@@ -447,6 +450,12 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _evaluation_props(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The Evaluation properties in ``result``, less those the store sets itself (id, state, finished, error)."""
+    return {k: result[k] for k in NODE["Evaluation"].names
+            if k in result and k not in ("id", "state", "finished", "error")}
 
 
 def owner() -> dict[str, Any]:

@@ -160,11 +160,6 @@ def end_evaluation(store: Store, eval_id: str, record: Mapping[str, Any]) -> Non
     """Finish a RUNNING evaluation with its measurements: COMPLETE, or FAIL with ``record['error']`` (the FAIL
     keeps its timing, so the run's training share stays right); one transaction."""
     if record.get("state") == "COMPLETE":
-        # finish_evaluation sets state and finished itself (passing them again is a TypeError there)
-        store.finish_evaluation(eval_id, {k: v for k, v in record.items() if k not in ("state", "finished", "error")})
-        return
-    props = {k: v for k, v in record.items() if k in NODE["Evaluation"].names and k not in ("id", "steps")}
-    props["error"] = str(props.get("error") or "failed")[:2000]
-    batch = GraphBatch()
-    batch.node("Evaluation", id=eval_id, **{**props, "state": "FAIL", "finished": now()})
-    store.write(batch)
+        store.finish_evaluation(eval_id, record)
+    else:
+        store.fail_evaluation(eval_id, str(record.get("error") or "failed"), record)
