@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +43,58 @@ def test_two_workers_find_what_one_finds_and_only_the_driver_writes(inputs, tmp_
             assert a["params"] == b["params"] and a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.02)
     assert [f["scheme"] for f in r1.front] == [f["scheme"] for f in r2.front]
     assert [o["pid"] for o in owners2] == [os.getpid()]  # every record written by the driver, none by a worker
+
+
+def _step_workers() -> list[int]:
+    """Ray worker processes running a search step now (Ray titles a busy worker ``ray::<task name>``)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            title = (d / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::automc-step"):
+            found.append(int(d.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="finds Ray's worker processes through /proc")
+def test_a_worker_killed_mid_search_costs_one_evaluation_and_the_search_finishes(inputs, tmp_path):
+    killed: list[int] = []
+
+    def killer() -> None:  # SIGKILL the first worker seen running a step, once
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            for pid in _step_workers():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    cfg = config(inputs, tmp_path / "killed", strategy="random", budget=6, per_round=4, workers=2, seed=3,
+                 epochs=1.0)
+    res = search(cfg)
+    thread.join(timeout=5)
+    assert len(killed) == 1
+    with open_store(cfg.store) as s:
+        rows = storage.run_evaluations(s, res.run_id)
+        owners = s.query("MATCH (e:Evaluation) RETURN DISTINCT e.pid AS pid")
+        run = s.query("MATCH (r:SearchRun {id: $id}) RETURN r.state AS state", {"id": res.run_id})
+    assert run[0]["state"] == "COMPLETE" and len(rows) == 6 == res.evaluations  # the budget, and the search ended
+    assert [o["pid"] for o in owners] == [os.getpid()]
+    lost = [r for r in rows if r["state"] == "FAIL" and "worker lost" in (r.get("error") or "")]
+    assert len(lost) <= 1  # the killed step was retried (COMPLETE) or, at worst, that one step is a FAIL
+    # A retried step computes what an undisturbed one does: the serial run evaluates the same schemes alike.
+    serial = search(config(inputs, tmp_path / "serial", strategy="random", budget=6, per_round=4, workers=1, seed=3,
+                           epochs=1.0))
+    with open_store(serial.store) as s:
+        expected = storage.run_evaluations(s, serial.run_id)
+    assert [r["scheme"] for r in rows] == [r["scheme"] for r in expected]
+    if not lost:
+        assert [(r["state"], r["params"]) for r in rows] == [(r["state"], r["params"]) for r in expected]
+        assert [f["scheme"] for f in res.front] == [f["scheme"] for f in serial.front]
