@@ -17,9 +17,10 @@ def _runs(res: dict[str, Any], key: str, prefix: str) -> list[dict[str, Any]]:
 
 
 def _curves(res: dict[str, Any]) -> None:
-    """The anytime hypervolume of every run, from its evaluations (search fidelity, in evaluation order)."""
+    """The anytime hypervolume and best validation accuracy at PR >= gamma of every run, from its evaluations
+    (search fidelity, in evaluation order)."""
     from automc.search._base import Observation
-    from automc.search.indicators import anytime_hypervolume
+    from automc.search.indicators import anytime_best_at_target, anytime_hypervolume
 
     gamma = float(res["args"]["target_pr"])
     for key in ("strategies", "reuse"):
@@ -27,6 +28,7 @@ def _curves(res: dict[str, Any]) -> None:
             pts = [p for p in r.get("evaluated", []) if p["fidelity"] == "search"]
             obs = [Observation(tuple(p["scheme"].split(" > ")), p["state"], p["val_accuracy"], p["pr"]) for p in pts]
             r["curve"] = anytime_hypervolume(obs, gamma) if obs else []
+            r["best"] = anytime_best_at_target(obs, gamma) if obs else []
 
 
 def _final_best(run: dict[str, Any], target_pr: float) -> dict[str, Any] | None:
@@ -82,57 +84,70 @@ def render(out: Path, results: Path) -> dict[str, Any]:
               f"{args['top_k']}), seeds {args['seeds']}.", ""]
     summary: dict[str, Any] = {}
     # -- strategies ------------------------------------------------------------------------------------------
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    indicators = (("curve", f"hypervolume (val acc x PR above {gamma})", "hypervolume", "{:.4f}"),
+                  ("best", f"best val acc at PR >= {gamma}", "hypervolume_best", "{:.3f}"))
+    finals: dict[str, dict[str, list[float]]] = {key: {} for key, *_ in indicators}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for (key, label, _, _), ax in zip(indicators, axes, strict=True):
+        for strat in STRATEGIES:
+            runs = _runs(res, "strategies", strat)
+            if not runs:
+                continue
+            n = min(len(r[key]) for r in runs)
+            curves = np.array([r[key][:n] for r in runs])
+            x = np.arange(1, n + 1)
+            ax.plot(x, curves.mean(0), label=strat)
+            ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.15)
+            finals[key][strat] = [r[key][-1] for r in runs]
+        ax.set_xlabel("evaluated steps")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[0].set_title("Anytime hypervolume, mean and min-max over seeds")
+    axes[1].set_title("Anytime best validation accuracy at the target")
+    fig.tight_layout()
+    fig.savefig(results / "search_bench_hypervolume.png", dpi=120)
+    plt.close(fig)
     rows = []
-    finals: dict[str, list[float]] = {}
     for strat in STRATEGIES:
         runs = _runs(res, "strategies", strat)
         if not runs:
             continue
-        n = min(len(r["curve"]) for r in runs)
-        curves = np.array([r["curve"][:n] for r in runs])
-        x = np.arange(1, n + 1)
-        mean = curves.mean(0)
-        ax.plot(x, mean, label=strat)
-        ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.15)
-        finals[strat] = [r["curve"][-1] for r in runs]
         bests = [_final_best(r, gamma) for r in runs]
         best = max((b for b in bests if b), key=lambda b: b["accuracy"], default=None)
         walls = [r.get("wall", 0) for r in runs]
         over = [_overhead(r) for r in runs if _overhead(r) is not None]
         lo, hi = _wilson(best["accuracy"], n_test) if best else (None, None)
-        rows.append((strat, finals[strat], best, lo, hi, float(np.mean(walls)), float(np.mean(over)) if over else None,
-                     [b["accuracy"] if b else None for b in bests]))
-    ax.set_xlabel("evaluated steps")
-    ax.set_ylabel(f"hypervolume (val acc x PR above {gamma})")
-    ax.set_title("Anytime hypervolume, mean and min-max over seeds")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(results / "search_bench_hypervolume.png", dpi=120)
-    plt.close(fig)
+        rows.append((strat, finals["curve"][strat], finals["best"][strat], best, lo, hi, float(np.mean(walls)),
+                     float(np.mean(over)) if over else None, [b["accuracy"] if b else None for b in bests]))
     lines += ["## Strategies, same evaluator and budget", "",
-              "| strategy | final hypervolume per seed | mean | best test acc at PR >= gamma after final fine-tune "
-              "[95% CI] | per seed | wall s per run | outside fine-tuning |", "|---|---|---|---|---|---|---|"]
-    for strat, hv, best, lo, hi, wall, over, per_seed in rows:
+              "| strategy | final hypervolume per seed (mean) | best val acc at PR >= gamma per seed (mean) | "
+              "best test acc at PR >= gamma after final fine-tune [95% CI] | per seed | wall s per run | "
+              "outside fine-tuning |",
+              "|---|---|---|---|---|---|---|"]
+    for strat, hv, bv, best, lo, hi, wall, over, per_seed in rows:
         acc = f"{best['accuracy']:.2%} [{lo:.1%}, {hi:.1%}] (PR {best['pr']:.1%})" if best else "none"
         seeds = ", ".join(f"{a:.2%}" if a is not None else "-" for a in per_seed)
-        lines.append(f"| {strat} | {', '.join(f'{h:.4f}' for h in hv)} | {np.mean(hv):.4f} | {acc} | {seeds} | "
+        lines.append(f"| {strat} | {', '.join(f'{h:.4f}' for h in hv)} ({np.mean(hv):.4f}) | "
+                     f"{', '.join(f'{h:.3f}' for h in bv)} ({np.mean(bv):.3f}) | {acc} | {seeds} | "
                      f"{wall:.0f} | {f'{over:.0%}' if over is not None else '-'} |")
-    summary["strategies"] = {s: {"final_hv": hv, "best_test": b and b["accuracy"], "per_seed_best": ps}
-                             for s, hv, b, _, _, _, _, ps in rows}
-    if "progressive" in finals:
-        lines += ["", "Paired comparison of final hypervolume (progressive minus other, same seed):", ""]
-        for strat, hv in finals.items():
-            if strat == "progressive" or len(hv) != len(finals["progressive"]):
+    summary["strategies"] = {s: {"final_hv": hv, "final_best_val": bv, "best_test": b and b["accuracy"],
+                                 "per_seed_best": ps} for s, hv, bv, b, _, _, _, _, ps in rows}
+    for key, label, _, fmt in indicators:
+        final = finals[key]
+        if "progressive" not in final:
+            continue
+        lines += ["", f"Paired comparison of the final {label} (progressive minus other, same seed):", ""]
+        for strat, values in final.items():
+            if strat == "progressive" or len(values) != len(final["progressive"]):
                 continue
-            d = np.array(finals["progressive"]) - np.array(hv)
+            d = np.array(final["progressive"]) - np.array(values)
             wins = int((d > 0).sum())
             p = wilcoxon(d).pvalue if len(d) >= 3 and np.any(d != 0) else float("nan")
-            per_seed = ", ".join(f"{x:+.4f}" for x in d)
-            lines.append(f"- vs {strat}: mean difference {d.mean():+.4f} (per seed {per_seed}); "
-                         f"progressive higher in {wins}/{len(d)} seeds; Wilcoxon p = {p:.2f} (3 seeds cannot reach "
-                         f"p < 0.05)")
-    lines += ["", "![anytime hypervolume](search_bench_hypervolume.png)", ""]
+            per_seed = ", ".join(("+" if x >= 0 else "") + fmt.format(x) for x in d)
+            lines.append(f"- vs {strat}: mean difference {'+' if d.mean() >= 0 else ''}{fmt.format(d.mean())} "
+                         f"(per seed {per_seed}); progressive higher in {wins}/{len(d)} seeds; Wilcoxon p = {p:.2f} "
+                         f"(3 seeds cannot reach p < 0.05)")
+    lines += ["", "![anytime hypervolume and best accuracy at the target](search_bench_hypervolume.png)", ""]
     # fronts overlay
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for strat in STRATEGIES:
@@ -160,7 +175,7 @@ def render(out: Path, results: Path) -> dict[str, Any]:
                   f"epochs of the best found scheme's final fine-tune (`{ep.get('scheme', '?')}`, epoch factors "
                   f"summing to {ep.get('epochs_factor_sum', '?')}). Base model: {base['test']:.2%} test.", "",
                   "| scheme | PR | test acc [95% CI] | AR |", "|---|---|---|---|"]
-        prog = [b for s, _, b, *_ in rows if s == "progressive"]
+        prog = [b for s, _, _, b, *_ in rows if s == "progressive"]
         if prog and prog[0]:
             b = prog[0]
             lo, hi = _wilson(b["accuracy"], n_test)
@@ -180,34 +195,40 @@ def render(out: Path, results: Path) -> dict[str, Any]:
     if res.get("reuse"):
         lines += ["## Knowledge reuse", "", f"`{args['reuse_model']}` searched after the runs above are in the store, "
                   "with reuse (F_mo warm-started on their evaluations, transfer of their fronts) and with "
-                  "`--no-reuse`, same budget; hypervolume at 25 / 50 / 100% of the budget.", "",
-                  "| seed | reuse 25% | 50% | 100% | no-reuse 25% | 50% | 100% | reuse reaches no-reuse final at |",
-                  "|---|---|---|---|---|---|---|---|"]
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        reached = []
-        for seed in args["seeds"].strip("[]").split(", "):
-            a = res["reuse"].get(f"reuse-{seed}", {}).get("curve")
-            b = res["reuse"].get(f"noreuse-{seed}", {}).get("curve")
-            if not a or not b:
-                continue
-            target = b[-1]
-            hit = next((i + 1 for i, v in enumerate(a) if v >= target and target > 0), None)
-            reached.append(hit / len(a) if hit else None)
-            lines.append(f"| {seed} | {_at(a, .25):.4f} | {_at(a, .5):.4f} | {a[-1]:.4f} | {_at(b, .25):.4f} | "
-                         f"{_at(b, .5):.4f} | {b[-1]:.4f} | {f'{hit}/{len(a)} steps' if hit else 'never'} |")
-            ax.plot(range(1, len(a) + 1), a, color="tab:blue", alpha=0.7, label="reuse" if seed == "0" else None)
-            ax.plot(range(1, len(b) + 1), b, color="tab:orange", alpha=0.7,
-                    label="no reuse" if seed == "0" else None)
-        ok = [r for r in reached if r is not None and r <= 0.5]
-        lines += ["", f"Claim tested: with reuse the search reaches the no-reuse final hypervolume within half the "
-                  f"budget — held in {len(ok)} of {len(reached)} seeds.", "", "![reuse](search_bench_reuse.png)", ""]
-        ax.set_xlabel("evaluated steps")
-        ax.set_ylabel("hypervolume")
-        ax.legend()
+                  "`--no-reuse`, same budget; each indicator at 25 / 50 / 100% of the budget.", ""]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        seeds = args["seeds"].strip("[]").split(", ")
+        summary["reuse"] = {}
+        for (key, label, _, fmt), ax in zip(indicators, axes, strict=True):
+            lines += [f"{label}:", "", "| seed | reuse 25% | 50% | 100% | no-reuse 25% | 50% | 100% | reuse reaches "
+                      "no-reuse final at |", "|---|---|---|---|---|---|---|---|"]
+            reached = []
+            for seed in seeds:
+                a = res["reuse"].get(f"reuse-{seed}", {}).get(key)
+                b = res["reuse"].get(f"noreuse-{seed}", {}).get(key)
+                if not a or not b:
+                    continue
+                target = b[-1]
+                hit = next((i + 1 for i, v in enumerate(a) if v >= target and target > 0), None)
+                reached.append(hit / len(a) if hit else None)
+                f = fmt.format
+                lines.append(f"| {seed} | {f(_at(a, .25))} | {f(_at(a, .5))} | {f(a[-1])} | {f(_at(b, .25))} | "
+                             f"{f(_at(b, .5))} | {f(b[-1])} | {f'{hit}/{len(a)} steps' if hit else 'never'} |")
+                ax.plot(range(1, len(a) + 1), a, color="tab:blue", alpha=0.7,
+                        label="reuse" if seed == seeds[0] else None)
+                ax.plot(range(1, len(b) + 1), b, color="tab:orange", alpha=0.7,
+                        label="no reuse" if seed == seeds[0] else None)
+            ok = [r for r in reached if r is not None and r <= 0.5]
+            lines += ["", f"Claim tested: with reuse the search reaches the no-reuse final {label} within half the "
+                      f"budget — held in {len(ok)} of {len(reached)} seeds.", ""]
+            ax.set_xlabel("evaluated steps")
+            ax.set_ylabel(label)
+            ax.legend()
+            summary["reuse"][key] = {"reached_half": len(ok), "seeds": len(reached)}
+        lines += ["![reuse](search_bench_reuse.png)", ""]
         fig.tight_layout()
         fig.savefig(results / "search_bench_reuse.png", dpi=120)
         plt.close(fig)
-        summary["reuse"] = {"reached_half": len(ok), "seeds": len(reached)}
     # -- honesty ---------------------------------------------------------------------------------------------
     pts = [p for key in ("strategies", "reuse") for r in res.get(key, {}).values() for p in r.get("evaluated", [])
            if p["state"] == "COMPLETE" and p["val_accuracy"] is not None and p["accuracy"] is not None]

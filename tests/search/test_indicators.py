@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from automc.search._base import Observation
-from automc.search.indicators import anytime_hypervolume, hypervolume
+from automc.search.indicators import anytime_best_at_target, anytime_hypervolume, hypervolume
 
 
 def obs(acc: float | None, pr: float | None, state: str = "COMPLETE") -> Observation:
@@ -34,3 +34,10 @@ def test_anytime_curve_follows_the_evaluations():
     curve = anytime_hypervolume(sequence, 0.4)
     assert curve == pytest.approx([0.0, 0.0, 0.09, 0.25, 0.25])
     assert anytime_hypervolume([], 0.4) == []
+
+
+def test_best_accuracy_at_the_target_counts_only_reached_targets():
+    obs = [Observation(("a",), "COMPLETE", 0.9, 0.2), Observation(("b",), "COMPLETE", 0.6, 0.4),
+           Observation(("c",), "FAIL"), Observation(("d",), "COMPLETE", 0.5, 0.45),
+           Observation(("e",), "COMPLETE", 0.7, 0.41)]
+    assert anytime_best_at_target(obs, 0.4) == [0.0, 0.6, 0.6, 0.6, 0.7]

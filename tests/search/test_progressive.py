@@ -217,3 +217,30 @@ def test_steps_from_pr_when_params_are_unknown(space):
     assert (r1, b.parent) == (1, (ids[0],)) and (b.step_ar, b.step_pr) == pytest.approx((-0.25, 0.5))
     s = ProgressiveStrategy(context(space))
     assert len(s.propose(h, 5, round_rng(0, 2))) == 5
+
+
+def test_parents_beyond_the_target_count_by_accuracy_only(space):
+    """A model that collapsed at a PR above γ is not a parent while a better one reaches γ (PR capped at γ)."""
+    ids = space.ids
+    h = History(Observation((), "COMPLETE", 0.9, 0.0, params=BASE_PARAMS))
+    good_low, collapsed_low, good_hit, collapsed_high = (ids[0],), (ids[1],), (ids[2],), (ids[3],)
+    for key, acc, pr in ((good_low, 0.8, 0.3), (collapsed_low, 0.1, 0.38), (good_hit, 0.75, 0.42),
+                         (collapsed_high, 0.1, 0.6)):
+        h.add(Observation(key, "COMPLETE", acc, pr, params=BASE_PARAMS * (1 - pr), round=0))
+    s = ProgressiveStrategy(context(space, options={"front_share": 1.0}))
+    parents = {parent for parent, _ in s._candidates(h, round_rng(0, 1), set())}
+    assert parents == {(), good_low, good_hit}
+
+
+def test_candidates_are_drawn_method_first():
+    """On the real catalogue (HOS is 65% of the strategies) a random first round spreads over the methods."""
+    from collections import Counter
+
+    from automc.search.space import SearchSpace
+
+    real = SearchSpace()
+    s = ProgressiveStrategy(Context(space=real, target_pr=0.4, seed=0, task_vector=TASK,
+                                    options={"explore": 0.0}))
+    h = History(Observation((), "COMPLETE", 0.9, 0.0, params=BASE_PARAMS))
+    methods = Counter(real.strategy(p[-1]).method for p in s.propose(h, 60, round_rng(0, 0)))
+    assert len(methods) == 6 and methods["HOS"] <= 20  # uniform over strategies would give about 39 HOS
