@@ -277,6 +277,8 @@ def test_report_curve_and_comparison_of_runs(finished, tmp_path):
     assert all(a <= b for a, b in zip(info.curve, info.curve[1:], strict=False))  # anytime: never decreases
     pts = np.array([(p["val_accuracy"], p["pr"]) for p in info.points])
     assert info.hypervolume == pytest.approx(hypervolume(pts, cfg.target_pr))
+    reached = [p["val_accuracy"] for p in info.points if p["pr"] >= cfg.target_pr]
+    assert len(info.best_curve) == info.evaluations and info.best_curve[-1] == pytest.approx(max(reached, default=0))
     paths = write_comparison([info, info], tmp_path / "cmp")
     assert paths["plot"].stat().st_size > 0 and paths["curves"].stat().st_size > 0
     rows = [line for line in paths["report"].read_text().splitlines() if line.startswith(f"| {res.run_id} ")]
