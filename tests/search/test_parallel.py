@@ -47,7 +47,7 @@ def announce(task: Task) -> None:
     if not d:
         return
     Path(d, f"{task.seed}.{os.getpid()}").touch()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # the test removes the hold file; this only bounds a test gone wrong
     while Path(d, f"{task.seed}.hold").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
 
@@ -277,7 +277,7 @@ def test_a_killed_worker_costs_one_retry_then_a_fail(ray_run, space, announce_di
     problems: list[str] = []
 
     def attempt(seed: int, known: list[int]) -> int:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a loaded machine starts Ray workers slowly
         while time.monotonic() < deadline:
             new = [p for p in pids(announce_dir, seed) if p not in known]
             if new:
@@ -337,16 +337,24 @@ def test_ctrl_c_cancels_the_running_steps(ray_run, space, announce_dir):
     for seed in seeds:
         (announce_dir / f"{seed}.hold").touch()
 
+    problems: list[str] = []
+
     def interrupt() -> None:  # Ctrl-C once both steps run (and wait on their hold files)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a loaded machine starts Ray workers slowly
         while not all(pids(announce_dir, s) for s in seeds) and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
+        if all(pids(announce_dir, s) for s in seeds):
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            problems.append("the two steps did not both start within 300 s")
+            for seed in seeds:
+                (announce_dir / f"{seed}.hold").unlink(missing_ok=True)
 
     try:
         threading.Thread(target=interrupt, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             list(evaluate_batch(ev, keys, ex))
+            assert not problems, problems[0]
         running = [p for s in seeds for p in pids(announce_dir, s)]
         assert len(running) == 2
         deadline = time.monotonic() + 30
