@@ -203,16 +203,18 @@ def render_png(info: ReportInfo, path: str | Path) -> Path:
     return _figure(path, draw)
 
 
-def _figure(path: str | Path, draw: Any, size: tuple[float, float] = (7, 4.5)) -> Path:
-    """Draw on a fresh matplotlib axis (``draw(ax)``) and save it as a PNG at ``path``."""
+def _figure(path: str | Path, draw: Any, size: tuple[float, float] = (7, 4.5), panels: int = 1) -> Path:
+    """Draw on fresh matplotlib axes (``draw(ax)``, or ``draw(axes)`` for several ``panels`` side by side) and save
+    them as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=size, dpi=120)
-    draw(ax)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, panels, figsize=size, dpi=120, squeeze=False)
+    draw(axes[0, 0] if panels == 1 else list(axes[0]))
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -224,27 +226,19 @@ def _figure(path: str | Path, draw: Any, size: tuple[float, float] = (7, 4.5)) -
 def render_curves(infos: Sequence[ReportInfo], path: str | Path) -> Path:
     """``hypervolume.png``: the anytime hypervolume and best validation accuracy at PR >= gamma of one run, or of
     several overlaid (the hypervolume mostly measures PR overshoot when strategies aim at gamma itself)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     gamma = infos[0].gamma
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for info in infos:
-        axes[0].plot(range(1, len(info.curve) + 1), info.curve, label=_label(info))
-        axes[1].plot(range(1, len(info.best_curve) + 1), info.best_curve, label=_label(info))
-    axes[0].set_ylabel(f"hypervolume (val acc x PR above gamma = {gamma})")
-    axes[1].set_ylabel(f"best validation accuracy at PR >= {gamma}")
-    for ax in axes:
-        ax.set_xlabel("evaluated steps")
-        ax.legend(fontsize=8)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+
+    def draw(axes: list[Any]) -> None:
+        for info in infos:
+            axes[0].plot(range(1, len(info.curve) + 1), info.curve, label=_label(info))
+            axes[1].plot(range(1, len(info.best_curve) + 1), info.best_curve, label=_label(info))
+        axes[0].set_ylabel(f"hypervolume (val acc x PR above gamma = {gamma})")
+        axes[1].set_ylabel(f"best validation accuracy at PR >= {gamma}")
+        for ax in axes:
+            ax.set_xlabel("evaluated steps")
+            ax.legend(fontsize=8)
+
+    return _figure(path, draw, (12, 4.2), panels=2)
 
 
 def _label(info: ReportInfo) -> str:
