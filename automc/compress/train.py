@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from automc._interrupt import check as check_interrupt
 from automc.compress.base import Task
 from automc.compress.data import Data
 from automc.compress.metrics import Accuracy
@@ -119,6 +120,7 @@ def finetune(model: nn.Module, task: Task, epochs: float, *, hooks: Hooks | None
             opt.step()
             sched.step()
             step += 1
+            check_interrupt()  # a Ctrl-C swallowed by a library call in a hook or the model still stops training
             if hooks.after_step is not None:
                 hooks.after_step(model, step, total)
             if hooks.after_epoch is not None and step % spe == 0:

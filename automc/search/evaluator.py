@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from automc._interrupt import check as check_interrupt
 from automc.catalog import Strategy
 from automc.errors import ValidationError
 from automc.search._base import Observation, SchemeKey
@@ -139,6 +140,7 @@ def run_step(parent: nn.Module, strategy: Strategy, task: Task, *, base_params: 
     seed_everything(seed)
     t = time.perf_counter()
     child = methods[strategy.method]().compress(parent, dataclasses.replace(task, seed=seed), params, ratio)
+    check_interrupt()  # Ctrl-C inside a library that catches everything (Torch-Pruning's tracing) is not lost
     return child, time.perf_counter() - t
 
 

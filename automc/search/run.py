@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automc._interrupt import check as check_interrupt
 from automc.errors import AutomcError, ValidationError
 from automc.search._base import Context, History, Observation, SchemeKey, round_rng
 
@@ -348,27 +349,48 @@ def search(config: SearchConfig, *, progress: Callable[[SearchEvent], None] | No
     Raises ``ValidationError`` / ``NotFoundError`` for bad input before anything is written, and
     ``SearchInterrupted`` after Ctrl-C (the run is INTERRUPTED and can be resumed).
     """
+    from automc._interrupt import catching
+
     t0 = time.monotonic()
     _check(config)
+    with catching():  # a Ctrl-C that a library swallows still stops the run (``_interrupt.check``)
+        return _search(config, progress, t0)
+
+
+def _search(config: SearchConfig, progress: Callable[[SearchEvent], None] | None, t0: float) -> SearchResult:
     from automc.kb import default_store_uri
     from automc.search import storage
 
     store_uri = config.store or default_store_uri()
-    stored = None
+    stored, done = None, 0
     if config.resume:
         from automc.kb import open_store
 
         with open_store(store_uri, create=False) as s:
             stored = storage.load_run(s, config.resume)
+            done = len(storage.search_rows(storage.run_evaluations(s, stored.id)))
         if stored.state == "RUNNING" and storage.owner_alive(stored.host, stored.pid):
-            raise ValidationError(f"search run {stored.id} is still running (process {stored.pid} on "
-                                  f"{stored.host})", field="--resume")
+            raise ValidationError(f"search run {stored.id} is in use by process {stored.pid} on {stored.host}; "
+                                  f"wait for it to finish or stop it", field="--resume")
     cfg = _resolve(config, stored.config.get("config") if stored else None)
+    if stored is not None and int(cfg.budget) < done:
+        raise ValidationError(f"search run {stored.id} has already evaluated {done} steps; a budget below that "
+                              f"cannot be kept (give at least {done}, or leave --budget out to keep "
+                              f"{stored.budget})", field="--budget")
     ident = identity(cfg)
     if stored is not None:
         _compare(stored.id, stored.config.get("identity", {}), ident)
+        with _opened(store_uri) as s:  # atomic: of two resumes of one run, the second is refused here
+            storage.claim_run(s, stored.id)
     run_id = stored.id if stored else uuid.uuid4().hex[:12]
-    run = _start(run_id, cfg, ident, store_uri, stored, progress, t0)
+    try:
+        run = _start(run_id, cfg, ident, store_uri, stored, progress, t0)
+    except BaseException:
+        if stored is not None:  # give the run back as it was: nothing of this session ran
+            with contextlib.suppress(Exception), _opened(store_uri) as s:
+                back = stored.state if stored.state in ("COMPLETE", "FAILED") else "INTERRUPTED"
+                storage.update_run(s, stored.id, state=back, error=stored.error)
+        raise
     return _loop(run, stored)
 
 
@@ -511,7 +533,9 @@ def _start_step(run: _Run, scheme: SchemeKey, round_: int) -> tuple[str, str, fl
     with run.opened() as s:
         eval_id = s.start_evaluation(run.task, full, target_pr=float(cfg.target_pr), search_run=run.id,
                                      device=str(run.evaluator.task.device), extra=extra)
-        storage.update_run(s, run.id)  # the run's heartbeat: another host tells a live run from a dead one by it
+        # the run's heartbeat (another host tells a live run from a dead one by it) and its wall time so far, so a
+        # killed session's seconds still count after a resume
+        storage.update_run(s, run.id, seconds=run.seconds_before + time.monotonic() - run.started)
     return eval_id, _stamp(), t
 
 
@@ -540,6 +564,7 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
     token = _start_step(run, scheme, round_)
     try:
         result = run.evaluator.evaluate(scheme)
+        check_interrupt()  # a Ctrl-C swallowed inside the step's libraries: the step is cut short, not recorded
     except BaseException as e:
         _interrupted(run, [token], e)
         raise
@@ -666,7 +691,6 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
 def _final(run: _Run, round_: int) -> None:
     """Fine-tune the top-k front schemes again from the base model at full fidelity (skipped by final_epochs 0)."""
     from automc.catalog import Scheme
-    from automc.compress.base import Task
     from automc.search import storage
     from automc.search.evaluator import step_seed
     from automc.search.pareto import front
@@ -681,9 +705,7 @@ def _final(run: _Run, round_: int) -> None:
     todo = [o for o in best[: int(cfg.top_k)] if " > ".join(o.scheme) not in done]
     if not todo:
         return
-    task = Task(run.full_data, float(cfg.target_pr), dataclasses.replace(run.evaluator.task.budget,
-                                                                  epochs=float(cfg.final_epochs)),
-                run.evaluator.task.device, int(cfg.seed))
+    task = _final_task(run)
     for o in todo:
         scheme = run.space.to_scheme(o.scheme)
         extra = {"fidelity": "final", "round": round_, "parent": Scheme(scheme.strategies[:-1]).id,
@@ -695,56 +717,145 @@ def _final(run: _Run, round_: int) -> None:
                                          device=str(task.device), extra=extra)
         try:
             result, model = run.evaluator.final(o.scheme, task)
+            check_interrupt()
         except BaseException as e:
             with run.opened() as s:
                 s.fail_evaluation(eval_id, "interrupted" if isinstance(e, KeyboardInterrupt) else str(e))
             raise
+        if result.state == "COMPLETE" and cfg.out:  # saved before it is recorded: a recorded final model exists
+            _save_model(model, Path(cfg.out) / "final" / scheme.id, task, scheme.text, cfg.target_pr, eval_id)
         with run.opened() as s:
             storage.end_evaluation(s, eval_id, result.record())
-        if result.state == "COMPLETE" and cfg.out:
-            _save_candidate(model, Path(cfg.out) / "final" / scheme.id, task, scheme.text, cfg.target_pr)
 
 
-def _save_candidate(model: Any, directory: Path, task: Any, text: str, target_pr: float) -> None:
+def _final_task(run: _Run) -> Any:
+    """The final fine-tune's task: all the training data and ``final_epochs``, the run's seed and device."""
+    from automc.compress.base import Task
+
+    cfg = run.cfg
+    return Task(run.full_data, float(cfg.target_pr), dataclasses.replace(run.evaluator.task.budget,
+                                                                       epochs=float(cfg.final_epochs)),
+                run.evaluator.task.device, int(cfg.seed))
+
+
+def _save_model(model: Any, directory: Path, task: Any, text: str, target_pr: float, evaluation_id: str) -> None:
+    """Save a model into a temporary folder beside ``directory``, check that it loads, then rename it into place:
+    a kill leaves the previous folder or none, never a half-written one."""
+
     from automc.compress.saving import save_compressed
 
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     data = task.data
-    save_compressed(model, directory, data.example_input(2), mean=data.mean, std=data.std,
-                    extra={"scheme": text, "target_pr": target_pr})
+    save_compressed(model, tmp, data.example_input(2), mean=data.mean, std=data.std,
+                    extra={"scheme": text, "target_pr": target_pr, "evaluation_id": evaluation_id})
+    _install(tmp, directory)
+
+
+def _install(tmp: Path, directory: Path) -> None:
+    """Rename a checked saved-model folder into place (the old one, if any, goes only after the new one is in)."""
+    import shutil
+
+    _loads(tmp)
+    for left in directory.parent.glob(f".{directory.name}.*-*"):  # an earlier export killed midway
+        if left != tmp:
+            shutil.rmtree(left, ignore_errors=True)
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _loads(directory: Path) -> None:
+    """Raise unless the saved model in ``directory`` loads both ways (standalone program and automc's state)."""
+    from automc.compress.saving import load_compressed, load_standalone
+
+    arch = json.loads((directory / "architecture.json").read_text())
+    load_standalone(directory / arch["standalone"])
+    if arch.get("onnx"):
+        import onnx
+
+        onnx.checker.check_model(str(directory / arch["onnx"]))
+    if arch.get("base") is not None:
+        load_compressed(directory)
+
+
+def _saved_evaluation(directory: Path) -> str | None:
+    """The evaluation id a saved model was exported from, when it is there and loads."""
+    try:
+        evaluation = json.loads((directory / "architecture.json").read_text())["extra"]["evaluation_id"]
+        _loads(directory)
+    except Exception:  # noqa: BLE001 - absent, foreign or damaged: the model is rebuilt instead
+        return None
+    return evaluation
 
 
 def _finish(run: _Run, reuse_info: Mapping[str, Any], message: str, trained_on: dict[str, int]) -> SearchResult:
-    """Mark the run COMPLETE with its front, write the report and the best model, drop the model cache."""
+    """Export the reported best model, then mark the run COMPLETE with its front, write the report, drop the cache.
+
+    COMPLETE comes after the export, so a kill during the export leaves the run to ``--resume``, which exports again.
+    """
     from automc.search import report, storage
 
+    out = Path(run.cfg.out) if run.cfg.out else None
+    files: dict[str, str] = {}
+    with run.opened() as s:
+        info = report.build_report(s, run.id)
+    best = report.best_row(info) if out is not None else None
+    if best is not None:
+        why = _export(run, best, out / "model")
+        if why:
+            message = f"{message}; {why}" if message else why
+        else:
+            files["model"] = str(out / "model")
     seconds = run.seconds_before + time.monotonic() - run.started
     with run.opened() as s:
-        storage.update_run(s, run.id, seconds=seconds)
-        info = report.build_report(s, run.id)
         storage.update_run(s, run.id, state="COMPLETE", front=info.front, seconds=seconds)
         info = report.build_report(s, run.id)
-    files: dict[str, str] = {}
-    out = Path(run.cfg.out) if run.cfg.out else None
     if out is not None:
-        files = {k: str(v) for k, v in report.write_report(info, out).items()}
-        best = report.best_row(info)
-        if best is not None:
-            model_dir = out / "model"
-            src = out / "final" / best["scheme_id"]
-            if best["fidelity"] == "final" and src.is_dir():
-                import shutil
-
-                shutil.rmtree(model_dir, ignore_errors=True)
-                shutil.copytree(src, model_dir)
-            else:
-                model = run.evaluator.model(storage.scheme_key(best["scheme"]))
-                _save_candidate(model, model_dir, run.evaluator.task, best["scheme"], run.cfg.target_pr)
-            files["model"] = str(model_dir)
-    cache = Path(run.cfg.cache_dir or default_cache_dir(run.id)) / "cache"
+        files = {**{k: str(v) for k, v in report.write_report(info, out).items()}, **files}
     import shutil
 
-    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(Path(run.cfg.cache_dir or default_cache_dir(run.id)) / "cache", ignore_errors=True)
     run.emit("done", max(run.history.rounds - 1, 0), message)
     return SearchResult(run.id, "COMPLETE", run.task.id, info.front, info.evaluations, info.failed,
                         dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message, trained_on,
                         info.setup_seconds)
+
+
+def _export(run: _Run, best: Mapping[str, Any], target: Path) -> str:
+    """Export the model the report names as best into ``target``; returns why nothing was exported, or "".
+
+    The model is the saved final model of that evaluation, else it is rebuilt with the recipe and seeds of its
+    evaluation (final fine-tune or search step) and must measure the validation accuracy recorded for it.
+    """
+    from automc.compress.train import evaluate
+    from automc.search import storage
+
+    key, eval_id = storage.scheme_key(best["scheme"]), str(best["evaluation_id"])
+    final_dir = Path(str(run.cfg.out)) / "final" / str(best["scheme_id"])
+    if best["fidelity"] == "final" and _saved_evaluation(final_dir) == eval_id:
+        import shutil
+
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final_dir, tmp)
+        _install(tmp, target)
+        return ""
+    if best["fidelity"] == "final":
+        task = _final_task(run)
+        result, model = run.evaluator.final(key, task)
+        measured = result.val_accuracy if result.ok else None
+    else:
+        task = run.evaluator.task
+        model = run.evaluator.model(key)
+        measured = evaluate(model, task.data, "val", device=task.device).top1
+    check_interrupt()
+    if measured is None or measured != best["val_accuracy"]:
+        got = "it failed" if measured is None else f"validation accuracy {measured:.4f}"
+        return (f"the reported best model ({best['fidelity']} evaluation {eval_id}, validation accuracy "
+                f"{best['val_accuracy']:.4f}) could not be rebuilt exactly ({got}; a non-deterministic device?); "
+                f"no model exported")
+    _save_model(model, target, task, str(best["scheme"]), float(run.cfg.target_pr), eval_id)
+    return ""

@@ -96,6 +96,32 @@ def load_run(store: Store, run_id: str) -> RunRecord:
         host=r["host"] or "", pid=r["pid"], heartbeat=r["heartbeat"] or "", error=r["error"] or "")
 
 
+def claim_run(store: Store, run_id: str) -> RunRecord:
+    """Make this process the owner of a stored run (state RUNNING), atomically; returns the run as it was.
+
+    The read and the write are one transaction that first locks the run's node (a no-op write), so of two
+    processes resuming the same run, the second sees the first's claim. Raises ``ValidationError`` naming the
+    live owner when another process runs it (same host: its pid exists; other hosts: a fresh heartbeat).
+    """
+    import datetime as _dt
+
+    from automc.errors import ValidationError
+    from automc.kb.store import STALE_AFTER_S, _stale_reason
+
+    with store.transaction():
+        store.query("MATCH (r:SearchRun {id: $id}) SET r.heartbeat = r.heartbeat", {"id": run_id})
+        run = load_run(store, run_id)
+        mine = run.host == socket.gethostname() and run.pid == os.getpid()
+        row = {"host": run.host, "pid": run.pid, "heartbeat": run.heartbeat, "started": run.started}
+        if run.state == "RUNNING" and not mine and run.pid and _stale_reason(
+                row, socket.gethostname(), _dt.datetime.now(_dt.UTC), STALE_AFTER_S) is None:
+            raise ValidationError(f"search run {run_id} is in use by process {run.pid} on {run.host or 'a host'} "
+                                  f"(heartbeat {run.heartbeat or 'unknown'}); wait for it to finish or stop it",
+                                  field="--resume")
+        update_run(store, run_id, state="RUNNING", error="", finished=None)
+    return run
+
+
 def list_runs(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     """Runs, newest first, with evaluated steps and best validation accuracy at PR >= gamma."""
     return store.named("search-runs", {"limit": limit})
