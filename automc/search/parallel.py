@@ -534,4 +534,17 @@ def serial_order(proposals: Iterable[Sequence[str]], before: set[SchemeKey],
     return order
 
 
+def serial_positions(proposals: Iterable[Sequence[str]]) -> dict[SchemeKey, int]:
+    """Each prefix of the proposals with its place in the serial round's walk over them (first come first).
+
+    The serial round evaluates its new steps in this order whatever else is evaluated or fails: a step's parent
+    is COMPLETE, so the walk reaches the step at the first proposal it begins (``serial_order`` sorted by it).
+    """
+    place: dict[SchemeKey, int] = {}
+    for scheme in proposals:
+        for k in range(1, len(scheme) + 1):
+            place.setdefault(tuple(scheme[:k]), len(place))
+    return place
+
+
 _PREFIX = "its prefix cannot be built: "

@@ -304,23 +304,12 @@ class _Run:
     step_seconds: list[float] = field(default_factory=list)
     deadline: float | None = None
 
-    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # finished steps not yet written
     executor: Any = None  # a Ray executor when the run has several workers; None evaluates in this process
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Store]:
-        """The store, with the steps finished since the last write recorded first.
-
-        A step's result is written when the store is next opened (the next step's start, or the round's end), so
-        each step costs one opening of the store; a killed process still loses only the step in flight.
-        """
-        from automc.search import storage
-
+        """The run's store, open for one write or read."""
         with _opened(self.store) as s:
-            while self.pending:
-                eval_id, record = self.pending[0]
-                storage.end_evaluation(s, eval_id, record)
-                self.pending.pop(0)
             yield s
 
     @property
@@ -544,10 +533,15 @@ def _stamp() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
-def _end_step(run: _Run, token: tuple[str, str, float], result: Any, round_: int) -> Observation:
-    """Queue a step's result for the next store write; returns what the strategy sees of it."""
-    eval_id, created, t = token
-    run.pending.append((eval_id, {**result.record(), "created": created}))
+def _end_step(run: _Run, token: tuple[str, str, float], result: Any, round_: int,
+              created: str | None = None) -> Observation:
+    """Write a step's result (one transaction) as soon as it is finished, stamped ``created`` (default: when it
+    started), so that a killed run loses only the steps in flight; returns what the strategy sees of it."""
+    from automc.search import storage
+
+    eval_id, started, t = token
+    with run.opened() as s:
+        storage.end_evaluation(s, eval_id, {**result.record(), "created": created or started})
     run.step_seconds.append(time.monotonic() - t)
     return result.observation(round_, eval_id)
 
@@ -572,31 +566,34 @@ def _step(run: _Run, scheme: SchemeKey, round_: int) -> Observation:
 
 
 def _parallel_round(run: _Run, proposals: list[SchemeKey], round_: int) -> list[Observation]:
-    """The serial round's steps side by side through the run's Ray executor; the history gets them in the serial
-    order, and their ``created`` stamps are rewritten in that order so a resumed run reads the same history."""
-    from automc.kb.records import GraphBatch
-    from automc.search.parallel import evaluate_round
+    """The serial round's steps side by side through the run's Ray executor, each written as it arrives; the
+    history gets them in the serial order, and so does a resumed run, even one killed mid-round.
+
+    A resumed run reads its steps back ordered by round, then ``created``: each step is written stamped with the
+    round's start plus its place in the serial walk of the proposals (in microseconds), never with when it ran,
+    so the round's steps in the store, whichever of them finished, are always in the serial order.
+    """
+    from automc.search.parallel import evaluate_round, serial_positions
+
+    start = _dt.datetime.now(_dt.UTC)
+    place = serial_positions(proposals)
+    written: set[str] = set()
 
     def finished(result: Any, token: tuple[str, str, float]) -> Observation:
-        obs = _end_step(run, token, result, round_)
+        at = place.get(tuple(result.scheme), len(place))  # every step is some proposal's prefix
+        created = (start + _dt.timedelta(microseconds=at)).isoformat(timespec="microseconds")
+        obs = _end_step(run, token, result, round_, created)
+        written.add(token[0])
         run.emit("step", round_, f"{'ok' if obs.ok else 'FAIL'} {' > '.join(obs.scheme)}")
         return obs
 
-    new = evaluate_round(run.evaluator, run.executor, proposals, run.history, int(run.cfg.budget) - run.done,
-                         started=lambda scheme: _start_step(run, scheme, round_), finished=finished,
-                         interrupted=lambda tokens, e: _interrupted(run, tokens, e), time_up=run.time_up)
-    stamps = {eval_id: i for i, (eval_id, _) in enumerate(run.pending)}
-    batch = GraphBatch()
-    for obs in new:
-        created = _stamp()
-        if obs.evaluation_id in stamps:
-            run.pending[stamps[obs.evaluation_id]][1]["created"] = created
-        else:
-            batch.node("Evaluation", id=obs.evaluation_id, created=created)
-    if len(batch):
-        with run.opened() as s:
-            s.write(batch)
-    return new
+    def interrupted(tokens: list[tuple[str, str, float]], e: BaseException) -> None:
+        # a step written before the interruption (e.g. Ctrl-C in its progress event) keeps its result
+        _interrupted(run, [tok for tok in tokens if tok[0] not in written], e)
+
+    return evaluate_round(run.evaluator, run.executor, proposals, run.history, int(run.cfg.budget) - run.done,
+                          started=lambda scheme: _start_step(run, scheme, round_), finished=finished,
+                          interrupted=interrupted, time_up=run.time_up)
 
 
 def _round(run: _Run, strategy: Any, round_: int) -> list[Observation]:

@@ -35,6 +35,7 @@ from automc.search.parallel import (
     prepare,
     ready,
     round_plan,
+    serial_positions,
 )
 
 torch.set_num_threads(1)
@@ -187,6 +188,9 @@ def test_a_round_in_waves_evaluates_what_the_serial_round_does():
         serial = serial_round(proposals, fails, histories[0], budget)
         waves = planned_round(proposals, fails, histories[1], budget)
         assert sorted(serial) == sorted(waves) and len(waves) == len(set(waves)) <= budget
+        # the serial order follows from the proposals alone: what a parallel round stamps each step with as it
+        # arrives, so that any part of the round in the store reads back in the serial order
+        assert sorted(waves, key=serial_positions(proposals).__getitem__) == serial
 
 
 def test_evaluate_round_matches_the_serial_loop(base, task, space, tmp_path):
