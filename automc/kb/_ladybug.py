@@ -84,20 +84,21 @@ class LadybugStore(Store):
                     strict, self.recovered = False, True
                     continue
                 busy = _LOCK_RE.search(msg) and not _RECOVERY_RE.search(msg)
+                who = _holder(e)
                 if self.read_only and (_RECOVERY_RE.search(msg) or self._wal_race(msg)):
                     # A writer is checkpointing (or died doing so): wait for it like for a lock, finishing a dead
                     # writer's checkpoint with a read-write open, which a live writer's lock refuses.
                     if _RECOVERY_RE.search(msg) and time.monotonic() >= next_finish:
                         self._finish_checkpoint()
                         next_finish = time.monotonic() + 1.0  # a live writer refused it; try again later
-                    busy = True
+                    busy, who = True, "a writer is checkpointing"
                 if not busy:
                     if self.created:
                         self._remove_files()
                     raise StoreError(f"cannot open {self.uri}: {_first_line(e)}") from e
                 if time.monotonic() >= deadline:
                     raise StoreLockedError(
-                        f"store {self.path} is locked by another process ({_holder(e)}); waited "
+                        f"store {self.path} is locked by another process ({who}); waited "
                         f"{lock_timeout:.0f} s: retry when it finishes or raise AUTOMC_LOCK_TIMEOUT") from None
                 tries += 1
                 # Short, jittered waits: a busy writer checkpoints many times a second, and a read gets in between.
