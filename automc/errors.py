@@ -41,15 +41,25 @@ class ValidationError(AutomcError, ValueError):
 
 
 class ValidationErrors(AutomcError, ValueError):
-    """Several validation errors found in one input; nothing was written."""
+    """Several validation errors found in one input; nothing was written. ``str`` shows the first ``SHOWN``."""
 
-    def __init__(self, errors: list[ValidationError]) -> None:
+    SHOWN = 20
+
+    def __init__(self, errors: list[ValidationError], *, more: str = "") -> None:
         self.errors = errors
+        self.more = more  # said after the count of errors not shown, e.g. where the whole list is
         super().__init__(str(self))
 
+    def lines(self) -> list[str]:
+        """Every error, one line each."""
+        return [str(e) for e in self.errors]
+
     def __str__(self) -> str:
-        head = f"{len(self.errors)} bad row(s); nothing was written"
-        return "\n".join([head, *(str(e) for e in self.errors)])
+        head = f"{len(self.errors):,} bad row(s); nothing was written"
+        shown = [str(e) for e in self.errors[:self.SHOWN]]
+        rest = len(self.errors) - len(shown)
+        tail = [f"... and {rest:,} more{f' ({self.more})' if self.more else ''}"] if rest else []
+        return "\n".join([head, *shown, *tail])
 
 
 class CompressionError(AutomcError, RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import typer
 
 from automc.cli._util import console, err_console, handle_errors, print_json, print_rows, store_option
-from automc.errors import ValidationError
+from automc.errors import ValidationError, ValidationErrors
 from automc.importers import import_file, init_kb
 from automc.kb import Store, open_store, queries
 from automc.kb.backup import export_store
@@ -46,21 +47,59 @@ def init_cmd(store: str = store_option(), json_out: bool = typer.Option(False, "
 @handle_errors
 def import_cmd(path: Path = typer.Argument(..., help="CSV file (paper tables or experience records) or an export "
                                                      "directory"),
-               store: str = store_option(), json_out: bool = typer.Option(False, "--json")) -> None:
+               store: str = store_option(), json_out: bool = typer.Option(False, "--json"),
+               errors: Path | None = typer.Option(None, "--errors", help="write every bad row's error to this file "
+                                                  "(emptied when the import succeeds); the terminal shows the first "
+                                                  f"{ValidationErrors.SHOWN}")) -> None:
     """Validate FILE completely, then add its records in one transaction (nothing is written if a row is bad)."""
-    with _opened(open_store(store, create=True)) as s:
-        try:
-            report = import_file(s, path)
-        except BaseException:
-            if s.created:  # a failed import into a new store leaves no store behind
-                s.discard()
-            raise
+    if errors is not None:
+        _check_errors_file(errors)
+    try:
+        with _opened(open_store(store, create=True)) as s:
+            try:
+                report = import_file(s, path)
+            except BaseException:
+                if s.created:  # a failed import into a new store leaves no store behind
+                    s.discard()
+                raise
+    except (ValidationError, ValidationErrors) as e:
+        if errors is not None:
+            lines = e.lines() if isinstance(e, ValidationErrors) else [str(e)]
+            _write_lines(errors, lines)
+        if isinstance(e, ValidationErrors):
+            e.more = (f"all {len(e.errors):,} written to {errors}" if errors is not None
+                      else "use --errors FILE for all")
+        raise
+    if errors is not None:
+        _write_lines(errors, [])
     if json_out:
         print_json({"path": report.path, "format": report.format, "rows": report.rows, "added": report.added})
         return
     added = report.added.get("Experience", 0)
     console.print(f"{report.path}: {report.rows} rows ({report.format}); added {added} Experience, "
                   f"{sum(report.added.values())} nodes and relationships in all", highlight=False, soft_wrap=True)
+
+
+def _check_errors_file(path: Path) -> None:
+    """``--errors`` must name a file this process can write, in a folder that exists; checked before any work."""
+    if path.is_dir():
+        raise ValidationError("is a directory; give a file name", path=str(path), field="--errors")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise ValidationError(f"folder {folder} does not exist", path=str(path), field="--errors")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValidationError("not writable", path=str(path), field="--errors")
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Replace ``path`` with ``lines`` at once (a temporary file renamed into place), so it is never half written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ValidationError(f"cannot write: {e.strerror or e}", path=str(path), field="--errors") from None
 
 
 @kb_app.command("stats")

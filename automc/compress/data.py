@@ -206,6 +206,9 @@ def _build(parts: dict[str, _Part], *, val_from: str, val_share: float | None, f
         pool = np.setdiff1d(pool, val_idx)
         if not len(pool):
             raise parts["train"].error("no training images left after carving out the validation part")
+        if (gone := np.setdiff1d(ys["train"], ys["train"][pool])).size:
+            raise parts["train"].error(f"class(es) {_ids(gone)} have too few images to carve out a validation "
+                                       f"share of {_pct(share)}: none would be left for training", labels=True)
         val_x, val_y = xs["train"][val_idx], ys["train"][val_idx]
         val_src = parts["train"].source(f"stratified {_pct(share)}, {seeded}") if share > 0 else "none"
         test_src = parts["test"].source()
@@ -324,11 +327,17 @@ def _hwc(x: np.ndarray) -> str:
 
 
 def _check_classes(parts: dict[str, _Part], ys: dict[str, np.ndarray], num_classes: int | None) -> int:
-    """The class count; every part's labels must be classes the training part has."""
+    """The class count; every part's labels must be classes the training part has.
+
+    Derived from the data (``num_classes`` None), the classes are 0..C-1 and each has training images; only a
+    caller that states ``num_classes`` may leave classes without any."""
     train = np.unique(ys["train"])
     if len(train) < 2:
         raise parts["train"].error(f"needs at least 2 classes, found {len(train)}", labels=True)
-    nc = int(train.max()) + 1 if num_classes is None else int(num_classes)
+    folders = parts["train"].classes
+    nc = int(num_classes) if num_classes is not None else len(folders) if folders else int(train.max()) + 1
+    if num_classes is None and (missing := np.setdiff1d(np.arange(nc), train)).size:
+        raise parts["train"].error(_no_images(missing, train, folders), labels=True)
     for k, y in ys.items():
         if y.size and y.max() >= nc:
             whose = f"the training data's {nc} classes" if num_classes is None else f"{nc} classes"
@@ -345,6 +354,15 @@ def _check_classes(parts: dict[str, _Part], ys: dict[str, np.ndarray], num_class
             raise parts[k].error(f"lacks class(es) {_ids(missing)} of the training data ({len(train)} classes: "
                                  f"{_ids(train)}); a validation part must cover the same classes", labels=True)
     return nc
+
+
+def _no_images(missing: np.ndarray, found: np.ndarray, folders: tuple[str, ...] | None) -> str:
+    """Which classes of 0..C-1 have no training images (by folder name for image folders)."""
+    if folders:
+        names = [folders[int(i)] for i in missing]
+        return f"class folder(s) {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} have no images"
+    return (f"labels must be 0..C-1; class(es) {_ids(missing)} have no images (labels found: {_ids(found)}; "
+            f"number the {len(found)} classes 0..{len(found) - 1})")
 
 
 def _ids(a: np.ndarray) -> str:

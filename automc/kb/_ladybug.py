@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import os
+import random
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -71,7 +72,7 @@ class LadybugStore(Store):
         import ladybug
 
         deadline = time.monotonic() + lock_timeout
-        strict, finished_checkpoint = True, False
+        strict, tries, next_finish = True, 0, 0.0
         while True:
             try:
                 return ladybug.Database(str(self.path), read_only=self.read_only,
@@ -82,21 +83,43 @@ class LadybugStore(Store):
                     # A torn log tail: only the transaction in flight when a writer died. Replay what precedes it.
                     strict, self.recovered = False, True
                     continue
-                if self.read_only and _RECOVERY_RE.search(msg) and not finished_checkpoint:
-                    # A writer died during a checkpoint; a read-write open finishes it (read-only ones cannot).
-                    finished_checkpoint = True
-                    with contextlib.suppress(RuntimeError):
-                        ladybug.Database(str(self.path), throw_on_wal_replay_failure=False).close()
-                    continue
-                if not _LOCK_RE.search(msg) or _RECOVERY_RE.search(msg):
+                busy = _LOCK_RE.search(msg) and not _RECOVERY_RE.search(msg)
+                who = _holder(e)
+                if self.read_only and (_RECOVERY_RE.search(msg) or self._wal_race(msg)):
+                    # A writer is checkpointing (or died doing so): wait for it like for a lock, finishing a dead
+                    # writer's checkpoint with a read-write open, which a live writer's lock refuses.
+                    if _RECOVERY_RE.search(msg) and time.monotonic() >= next_finish:
+                        self._finish_checkpoint()
+                        next_finish = time.monotonic() + 1.0  # a live writer refused it; try again later
+                    busy, who = True, "a writer is checkpointing"
+                if not busy:
                     if self.created:
                         self._remove_files()
                     raise StoreError(f"cannot open {self.uri}: {_first_line(e)}") from e
                 if time.monotonic() >= deadline:
                     raise StoreLockedError(
-                        f"store {self.path} is locked by another process ({_holder(e)}); waited "
+                        f"store {self.path} is locked by another process ({who}); waited "
                         f"{lock_timeout:.0f} s: retry when it finishes or raise AUTOMC_LOCK_TIMEOUT") from None
-                time.sleep(0.2)
+                tries += 1
+                # Short, jittered waits: a busy writer checkpoints many times a second, and a read gets in between.
+                time.sleep(min(0.2 * random.uniform(0.5, 1.0), 0.01 * 2 ** tries,
+                               max(0.0, deadline - time.monotonic())))
+
+    def _wal_race(self, msg: str) -> bool:
+        """A read-only open read this store's log while a writer's checkpoint truncated it."""
+        return "Reading past the end of the file" in msg and f"{self.path}.wal" in msg
+
+    def _finish_checkpoint(self) -> None:
+        """Finish a dead writer's checkpoint with a read-write open (a live writer's lock refuses it: wait on)."""
+        import ladybug
+
+        try:
+            ladybug.Database(str(self.path), throw_on_wal_replay_failure=False).close()
+        except RuntimeError as e:
+            if _LOCK_RE.search(str(e)):
+                return
+            raise StoreError(f"cannot open {self.uri}: a checkpoint of a writer that died is unfinished and a "
+                             f"read-write open cannot finish it ({_first_line(e)})") from e
 
     def _run(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         try:

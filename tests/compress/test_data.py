@@ -275,7 +275,11 @@ def _good():
     ({"y_train": np.zeros(40, np.int64)}, "y_train: needs at least 2 classes, found 1"),
     ({"y_train": np.arange(39) % 4}, "x_train: 40 images but 39 labels in y_train"),
     ({"y_test": np.full(16, 7)}, r"y_test: label 7 is outside 0..3 \(the training data's 4 classes\)"),
-    ({"y_test": np.full(16, 1), "y_train": np.arange(40) % 2 * 2}, r"y_test: label\(s\) 1 never occur in y_train"),
+    ({"y_test": np.full(16, 1), "y_train": np.arange(40) % 2 * 2},
+     r"y_train: labels must be 0..C-1; class\(es\) 1 have no images \(labels found: 0, 2; number the 2 classes"),
+    ({"y_train": 10 + np.arange(40) % 4, "y_test": 10 + np.arange(16) % 4},
+     r"y_train: labels must be 0..C-1; class\(es\) 0..9 have no images \(labels found: 10..13; number the 4 "
+     r"classes 0..3\)"),
 ])
 def test_bad_arrays_are_one_error_naming_file_array_and_problem(tmp_path, change, message):
     arrays = {**_good(), **change}
@@ -283,6 +287,32 @@ def test_bad_arrays_are_one_error_naming_file_array_and_problem(tmp_path, change
     with pytest.raises(ValidationError, match=message) as e:
         load_data(path, device="cpu")
     assert str(e.value).startswith(f"{path}: ") and len(str(e.value).splitlines()) == 1
+
+
+def test_classes_without_training_images_are_refused_unless_num_classes_is_stated(tmp_path):
+    x, y = _arrays(40, 4)
+    # from_arrays with a stated class count may leave classes empty (a model trained on a subset of them)
+    d = from_arrays(x, y + 10, x[:8], y[:8] + 10, num_classes=20, device="cpu")
+    assert d.num_classes == 20
+    with pytest.raises(ValidationError, match=r"y_test: label\(s\) 9 never occur in y_train"):
+        from_arrays(x, y + 10, x[:8], np.full(8, 9), num_classes=20, device="cpu")
+    with pytest.raises(ValidationError, match=r"y_train: labels must be 0..C-1; class\(es\) 0..9 have no images"):
+        from_arrays(x, y + 10, x[:8], y[:8] + 10, device="cpu")
+    # carving validation out of the training part may not empty a class there
+    y1 = np.where(np.arange(40) == 3, 3, np.arange(40) % 3)  # class 3 has one image
+    with pytest.raises(ValidationError, match=r"y_train: class\(es\) 3 have too few images to carve out a "
+                                              r"validation share of 10%: none would be left for training"):
+        from_arrays(x, y1, x[:8], y1[:8], val_from="train", device="cpu")
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    pytest.importorskip("PIL")
+    root = _png_tree(tmp_path / "ds", ("train", "test"), classes=("cat", "dog", "eel"))
+    for split in ("train", "test"):
+        for f in (root / split / "eel").iterdir():
+            f.unlink()
+    with pytest.raises(ValidationError, match=r"train/ labels: class folder\(s\) eel have no images"):
+        load_data(root, device="cpu")
 
 
 def test_float_images_in_0_1_are_scaled_and_int_labels_as_floats_accepted():
