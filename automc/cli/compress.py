@@ -130,8 +130,12 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
         from automc.kb import heartbeat_callback
 
         progress = heartbeat_callback(store, eval_id, progress)
+    from automc._interrupt import catching, check
+
     try:
-        result = apply_scheme(net, parsed, task, progress=progress, before=before)
+        with catching():  # a Ctrl-C swallowed inside Torch-Pruning's tracing still stops the run
+            result = apply_scheme(net, parsed, task, progress=progress, before=before)
+            check()
         paths = save_compressed(result.model, out, ds.example_input(2), mean=ds.mean, std=ds.std,
                                 extra={"scheme": parsed.text, "target_pr": target_pr})
         (Path(out) / "result.json").write_text(json.dumps({**result.to_dict(), "data": splits}, indent=1))
