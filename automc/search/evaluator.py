@@ -149,7 +149,8 @@ def run_step(parent: nn.Module, strategy: Strategy, task: Task, *, base_params: 
 class ModelCache:
     """Models of evaluated schemes on disk (one ``<scheme id>.pt`` each: state dict + architecture + meta), at
     most ``max_bytes`` in all, least recently used evicted first. Entries appear by atomic rename, so a crash
-    never leaves a half-written one; an unreadable entry is dropped and reported missing."""
+    never leaves a half-written one; an entry that does not load, for any reason, is dropped (and logged) and
+    reported missing, and a folder removed meanwhile is created again: it is a cache."""
 
     def __init__(self, directory: str | Path, max_bytes: int = 2 * 2**30, *,
                  base_builder: Callable[[], nn.Module] | None = None) -> None:
@@ -160,7 +161,7 @@ class ModelCache:
             self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
         self.base_builder = base_builder
-        self._dropped: set[Path] = set()
+        self._stuck: set[Path] = set()  # unloadable entries that cannot be removed
 
     def path(self, key: Sequence[str]) -> Path:
         return self.directory / f"{scheme_id(key)}.pt"
@@ -253,13 +254,20 @@ class ModelCache:
         return model.eval(), meta
 
     def _drop(self, p: Path, e: BaseException) -> None:
-        """Remove an entry that does not load; the caller rebuilds it by replaying its steps."""
-        with contextlib.suppress(OSError):
-            p.unlink(missing_ok=True)
-        if p not in self._dropped:  # once per entry, even when it cannot be removed
-            self._dropped.add(p)
-            log.warning("model cache entry %s does not load (%s); dropped, its model is rebuilt from its prefix",
-                        p, _reason(e))
+        """Remove an entry that does not load (the caller rebuilds it by replaying its steps) and log it once."""
+        try:
+            if p.is_dir() and not p.is_symlink():  # a folder in an entry's place: the cache's own name
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        except OSError:
+            if p in self._stuck:
+                return  # logged when first met: it fails the same way at every access
+            self._stuck.add(p)
+        log.warning("model cache entry %s does not load (%s); dropped, its model is rebuilt from its prefix",
+                    p, _reason(e))
 
     def entries(self) -> list[tuple[float, int, Path]]:
         """(last access, bytes, path) of every entry, oldest first."""

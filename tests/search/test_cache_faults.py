@@ -172,8 +172,9 @@ def poisoned(weights, tmp_path_factory):
     def poison_all(event) -> None:
         if event.kind == "step":
             for p in cache.glob("*.pt"):
-                _poison(p, marker)
-                poisoned.add(p)
+                if p not in poisoned:  # each entry once, so that each is dropped (and logged) at most once
+                    _poison(p, marker)
+                    poisoned.add(p)
 
     with _logged() as logs:
         result = search(cfg, progress=poison_all)
@@ -384,3 +385,59 @@ def test_disk_error_is_one_line_naming_path_and_free_space():
     assert isinstance(e, OSError) and e.errno == errno.ENOSPC
     again = pickle.loads(pickle.dumps(e))
     assert type(again) is StoreDiskError and str(again) == str(e)
+
+
+def test_evaluator_and_parallel_driver_let_a_cache_disk_error_through(data, space, tmp_path):
+    """A full cache disk is never a step's FAIL ("its prefix cannot be built", a .fail marker): it propagates from
+    ``Evaluator.evaluate`` and from the parallel driver's ``prepare`` and ``absorb``."""
+    from automc.compress.base import Task, TrainBudget
+    from automc.compress.models import build_model
+    from automc.search.evaluator import Evaluator
+    from automc.search.parallel import WorkerContext, absorb, execute, prepare
+
+    torch.manual_seed(0)
+    base = build_model("resnet8", data.num_classes, width=4)
+    task = Task(data, 0.4, TrainBudget(epochs=0.2, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+    a, b = space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=1.0)")
+    with _tmpfs(tmp_path / "mnt", "4m") as mnt:
+        ev = Evaluator(base, task, cache_dir=mnt / "cache", space=space)
+        filler = _fill(mnt)
+        with pytest.raises(DiskError):
+            ev.evaluate((a,))  # the child's entry
+        with pytest.raises(DiskError):
+            ev.evaluate((a, b))  # the parent's entry, written while replaying it
+        with pytest.raises(DiskError):
+            prepare(ev, (a, b))
+        job = prepare(ev, (a,))  # its parent is the base model: nothing to write yet
+        outcome = execute(job, WorkerContext.from_evaluator(ev, portable=False))
+        assert outcome.result.ok
+        with pytest.raises(DiskError):
+            absorb(ev, outcome)
+        assert not list((mnt / "cache").glob("*.fail"))  # nothing remembered as failed
+        filler.unlink()
+        assert ev.evaluate((a, b)).ok
+
+
+def test_hostile_entries_and_markers_read_as_missing(tmp_path):
+    """A folder, a truncated file or a pickle in an entry's place and a foreign ``.fail`` marker: absent, logged
+    once each, and the entry is written again."""
+    cache = ModelCache(tmp_path / "cache", base_builder=lambda: torch.nn.Linear(4, 4))
+    model = torch.nn.Linear(4, 4)
+    marker = tmp_path / "PAYLOAD-RAN"
+    (cache.path(("dir",)) / "inner").mkdir(parents=True)
+    cache.put(("cut",), model)
+    cache.path(("cut",)).write_bytes(cache.path(("cut",)).read_bytes()[:100])
+    _poison(cache.path(("pickle",)), marker)
+    (cache.directory / f"{scheme_id(('x',))}.fail").write_text("[1, 2]")
+    (cache.directory / f"{scheme_id(('y',))}.fail").write_bytes(b"\xff\xfe")
+    with _logged() as logs:
+        for key in (("dir",), ("cut",), ("pickle",)):
+            assert cache.get(key) is None
+            assert cache.get(key) is None  # the second read finds nothing: no second log line
+    assert sorted(r.getMessage().split()[3] for r in logs) == sorted(
+        str(cache.path(k)) for k in (("dir",), ("cut",), ("pickle",)))
+    assert not marker.exists()
+    assert cache.failure(("x",)) is None and cache.failure(("y",)) is None
+    for key in (("dir",), ("cut",), ("pickle",)):
+        cache.put(key, model)
+        assert cache.get(key) is not None
