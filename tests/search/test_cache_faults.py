@@ -441,3 +441,30 @@ def test_hostile_entries_and_markers_read_as_missing(tmp_path):
     for key in (("dir",), ("cut",), ("pickle",)):
         cache.put(key, model)
         assert cache.get(key) is not None
+
+
+def test_out_disk_full_at_the_report_then_resume(weights, tmp_path):
+    """A full disk under ``--out`` while the report and the model are written: INTERRUPTED, one error naming the
+    output disk and the resume command; resume writes them."""
+    with _tmpfs(tmp_path / "mnt", "2m") as mnt:
+        cfg = _config(weights, tmp_path, out=str(mnt / "out"))
+        fillers: list[Path] = []
+
+        def fill_at_the_end(event) -> None:
+            if event.kind == "round" and event.done >= BUDGET and not fillers:
+                fillers.append(_fill(mnt))
+
+        with pytest.raises(DiskError) as e:
+            search(cfg, progress=fill_at_the_end)
+        assert fillers, "the search ended before its last round"
+        with open_store(cfg.store) as s:
+            (run,) = storage.list_runs(s)
+            assert storage.load_run(s, run["id"]).state == "INTERRUPTED"
+        text = str(e.value)
+        assert "\n" not in text and text.startswith(f"no space left on {mnt} (") and f"writing {mnt}" in text
+        assert text.endswith(f"free space and resume with: automc search --resume {run['id']} --store {cfg.store}")
+        fillers[0].unlink()
+        again = search(SearchConfig(resume=run["id"], store=cfg.store))
+        assert again.state == "COMPLETE" and again.evaluations == BUDGET
+        assert (mnt / "out" / "report.md").stat().st_size > 0
+        load_compressed(mnt / "out" / "model")
