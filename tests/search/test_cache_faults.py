@@ -468,3 +468,15 @@ def test_out_disk_full_at_the_report_then_resume(weights, tmp_path):
         assert again.state == "COMPLETE" and again.evaluations == BUDGET
         assert (mnt / "out" / "report.md").stat().st_size > 0
         load_compressed(mnt / "out" / "model")
+
+
+def test_cache_on_a_read_only_disk_is_one_disk_error(tmp_path):
+    with _tmpfs(tmp_path / "mnt", "1m") as mnt:
+        cache = ModelCache(mnt / "cache", base_builder=lambda: torch.nn.Linear(4, 4))
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with pytest.raises(DiskError) as e:
+            cache.put(("a",), torch.nn.Linear(4, 4))
+        assert e.value.errno == errno.EROFS
+        assert str(e.value).startswith(f"read-only file system on {mnt} (") and str(cache.path(("a",))) in str(e.value)
+        with pytest.raises(DiskError):
+            ModelCache(mnt / "other")
