@@ -64,3 +64,44 @@ class ValidationErrors(AutomcError, ValueError):
 
 class CompressionError(AutomcError, RuntimeError):
     """A compression method could not do what was asked (target out of reach, training diverged, ...)."""
+
+
+class DiskError(AutomcError, OSError):
+    """Writing one of automc's own files (store, model cache, output) failed: no space, a quota, a read-only or
+    failing disk. Never a method's failure: a search stops (INTERRUPTED) and resumes once the disk is fixed."""
+
+    def __init__(self, path: str, *, free: int | None = None, problem: str = "no space left",
+                 errno: int | None = None, mount: str | None = None, then: str = "") -> None:
+        self.path, self.free, self.problem, self.mount, self.then = str(path), free, problem, mount, then
+        super().__init__(errno, problem)
+
+    def __str__(self) -> str:
+        free = "" if self.free is None else f" ({_size(self.free)} free)"
+        if self.path:
+            text = f"{self.problem} on {self.mount or self.path}{free} writing {self.path}"
+        else:
+            text = f"{self.problem}{free} writing automc's files"
+        return f"{text}; {self.then}" if self.then else text
+
+    def __reduce__(self) -> tuple:  # keyword-only arguments: the default pickling would lose them
+        return (_rebuild_disk_error, (type(self), self.path, self.free, self.problem, self.errno, self.mount,
+                                      self.then))
+
+
+class StoreDiskError(DiskError, StoreError):
+    """The store's own files could not be written (see ``DiskError``): the store cannot record anything now."""
+
+
+def _rebuild_disk_error(cls: type[DiskError], path: str, free: int | None, problem: str, errno: int | None,
+                        mount: str | None, then: str) -> DiskError:
+    return cls(path, free=free, problem=problem, errno=errno, mount=mount, then=then)
+
+
+def _size(n: int) -> str:
+    """``12 KiB``, ``3.5 MiB``: a free-space figure for one line."""
+    value, unit = float(n), "bytes"
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, u
+    return f"{int(value)} {unit}" if unit == "bytes" or value >= 10 else f"{value:.1f} {unit}"

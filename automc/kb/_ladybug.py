@@ -17,13 +17,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from automc.errors import NotFoundError, StoreError, StoreLockedError, ValidationError
+from automc.errors import NotFoundError, StoreDiskError, StoreError, StoreLockedError, ValidationError
 from automc.kb.schema import ladybug_ddl
 from automc.kb.store import Store
 
 _LOCK_RE = re.compile(r"\block", re.I)
 _WAL_RE = re.compile(r"\bWAL\b.*corrupt|checksum", re.I)
 _RECOVERY_RE = re.compile(r"recovery is pending", re.I)
+_IO_RE = re.compile(r"\bIO exception\b", re.I)
+_ENGINE_PATH_RE = re.compile(r"\bpath: (\S+)")
+# Handles of stores whose disk filled up under a write, kept for the process's life (see ``LadybugStore.close``).
+_WEDGED: list[Any] = []
 # Files the engine keeps beside the store (write-ahead log, checkpoint shadow pages and locks).
 _SIDE_FILES = (".wal", ".shadow", ".wal.checkpoint", ".checkpoint.apply.lock", ".checkpoint.intent.lock")
 
@@ -61,6 +65,7 @@ class LadybugStore(Store):
 
         self._conn = ladybug.Connection(self._db)
         self._depth = 0
+        self._wedged = False  # a write failed for lack of space: the engine cannot be closed safely
         try:
             self._checked_open(repair=repair)
         except BaseException:
@@ -79,6 +84,11 @@ class LadybugStore(Store):
                                         throw_on_wal_replay_failure=strict)
             except RuntimeError as e:
                 msg = str(e)
+                disk = self._disk_error(e)
+                if disk is not None:
+                    if self.created:
+                        self._remove_files()
+                    raise disk from e
                 if strict and _WAL_RE.search(msg):
                     # A torn log tail: only the transaction in flight when a writer died. Replay what precedes it.
                     strict, self.recovered = False, True
@@ -125,6 +135,10 @@ class LadybugStore(Store):
         try:
             result = self._conn.execute(query, dict(params or {}))
         except RuntimeError as e:
+            disk = self._disk_error(e)
+            if disk is not None:
+                self._wedged = True
+                raise disk from e
             raise StoreError(_first_line(e)) from e
         results = result if isinstance(result, list) else [result]
         rows: list[dict[str, Any]] = []
@@ -159,7 +173,37 @@ class LadybugStore(Store):
         self._run("CHECKPOINT")
 
     def close(self) -> None:
+        if getattr(self, "_wedged", False):
+            # After a write-ahead log write failed for lack of space, the engine flushes that log again when the
+            # database is closed or collected and, the disk still full, throws from a destructor: the process
+            # aborts (std::terminate). Keep the handles for the process's life instead (one extra reference, so
+            # not even interpreter shutdown collects them): the failed transaction was never durable, and the
+            # file lock goes with the process.
+            import ctypes
+
+            for name in ("_conn", "_db"):
+                handle = self.__dict__.pop(name, None)
+                if handle is not None:
+                    ctypes.pythonapi.Py_IncRef(ctypes.py_object(handle))
+                    _WEDGED.append(handle)
+            return
         self._close_handles("_conn", "_db")
+
+    def _disk_error(self, e: RuntimeError) -> StoreDiskError | None:
+        """The engine's I/O failure for lack of space (or a read-only, failing disk) as a ``StoreDiskError``."""
+        from automc._disk import LOW_SPACE, disk_error, free_bytes, mount_point
+
+        m = _ENGINE_PATH_RE.search(str(e))
+        path = m.group(1) if m else str(self.path)
+        err = disk_error(e, path, cls=StoreDiskError)
+        if err is None and _IO_RE.search(str(e)):
+            # e.g. "Cannot read from file ... numBytesRead: 0" when the store file could not grow
+            free = free_bytes(path)
+            if free is not None and free < LOW_SPACE:
+                import errno
+
+                err = StoreDiskError(path, free=free, errno=errno.ENOSPC, mount=mount_point(path))
+        return err
 
     def discard(self) -> None:
         """Close and delete a store this object created (a failed first import leaves nothing behind)."""

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
 import tempfile
@@ -28,7 +29,7 @@ import numpy as np
 
 from automc._interrupt import check as check_interrupt
 from automc.catalog import Strategy
-from automc.errors import ValidationError
+from automc.errors import DiskError, ValidationError
 from automc.search._base import Observation, SchemeKey
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from automc.search.space import SearchSpace
 
 COMPLETE, FAIL = "COMPLETE", "FAIL"
+log = logging.getLogger("automc.search")
 
 
 class StepFailed(Exception):
@@ -149,14 +151,19 @@ def run_step(parent: nn.Module, strategy: Strategy, task: Task, *, base_params: 
 class ModelCache:
     """Models of evaluated schemes on disk (one ``<scheme id>.pt`` each: state dict + architecture + meta), at
     most ``max_bytes`` in all, least recently used evicted first. Entries appear by atomic rename, so a crash
-    never leaves a half-written one; an unreadable entry is dropped and reported missing."""
+    never leaves a half-written one; an entry that does not load, for any reason, is dropped (and logged) and
+    reported missing, and a folder removed meanwhile is created again: it is a cache."""
 
     def __init__(self, directory: str | Path, max_bytes: int = 2 * 2**30, *,
                  base_builder: Callable[[], nn.Module] | None = None) -> None:
+        from automc._disk import writing
+
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with writing(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
         self.base_builder = base_builder
+        self._stuck: set[Path] = set()  # unloadable entries that cannot be removed
 
     def path(self, key: Sequence[str]) -> Path:
         return self.directory / f"{scheme_id(key)}.pt"
@@ -165,7 +172,10 @@ class ModelCache:
         return isinstance(key, tuple) and self.path(key).is_file()
 
     def put(self, key: Sequence[str], model: nn.Module, meta: Mapping[str, Any] | None = None) -> None:
-        """Store ``model`` (copied to the CPU) under ``key``, then evict down to the size cap."""
+        """Store ``model`` (copied to the CPU) under ``key``, then evict down to the size cap.
+
+        Raises ``DiskError`` when the cache's disk is full or failing (the run stops; never the step's fault).
+        """
         import torch
 
         from automc.compress.saving import describe
@@ -173,30 +183,48 @@ class ModelCache:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         entry = {"key": json.dumps(list(key)), "arch": json.dumps(describe(model)),
                  "meta": json.dumps(dict(meta or {})), "state_dict": state}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(entry, f)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def save(f: Any) -> None:
+            torch.save(entry, f)
+
+        self._write(self.path(key), save, "wb", ".pt")
         self.evict(keep=self.path(key))
 
     def put_failure(self, key: Sequence[str], reason: str) -> None:
         """Remember that the step producing ``key`` failed (deterministic for the run's seed: never retried)."""
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".fail", dir=self.directory)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"key": list(key), "reason": reason}, f)
-        os.replace(tmp, self.directory / f"{scheme_id(key)}.fail")
+        text = json.dumps({"key": list(key), "reason": reason})
+        self._write(self.directory / f"{scheme_id(key)}.fail", lambda f: f.write(text), "w", ".fail")
+
+    def _write(self, path: Path, write: Callable[[Any], Any], mode: str, suffix: str) -> None:
+        """Write ``path`` by atomic rename; a cache folder removed meanwhile is created again (it is a cache)."""
+        from automc._disk import writing
+
+        for attempt in range(3):
+            try:
+                with writing(path):
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=self.directory)
+                    try:
+                        with os.fdopen(fd, mode) as f:
+                            write(f)
+                        os.replace(tmp, path)
+                    except BaseException:
+                        Path(tmp).unlink(missing_ok=True)
+                        raise
+                return
+            except FileNotFoundError:  # the folder went away between mkdir and rename: once more
+                if attempt == 2:
+                    raise
 
     def failure(self, key: Sequence[str]) -> str | None:
-        """Why the step producing ``key`` failed, when it did."""
+        """Why the step producing ``key`` failed, when it did (a missing or unreadable marker: not known here)."""
         try:
             entry = json.loads((self.directory / f"{scheme_id(key)}.fail").read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return None
-        return entry["reason"] if entry.get("key") == list(key) else None
+        if not isinstance(entry, dict) or entry.get("key") != list(key):
+            return None
+        return str(entry.get("reason") or "failed")
 
     def get(self, key: Sequence[str]) -> nn.Module | None:
         """The stored model of ``key`` (CPU, eval mode), or None when absent or unreadable."""
@@ -220,12 +248,28 @@ class ModelCache:
             meta = json.loads(entry["meta"])
         except FileNotFoundError:
             return None
-        except (OSError, RuntimeError, KeyError, ValueError, EOFError):
-            p.unlink(missing_ok=True)  # unreadable (truncated by a crash or by hand): rebuild it instead
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with it (truncated, foreign, a pickle): rebuild
+            self._drop(p, e)
             return None
         with contextlib.suppress(FileNotFoundError):
             os.utime(p)  # last access, for LRU eviction
         return model.eval(), meta
+
+    def _drop(self, p: Path, e: BaseException) -> None:
+        """Remove an entry that does not load (the caller rebuilds it by replaying its steps) and log it once."""
+        try:
+            if p.is_dir() and not p.is_symlink():  # a folder in an entry's place: the cache's own name
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        except OSError:
+            if p in self._stuck:
+                return  # logged when first met: it fails the same way at every access
+            self._stuck.add(p)
+        log.warning("model cache entry %s does not load (%s); dropped, its model is rebuilt from its prefix",
+                    p, _reason(e))
 
     def entries(self) -> list[tuple[float, int, Path]]:
         """(last access, bytes, path) of every entry, oldest first."""
@@ -404,7 +448,8 @@ class Evaluator:
         """Apply the last strategy of ``scheme`` to its parent's model and measure the child.
 
         A step that fails (the method's ``CompressionError``, a rule the scheme breaks, a failing prefix, any
-        other exception of the step) is a ``FAIL`` result with the reason; ``KeyboardInterrupt`` propagates.
+        other exception of the step) is a ``FAIL`` result with the reason; ``KeyboardInterrupt`` and a
+        ``DiskError`` of the model cache propagate (neither is the step's doing).
         """
         key = tuple(scheme)
         if not key:
@@ -416,6 +461,8 @@ class Evaluator:
         base_m = self._base_on(self.task)
         try:
             parent, parent_meta = self._replay(key[:-1])
+        except DiskError:
+            raise  # the cache's disk, not the prefix: the run stops and resumes
         except Exception as e:  # noqa: BLE001 - a failing prefix fails its extensions
             return self._fail(key, f"its prefix cannot be built: {_reason(e)}", time.perf_counter() - t0)
         train_s = 0.0
@@ -423,6 +470,8 @@ class Evaluator:
             parent_m = self._parent_measurement(key[:-1], parent, parent_meta)
             child, train_s = self._step(parent, key, self.task)
             m = _measure(child, self.task)
+        except DiskError:
+            raise
         except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
             self.cache.put_failure(key, _reason(e))
             return self._fail(key, _reason(e), time.perf_counter() - t0, train_s)

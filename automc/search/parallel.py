@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from automc.catalog import Strategy
+from automc.errors import DiskError
 from automc.search._base import History, Observation, SchemeKey
 from automc.search.evaluator import FAIL, StepResult, _measure, _Measured, _reason, measured_result, step_seed
 
@@ -387,6 +388,8 @@ def prepare(evaluator: Evaluator, scheme: Sequence[str]) -> StepJob | StepResult
         return refused
     try:
         parent, meta = evaluator._replay(key[:-1])
+    except DiskError:
+        raise  # the cache's disk, not the prefix: the run stops and resumes
     except Exception as e:  # noqa: BLE001 - a failing prefix fails its extensions
         return evaluator._fail(key, _PREFIX + _reason(e), time.perf_counter() - t0)
     try:

@@ -415,10 +415,13 @@ def _base_model(cfg: SearchConfig, data: Any, device: Any, run_dir: Path) -> Any
     from automc.compress.builtin import train_base
 
     train_base(net, data, float(cfg.train_epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from automc._disk import writing
+
     tmp = path.with_suffix(".tmp")
-    torch.save(net.state_dict(), tmp)
-    tmp.replace(path)  # a killed training leaves no half-written base behind
+    with writing(path):  # a full disk is one line naming it, not torch's "enforce fail" traceback
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), tmp)
+        tmp.replace(path)  # a killed training leaves no half-written base behind
     return net
 
 
@@ -547,6 +550,16 @@ def _end_step(run: _Run, token: tuple[str, str, float], result: Any, round_: int
 
 
 def _interrupted(run: _Run, tokens: list[tuple[str, str, float]], e: BaseException) -> None:
+    from automc.errors import DiskError, StoreError
+
+    if isinstance(e, DiskError):
+        if isinstance(e, StoreError):
+            return  # the store cannot record anything now; resume marks these steps stale
+        # cut short, not failed: resume evaluates these steps again (storage.CUT_SHORT)
+        with contextlib.suppress(AutomcError), run.opened() as s:  # the store may sit on the full disk too
+            for eval_id, _, _ in tokens:
+                s.fail_evaluation(eval_id, f"interrupted: {e}")
+        return
     reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
     with run.opened() as s:
         for eval_id, _, _ in tokens:
@@ -675,6 +688,9 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
                                seconds=run.seconds_before + time.monotonic() - run.started)
         raise SearchInterrupted(run.id, resume_command(run.id, run.store)) from None
     except BaseException as e:
+        disk = _disk_failure(run, e)
+        if disk is not None:
+            raise _stopped_by_disk(run, disk) from e
         with contextlib.suppress(Exception), run.opened() as s:
             storage.fail_running(s, run.id, f"{type(e).__name__}: {e}")
             storage.update_run(s, run.id, state="FAILED", error=f"{type(e).__name__}: {e}"[:2000],
@@ -683,6 +699,38 @@ def _loop(run: _Run, stored: Any) -> SearchResult:
     finally:
         if run.executor is not None:
             run.executor.close()
+
+
+def _disk_failure(run: _Run, e: BaseException) -> Any:
+    """The ``DiskError`` that stopped the run: raised by a write of the tool's own files (store, model cache), or a
+    disk failure of its outputs (report, models under ``--out``) that reached the loop as it was; else None."""
+    from automc._disk import disk_error
+    from automc.errors import DiskError
+
+    if isinstance(e, DiskError):
+        return e
+    if isinstance(e, OSError | RuntimeError):
+        return disk_error(e, getattr(e, "filename", None) or run.cfg.out)
+    return None
+
+
+def _stopped_by_disk(run: _Run, e: Any) -> AutomcError:
+    """Stop the run for a disk error of its own files, as for Ctrl-C: steps in flight are cut short and the run is
+    INTERRUPTED (when the store can still be written; a full store keeps its records, which resume marks stale).
+    Returns the error to raise: one line naming the file, the free space there and the resume command."""
+    import errno
+
+    from automc.errors import StoreError
+    from automc.search import storage
+
+    if not isinstance(e, StoreError):
+        with contextlib.suppress(AutomcError), run.opened() as s:  # the store may sit on the full disk too
+            storage.fail_running(s, run.id, f"interrupted: {e}")
+            storage.update_run(s, run.id, state="INTERRUPTED", error=str(e)[:2000],
+                               seconds=run.seconds_before + time.monotonic() - run.started)
+    fix = "free space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix it"
+    return type(e)(e.path, free=e.free, problem=e.problem, errno=e.errno, mount=e.mount,
+                   then=f"{fix} and resume with: {resume_command(run.id, run.store)}")
 
 
 def _final(run: _Run, round_: int) -> None:
