@@ -30,7 +30,9 @@ with open_store(uri) as s:
     while not stop.exists():
         s.heartbeat(ev)
         n += 1
-        ready.write_text(str(n))
+        tmp = ready.with_suffix(".tmp")
+        tmp.write_text(str(n))
+        tmp.replace(ready)  # atomic: the test never reads a half-written count
         time.sleep(0.02)
 print(n)
 """
