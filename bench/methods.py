@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
-from automc.compress import METHODS, lowrank
+from automc.compress import METHODS
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import load_data
+from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.metrics import wilson_interval
 from automc.compress.models import model_for_data
 from automc.compress.scheme import measure
@@ -65,7 +66,7 @@ def tp_l2_baseline(model: torch.nn.Module, task: Task, ratio: float, epochs: flo
         group = an.graph.get_pruning_group(lay.conv, tp.prune_conv_out_channels, idxs=list(range(lay.channels)))
         scores[name] = imp(group).detach().cpu()
     student, _ = prune_by_scores(student, scores, ratio, 0.9, example)
-    lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
+    recalibrate_bn(student, train_inputs(task))
     finetune(student, task, epochs, teacher=model, kd_alpha=0.5, kd_temperature=4.0)
     return student
 

@@ -3,6 +3,9 @@
 ``METHODS`` maps each catalogue method name to its implementation class.
 """
 
+# Imported for their registrations: builtin adds ``digits`` to ``data.BUILTIN_DATASETS``; lowrank (and lma, below)
+# add their replacement layers to ``layers.SPEC_TYPES``, which saving rebuilds compressed models from.
+from automc.compress import builtin, lowrank  # noqa: F401
 from automc.compress.base import Method, Task, TrainBudget, step_ratio
 from automc.compress.hos import HOS
 from automc.compress.legr import LearnedGlobalRanking

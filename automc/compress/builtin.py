@@ -1,7 +1,8 @@
 """The built-in task that needs no download: scikit-learn's handwritten digits (8x8 grayscale, 1 797 images,
 shipped inside scikit-learn) and a small CNN (``build_model("smallcnn")``) trained on them from scratch.
 
-``load_data("digits")`` returns these data (a path named ``digits`` that exists is read as data instead).
+``digits`` is registered in ``data.BUILTIN_DATASETS``, so ``load_data("digits")`` returns these data (a path
+named ``digits`` that exists is read as data instead); importing ``automc.compress`` imports this module.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from automc.compress.data import Data, builtin_dataset, from_arrays
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from automc.compress.data import Data
     from automc.compress.train import TrainLog
 
 DIGITS = "digits"  # the reserved data name
@@ -33,13 +35,12 @@ def digits_arrays(seed: int = 0, test_fraction: float = 0.3) -> dict[str, np.nda
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
 
 
+@builtin_dataset(DIGITS)
 def digits(*, val_from: str = "test", val_share: float | None = None, fraction: float = 1.0, seed: int = 0,
            device: torch.device | str | None = None) -> Data:
     """The digits as ``Data`` (the held-out split is always the one of ``digits_arrays(seed=0)``, so test images
     stay the same across runs; ``seed`` only draws the validation and ``fraction`` samples). No augmentation:
     flipped or shifted 8x8 digits are other digits."""
-    from automc.compress.data import from_arrays
-
     a = digits_arrays(0)
     return from_arrays(a["x_train"], a["y_train"], a["x_test"], a["y_test"], val_from=val_from, val_share=val_share,
                        fraction=fraction, seed=seed, device=device, num_classes=10, augment=False)

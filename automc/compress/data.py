@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -409,11 +409,25 @@ def default_device() -> torch.device:
 
 # -- reading ------------------------------------------------------------------------------------------------
 
+BUILTIN_DATASETS: dict[str, Callable[..., Data]] = {}
+"""Datasets ``load_data`` reads by name when no such path exists: name -> loader taking ``val_from``,
+``val_share``, ``fraction``, ``seed`` and ``device``. ``compress.builtin`` registers ``digits``."""
+
+
+def builtin_dataset(name: str) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
+    """Decorator: register a loader in ``BUILTIN_DATASETS`` under ``name``."""
+    def register(loader: Callable[..., Data]) -> Callable[..., Data]:
+        BUILTIN_DATASETS[name] = loader
+        return loader
+    return register
+
+
 def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from: str = "test",
               val_share: float | None = None, fraction: float = 1.0, seed: int = 0,
               device: torch.device | str | None = None, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD, augment: bool = True) -> Data:
-    """Read a dataset from ``path`` (``.npz``, CIFAR-10/100 python batches, or an ImageFolder tree).
+    """Read a dataset from ``path`` (``.npz``, CIFAR-10/100 python batches, or an ImageFolder tree), or the
+    built-in one of that name (``BUILTIN_DATASETS``, e.g. ``digits``) when no such path exists.
 
     The validation part is, in this order: ``val_data`` (a ``.npz`` with ``x_val/y_val`` or ``x_test/y_test``,
     or an image folder), the data's own (``x_val/y_val``, ``val/`` next to ``train/`` and ``test/``), or a
@@ -421,10 +435,9 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
     part (``val_from="train"``, default 10%; biased for a model trained on those images). ``fraction``
     samples the training part only. Raises ``ValidationError`` naming the file, the array and the problem.
     """
-    if str(path) == "digits" and not Path(path).exists():  # reserved: the built-in digits (compress.builtin)
-        from automc.compress.builtin import digits
-
-        return digits(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device)
+    loader = BUILTIN_DATASETS.get(str(path))
+    if loader is not None and not Path(path).exists():  # a real path of that name is still read as data
+        return loader(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device)
     p = Path(path)
     parts = _guarded(p, _read_dataset)
     if val_data is not None:

@@ -39,6 +39,7 @@ from torch import nn
 from automc.compress import lowrank, surgery
 from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
+from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.lma import put_back_activations, take_out_activations
 from automc.compress.metrics import count_params
 from automc.compress.train import Hooks, finetune
@@ -199,7 +200,7 @@ def _prune(model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float
     layers = surgery.prunable_layers(model, example)
     if not layers or ratio <= 0:
         return model, 0.0
-    inputs = lowrank.train_inputs(task, STAT_BATCHES)
+    inputs = train_inputs(task, STAT_BATCHES)
     scores = hos_scores(model, inputs, list(layers),
                         str(params["hos_local_basis"]), str(params["hos_global_basis"]))
     p0 = count_params(model)
@@ -249,7 +250,7 @@ class HOS(Method):
         student, _ = _prune(student, task, p, PRUNE_SHARE * ratio, example)
         student, _ = tucker(student, count_params(student) - round((1 - ratio) * p0))
         check_reduction(self.name, p0, count_params(student), ratio)
-        lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
+        recalibrate_bn(student, train_inputs(task))
         budget = task.budget
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
         names = dict(teacher.named_modules())

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from automc.compress import lowrank
 from automc.compress._common import check_reduction, distillation, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import CRITERIA
+from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.metrics import count_params
 from automc.compress.surgery import prunable_layers, prune_by_scores
 from automc.compress.train import evaluate, finetune, steps_for
@@ -79,11 +79,11 @@ class LearnedGlobalRanking(Method):
         n_eval = round(ea_steps / max(1.0, cand_steps + (self.eval_batches + self.bn_batches) / 3))
         n_eval = max(self.min_candidates, min(self.max_candidates, n_eval))
         rng = random.Random(task.seed)
-        bn_inputs = lowrank.train_inputs(task, self.bn_batches)
+        bn_inputs = train_inputs(task, self.bn_batches)
 
         def fitness(cand: Candidate) -> float:
             pruned, _ = prune_by_scores(model, transformed_scores(base, cand), ratio, max_layer, example)
-            lowrank.recalibrate_bn(pruned, bn_inputs)
+            recalibrate_bn(pruned, bn_inputs)
             finetune(pruned, task, cand_epochs)
             acc = evaluate(pruned, task.data, "val", batch_size=self.eval_batch_size,
                            max_batches=self.eval_batches)
@@ -105,7 +105,7 @@ class LearnedGlobalRanking(Method):
                 best = child
         self.best_ = best
         pruned, _ = prune_by_scores(model, transformed_scores(base, best), ratio, max_layer, example)
-        lowrank.recalibrate_bn(pruned, lowrank.train_inputs(task))
+        recalibrate_bn(pruned, train_inputs(task))
         finetune(pruned, task, ft_epochs, **distillation(task, model))
         check_reduction(self.name, p0, count_params(pruned), ratio)
         return pruned

@@ -30,6 +30,7 @@ from torch import nn
 from automc.compress import lowrank
 from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
+from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.metrics import count_params
 from automc.compress.train import Hooks, finetune
 from automc.errors import CompressionError
@@ -76,7 +77,7 @@ class LFB(Method):
         p0 = count_params(model)
         student, _ = factorize(copy.deepcopy(model).to(task.device), ratio)
         check_reduction(self.name, p0, count_params(student), ratio)
-        lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
+        recalibrate_bn(student, train_inputs(task))
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
 
         def extra_loss(_model: nn.Module, x: torch.Tensor, _y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automc.compress import lowrank, surgery
+from automc.compress import surgery
 from automc.compress._common import check_reduction, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l1_weight
+from automc.compress.layers import recalibrate_bn, replacement_layer, set_module, train_inputs
 from automc.compress.metrics import count_params
 from automc.compress.models import BasicBlock, Bottleneck, CifarResNet
 from automc.compress.train import finetune
@@ -101,6 +102,7 @@ class _Parameters(nn.PReLU):
             self.weight.copy_(values)
 
 
+@replacement_layer
 class MultiSegmentActivation(nn.Module):
     """Continuous piecewise-linear activation with ``segments`` pieces, shared by a layer's channels.
 
@@ -155,7 +157,7 @@ class MultiSegmentActivation(nn.Module):
     kind = "multi_segment_activation"
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able description (``lowrank.lowrank_specs`` / ``apply_specs`` carry it through saving)."""
+        """JSON-able description (``layers.lowrank_specs`` / ``apply_specs`` carry it through saving)."""
         return {"type": self.kind, "segments": self.segments}
 
     @classmethod
@@ -226,7 +228,7 @@ def install_activations(model: nn.Module, segments: int) -> list[str]:
     the activation paths. Modules of unknown types that call ``F.relu`` inside ``forward`` keep it."""
     paths = _open_slots(model)
     for path in paths:
-        lowrank.set_module(model, path, MultiSegmentActivation(segments))
+        set_module(model, path, MultiSegmentActivation(segments))
     return paths
 
 
@@ -244,7 +246,7 @@ def take_out_activations(model: nn.Module) -> dict[str, MultiSegmentActivation]:
     """
     taken = {n: m for n, m in model.named_modules() if isinstance(m, MultiSegmentActivation)}
     for path in taken:
-        lowrank.set_module(model, path, nn.ReLU())
+        set_module(model, path, nn.ReLU())
     return taken
 
 
@@ -252,7 +254,7 @@ def put_back_activations(model: nn.Module, taken: Mapping[str, nn.Module]) -> nn
     """Undo ``take_out_activations`` on ``model`` (or on a pruned copy of it)."""
     device = next(model.parameters()).device
     for path, m in taken.items():
-        lowrank.set_module(model, path, m.to(device))
+        set_module(model, path, m.to(device))
     return model
 
 
@@ -308,7 +310,7 @@ class LMA(Method):
         install_activations(student, segments)
         student.to(task.device)  # the new activations are created on the CPU
         check_reduction(self.name, p0, count_params(student), ratio)
-        lowrank.recalibrate_bn(student, lowrank.train_inputs(task))
+        recalibrate_bn(student, train_inputs(task))
         teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
         finetune(student, task, task.budget.epochs_for(p["finetune_epochs_factor"]), teacher=teacher,
                  kd_temperature=float(p["kd_temperature"]), kd_alpha=float(p["kd_alpha"]))

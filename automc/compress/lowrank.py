@@ -1,8 +1,8 @@
 """Low-rank layer replacement: Tucker-2 (HOOI) and filter-basis (truncated SVD) factorisations of a conv.
 
 Pure functions on ``nn.Conv2d`` plus two replacement modules. Each replacement module describes itself with
-``spec()`` (a JSON-able dict) and is rebuilt with ``module_from_spec``; ``lowrank_specs(model)`` /
-``apply_specs(model, specs)`` are what saving needs so a compressed model reloads from a state dict.
+``spec()`` (a JSON-able dict) and is registered in ``layers.SPEC_TYPES``, so saving rebuilds it
+(``layers.lowrank_specs`` / ``layers.apply_specs``) and a compressed model reloads from a state dict.
 
 Only plain convs are factorised: ``groups == 1``, zero padding, a kernel larger than 1x1. On a model that is
 already low-rank that includes the k x k core / basis conv inside a replacement module, so replacements nest
@@ -19,18 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from automc.errors import ValidationError
+from automc.compress.layers import replacement_layer, set_module
 
 __all__ = [
     "FilterBasisConv",
     "Tucker2Conv",
-    "apply_specs",
     "decomposable_convs",
     "filter_basis_params",
-    "lowrank_specs",
-    "module_from_spec",
     "plan_ranks",
-    "set_module",
+    "replace_convs",
     "tucker2_params",
 ]
 
@@ -94,6 +91,7 @@ def hooi2(weight: torch.Tensor, r_out: int, r_in: int, n_iter: int = 10
     return core.cpu(), u_out.cpu(), u_in.cpu()
 
 
+@replacement_layer
 class Tucker2Conv(nn.Module):
     """A k x k conv as 1x1 (C_in -> r_in), k x k core (r_in -> r_out), 1x1 (r_out -> C_out).
 
@@ -121,7 +119,7 @@ class Tucker2Conv(nn.Module):
         return self.last(self.core(self.first(x)))
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able description; ``module_from_spec(m.spec())`` rebuilds the same shapes. The core may
+        """JSON-able description; ``layers.module_from_spec(m.spec())`` rebuilds the same shapes. The core may
         itself be replaced later (it then has its own spec at ``<path>.core``). Read from the live layers,
         so it stays right after channel pruning."""
         return {"type": self.kind, "in_channels": self.first.in_channels, "out_channels": self.last.out_channels,
@@ -152,6 +150,7 @@ class Tucker2Conv(nn.Module):
         return new.to(device=device, dtype=dtype)
 
 
+@replacement_layer
 class FilterBasisConv(nn.Module):
     """A k x k conv as a basis conv (C_in -> m filters, k x k) and a 1x1 combination (m -> C_out).
 
@@ -178,7 +177,7 @@ class FilterBasisConv(nn.Module):
         return self.combine(self.basis(x))
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able description; ``module_from_spec(m.spec())`` rebuilds the same shapes. The basis conv may
+        """JSON-able description; ``layers.module_from_spec(m.spec())`` rebuilds the same shapes. The basis conv may
         itself be replaced later (it then has its own spec at ``<path>.basis``). Read from the live layers,
         so it stays right after channel pruning."""
         return {"type": self.kind, "in_channels": _in_channels(self.basis),
@@ -208,56 +207,6 @@ class FilterBasisConv(nn.Module):
             if conv.bias is not None:
                 new.combine.bias.copy_(conv.bias.detach())
         return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
-
-
-SPEC_TYPES: dict[str, type[nn.Module]] = {
-    Tucker2Conv.kind: Tucker2Conv,
-    FilterBasisConv.kind: FilterBasisConv,
-}
-"""Replacement module classes by spec ``type``. A class needs ``kind``, ``spec()`` and ``from_spec(spec)``;
-an optional ``prepare(model)`` classmethod runs before its modules are put back (LMA opens activation
-slots). ``lma.MultiSegmentActivation`` is added by ``_spec_types`` (lma imports this module)."""
-
-
-def _spec_types() -> dict[str, type[nn.Module]]:
-    from automc.compress.lma import MultiSegmentActivation
-
-    return {**SPEC_TYPES, MultiSegmentActivation.kind: MultiSegmentActivation}
-
-
-def module_from_spec(spec: Mapping[str, Any]) -> nn.Module:
-    """A freshly initialised replacement module of the shape ``spec`` describes."""
-    types = _spec_types()
-    if spec.get("type") not in types:
-        raise ValidationError(f"unknown replacement layer type {spec.get('type')!r}; known: {list(types)}",
-                              field="replaced")
-    return types[spec["type"]].from_spec(spec)  # type: ignore[attr-defined]
-
-
-def lowrank_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Module path -> spec of every replacement module in ``model`` (low-rank layers, LMA activations)."""
-    kinds = tuple(_spec_types().values())
-    return {name: m.spec() for name, m in model.named_modules() if isinstance(m, kinds)}  # type: ignore[operator]
-
-
-def apply_specs(model: nn.Module, specs: Mapping[str, Mapping[str, Any]]) -> nn.Module:
-    """Put freshly built replacement modules at the paths of ``specs`` (in place), ready for a state dict;
-    outer replacements are built before the ones nested in them."""
-    types = _spec_types()
-    for kind in sorted({s.get("type") for s in specs.values()} & set(types)):
-        prepare = getattr(types[kind], "prepare", None)
-        if prepare is not None:
-            prepare(model)
-    for name, spec in sorted(specs.items(), key=lambda kv: kv[0].count(".")):
-        set_module(model, name, module_from_spec(spec))
-    return model
-
-
-def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    """Replace the submodule at dotted ``path`` (in place)."""
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, module)
 
 
 def _check_plain(conv: nn.Conv2d) -> None:
@@ -356,33 +305,3 @@ def replace_convs(model: nn.Module, ranks: Mapping[str, Any],
         set_module(model, name, build(model.get_submodule(name), r))
     return model
 
-
-
-def train_inputs(task: Any, batches: int = 10) -> list[torch.Tensor]:
-    """The first ``batches`` un-augmented training batches of ``task`` (inputs only, on its device)."""
-    return [x.to(task.device) for x, _ in task.data.batches("train", task.budget.batch_size, augment=False,
-                                                             max_batches=batches)]
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics on ``batches`` (a cumulative average, no gradient
-    step; in place). After layers are factorised or pruned the old statistics no longer fit their inputs;
-    this alone recovers much of the accuracy (ResNet-20 at 40% filter-basis reduction: 29% -> 76%)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return model
-    was = model.training
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for bn, mom in zip(bns, momenta, strict=True):
-            bn.momentum = mom
-        model.train(was)
-    return model

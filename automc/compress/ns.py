@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from automc.compress import lowrank
 from automc.compress._common import check_reduction, distillation, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l2_bn
+from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.metrics import count_params
 from automc.compress.surgery import prunable_layers, prune_by_scores
 from automc.compress.train import Hooks, finetune
@@ -49,7 +49,7 @@ class NetworkSlimming(Method):
         finetune(model, task, epochs * self.sparsity_share, hooks=Hooks(regularize=l1_on_gammas))
         layers = prunable_layers(model, example)
         model, _ = prune_by_scores(model, l2_bn(layers), ratio, p["max_layer_prune_ratio"], example)
-        lowrank.recalibrate_bn(model, lowrank.train_inputs(task))
+        recalibrate_bn(model, train_inputs(task))
         finetune(model, task, epochs * (1 - self.sparsity_share), **distillation(task, teacher))
         check_reduction(self.name, p0, count_params(model), ratio)
         return model

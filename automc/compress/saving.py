@@ -13,15 +13,15 @@ A saved directory holds
 - ``state_dict.pt``: the weights (load with ``weights_only=True``).
 - ``architecture.json``: ``base`` (``build_model`` arguments, or null for a user's own model),
   ``layers`` (type and shape of every ``Conv2d``, ``BatchNorm2d`` and ``Linear`` by module path),
-  ``replaced`` (module path -> spec of every replacement module, from ``lowrank.lowrank_specs``), the pruning
+  ``replaced`` (module path -> spec of every replacement module, from ``layers.lowrank_specs``), the pruning
   ``record`` if one is given, and the input ``input_shape``/``mean``/``std`` the model expects.
 
 Rebuilding (``load_compressed``): build the base model, put the replacement modules back
-(``lowrank.apply_specs``), re-create every Conv2d/BN/Linear whose recorded shape differs from the base's,
+(``layers.apply_specs``), re-create every Conv2d/BN/Linear whose recorded shape differs from the base's,
 then load the state dict strictly.
 
 For methods that replace layers (HOS, LFB, LMA): give the replacement module a JSON-able ``spec()`` and a
-``from_spec`` classmethod and register its class in ``lowrank.SPEC_TYPES``; ``lowrank_specs`` /
+``from_spec`` classmethod and register its class with ``@layers.replacement_layer``; ``lowrank_specs`` /
 ``apply_specs`` then carry it through saving with no change here. Plain layers inside a replacement module
 are described like any other, so a later pruning step on a replaced model reloads too.
 """
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from automc.compress import lowrank
+from automc.compress.layers import apply_specs, lowrank_specs, set_module
 from automc.compress.models import build_model
 from automc.errors import ValidationError
 
@@ -81,7 +81,7 @@ def describe(model: nn.Module, *, record: Sequence[tuple[str, Sequence[int]]] | 
     """The architecture of ``model`` as JSON-able data (see the module docstring)."""
     layers = {name: spec for name, m in model.named_modules() if name and (spec := _layer_spec(m))}
     return {"format": FORMAT, "base": getattr(model, "automc_base", None), "layers": layers,
-            "replaced": lowrank.lowrank_specs(model),
+            "replaced": lowrank_specs(model),
             "record": [[name, list(map(int, idx))] for name, idx in record] if record else None,
             "input_shape": list(input_shape) if input_shape else None,
             "mean": list(mean) if mean else None, "std": list(std) if std else None}
@@ -96,14 +96,14 @@ def rebuild(arch: dict[str, Any], base_model: nn.Module | None = None) -> nn.Mod
             raise ValidationError("the saved model is not a built-in one: pass base_model=<a fresh instance>",
                                   field="base")
         base_model = build_model(base["name"], base["num_classes"], width=base.get("width"))
-    model = lowrank.apply_specs(base_model, arch.get("replaced") or {})
+    model = apply_specs(base_model, arch.get("replaced") or {})
     for path, spec in arch["layers"].items():
         try:
             current = model.get_submodule(path)
         except AttributeError:
             current = None
         if current is None or _layer_spec(current) != spec:
-            lowrank.set_module(model, path, _build_layer(spec))
+            set_module(model, path, _build_layer(spec))
     return model
 
 

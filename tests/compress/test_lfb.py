@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from automc.compress import lowrank
+from automc.compress import layers, lowrank
 from automc.compress.lfb import LFB, aux_loss
 from automc.compress.metrics import count_flops, count_params
 from automc.compress.models import build_model
@@ -26,8 +26,8 @@ def test_lfb_hits_ratio_and_stays_learnable(trained, ratio, aux):
     assert evaluate(out, task.data).top1 > 0.6
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
     assert any(isinstance(m, lowrank.FilterBasisConv) for m in out.modules())
-    fresh = lowrank.apply_specs(build_model("resnet8", 4, width=8),
-                                json.loads(json.dumps(lowrank.lowrank_specs(out))))
+    fresh = layers.apply_specs(build_model("resnet8", 4, width=8),
+                                json.loads(json.dumps(layers.lowrank_specs(out))))
     fresh.load_state_dict(out.state_dict())
     fresh.eval()
     assert torch.allclose(fresh(x), out(x), atol=1e-5)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from automc.compress import lma, lowrank
+from automc.compress import layers, lma
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
 from automc.compress.lma import LMA, MultiSegmentActivation
@@ -73,7 +73,7 @@ def test_student_reloads_from_record_and_specs(trained):
               for name, m in fresh.named_modules() if name.endswith(".conv1")
               and out.get_submodule(name).out_channels < m.out_channels]
     replay(fresh, record, task.data.example_input(1))
-    lowrank.apply_specs(fresh, json.loads(json.dumps(lowrank.lowrank_specs(out))))
+    layers.apply_specs(fresh, json.loads(json.dumps(layers.lowrank_specs(out))))
     fresh.load_state_dict(out.state_dict())
     fresh.eval()
     x = task.data.example_input(2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from automc.compress import lowrank
+from automc.compress import layers, lowrank
 from automc.compress.lowrank import FilterBasisConv, Tucker2Conv
 
 
@@ -84,7 +84,7 @@ def test_spec_round_trip(build):
     conv = _conv()
     new = build(conv)
     spec = json.loads(json.dumps(new.spec()))
-    rebuilt = lowrank.module_from_spec(spec)
+    rebuilt = layers.module_from_spec(spec)
     rebuilt.load_state_dict(new.state_dict())
     x = torch.randn(2, 12, 9, 9)
     assert torch.equal(rebuilt(x), new(x))
@@ -112,8 +112,8 @@ def test_plan_hits_target_and_specs_reload(kind):
     assert target <= removed <= target + 0.03 * total
     lowrank.replace_convs(net, ranks, build)
     assert total - sum(p.numel() for p in net.parameters()) == removed
-    specs = json.loads(json.dumps(lowrank.lowrank_specs(net)))
-    fresh = lowrank.apply_specs(_net(), specs)
+    specs = json.loads(json.dumps(layers.lowrank_specs(net)))
+    fresh = layers.apply_specs(_net(), specs)
     fresh.load_state_dict(net.state_dict())
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(fresh(x), net(x))
@@ -123,7 +123,7 @@ def test_plan_hits_target_and_specs_reload(kind):
     ranks2, _ = lowrank.plan_ranks(inner, int(0.1 * total), lowrank.filter_basis_rank_at,
                                    lowrank.filter_basis_params)
     lowrank.replace_convs(net, ranks2, FilterBasisConv.from_conv)
-    fresh = lowrank.apply_specs(_net(), json.loads(json.dumps(lowrank.lowrank_specs(net))))
+    fresh = layers.apply_specs(_net(), json.loads(json.dumps(layers.lowrank_specs(net))))
     fresh.load_state_dict(net.state_dict())
     assert torch.equal(fresh(x), net(x))
 
@@ -140,7 +140,7 @@ def test_recalibrate_bn_matches_the_data_statistics():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
     batches = [torch.randn(8, 3, 6, 6) * 2 + 1 for _ in range(3)]
-    lowrank.recalibrate_bn(net, batches)
+    layers.recalibrate_bn(net, batches)
     feats = torch.cat([net[0](x) for x in batches])
     assert torch.allclose(net[1].running_mean, feats.mean((0, 2, 3)), atol=1e-5)
     assert not net.training and net[1].momentum == 0.1
