@@ -27,7 +27,8 @@ REPLACES = {"HOS": lowrank.Tucker2Conv, "LFB": lowrank.FilterBasisConv, "LMA": l
 
 
 def _onnx_matches(model: nn.Module, directory, example: torch.Tensor) -> None:
-    """The saved ONNX file runs in onnxruntime at other batch sizes and agrees with ``model`` to 1e-4."""
+    """The saved ONNX file runs in onnxruntime at other batch sizes and agrees with ``model`` to 1e-4 (relative
+    to the largest output when that is above 1)."""
     paths = save_compressed(model, directory, example)
     arch = json.loads(paths["architecture"].read_text())
     assert arch["onnx"] == "model.onnx" and arch["onnx_error"] is None and paths["onnx"].is_file()
@@ -44,7 +45,8 @@ def _onnx_matches(model: nn.Module, directory, example: torch.Tensor) -> None:
         with torch.no_grad():
             want = model(x).numpy()
         assert got.shape == want.shape
-        assert float(np.abs(got - want).max()) < 1e-4
+        # float32 rounding grows with the outputs' size (random LMA slopes give logits in the tens)
+        assert float(np.abs(got - want).max()) < 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
 @pytest.mark.slow
