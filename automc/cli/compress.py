@@ -7,6 +7,7 @@ options, forwards, and renders. torch and the compression modules are imported i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from automc.compress.scheme import SchemeResult
+    from automc.kb import TaskFeatures
 
 STORE_HELP = ("record the evaluation in this knowledge base, ladybug://PATH or neo4j://HOST:PORT (not recorded "
               "unless given or AUTOMC_STORE is set)")
@@ -108,6 +110,7 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
 
     from automc.compress.base import Task, TrainBudget
     from automc.compress.data import load_data
+    from automc.compress.identity import task_features
     from automc.compress.models import model_for_data
     from automc.compress.saving import save_compressed
     from automc.compress.scheme import apply_scheme, measure
@@ -119,13 +122,11 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
     task = Task(ds, target_pr, TrainBudget(epochs=epochs, batch_size=batch_size, lr=lr), dev, seed)
     before = measure(net, task)
     splits = {k: {"source": ds.sources[k], "images": ds.size(k)} for k in ("train", "val", "test")}
-    train_images = ds.size("train") + (ds.size("val") if val_from == "train" and val_data is None else 0)
-    info = {"model": model, "dataset": Path(data).name, "num_classes": ds.num_classes,
-            "image_size": ds.input_shape[-1], "image_channels": ds.input_shape[0],
-            "num_images": train_images, "base_accuracy": before.acc_test,
-            "params": float(before.params), "flops": float(before.flops), "device": str(dev)}
+    # the same Task as ``automc search`` of this model, weights and data: validation accuracy, whole training part
+    features = task_features(model, data, ds, val_accuracy=before.acc_val, params=before.params, flops=before.flops)
+    info = {**dataclasses.asdict(features), "device": str(dev)}
     # The store is opened only around each write: a LadybugDB file stays free for others while training runs.
-    eval_id = _start_evaluation(store, info, parsed, target_pr) if store is not None else None
+    eval_id = _start_evaluation(store, features, parsed, target_pr, str(dev)) if store is not None else None
     if eval_id is not None:  # refresh the record's heartbeat as steps go by, so others can tell it is alive
         from automc.kb import heartbeat_callback
 
@@ -148,13 +149,12 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
     return CompressRun(result, paths, info, eval_id, splits)
 
 
-def _start_evaluation(store_uri: str, task_info: dict[str, Any], scheme: Scheme, target_pr: float) -> str:
+def _start_evaluation(store_uri: str, features: TaskFeatures, scheme: Scheme, target_pr: float, device: str) -> str:
     """Record a RUNNING evaluation of ``scheme`` on the task; returns its id."""
-    from automc.kb import TaskFeatures, open_store
+    from automc.kb import open_store
 
-    features = TaskFeatures(**{k: v for k, v in task_info.items() if k in TaskFeatures.__dataclass_fields__})
     with open_store(store_uri, create=True) as s:  # a writable open also marks stale RUNNING records
-        return s.start_evaluation(features, scheme, target_pr=target_pr, device=str(task_info.get("device", "")))
+        return s.start_evaluation(features, scheme, target_pr=target_pr, device=device)
 
 
 def _end_evaluation(store_uri: str, eval_id: str, *, record: dict[str, Any] | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,8 @@ class Data:
     crop_padding: int = 4
     # split -> which images it holds, e.g. "x_test[half 1 of 2, seed 0] of cifar10-subset.npz"
     sources: dict[str, str] = field(default_factory=dict)
+    # training images the ``fraction`` sample was drawn from (None: all of them are in x["train"])
+    train_pool: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -214,6 +217,7 @@ def _build(parts: dict[str, _Part], *, val_from: str, val_share: float | None, f
         test_src = parts["test"].source()
         if share > 0:
             train_q.append("minus val")
+    train_pool = len(pool)
     if fraction < 1.0:
         pool = pool[stratified_sample(ys["train"][pool], fraction, rng_fit)]
         train_q.append(f"stratified {_pct(fraction)}")
@@ -236,7 +240,7 @@ def _build(parts: dict[str, _Part], *, val_from: str, val_share: float | None, f
     if len(mean) != channels or len(std) != channels:
         mean, std = (0.5,) * channels, (0.25,) * channels
     sources = {"train": train_src, "val": val_src, "test": test_src}
-    return Data(x, y, nc, tuple(mean), tuple(std), augment, sources=sources)
+    return Data(x, y, nc, tuple(mean), tuple(std), augment, sources=sources, train_pool=train_pool)
 
 
 def _pct(share: float) -> str:
@@ -435,8 +439,8 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
     part (``val_from="train"``, default 10%; biased for a model trained on those images). ``fraction``
     samples the training part only. Raises ``ValidationError`` naming the file, the array and the problem.
     """
-    loader = BUILTIN_DATASETS.get(str(path))
-    if loader is not None and not Path(path).exists():  # a real path of that name is still read as data
+    loader = BUILTIN_DATASETS.get(str(path)) if _builtin(path) else None
+    if loader is not None:  # a real path of that name is still read as data
         return loader(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device)
     p = Path(path)
     parts = _guarded(p, _read_dataset)
@@ -444,6 +448,16 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
         parts["val"] = _guarded(Path(val_data), lambda q: _read_val(q, p, parts))
     return _build(parts, val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device,
                   num_classes=None, mean=mean, std=std, augment=augment)
+
+
+def _builtin(path: str | Path) -> bool:
+    """``path`` names a registered built-in dataset and no file or folder of that name exists."""
+    return str(path) in BUILTIN_DATASETS and not Path(path).exists()
+
+
+def dataset_name(path: str | Path) -> str:
+    """How a task names its data: the built-in's name, else the file or folder name (``.`` named as the folder)."""
+    return str(path) if _builtin(path) else Path(os.path.abspath(path)).name
 
 
 def _guarded(p: Path, read):  # noqa: ANN001, ANN202 - a reader of p

@@ -431,7 +431,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     import torch
 
     from automc.compress.base import Task, TrainBudget
-    from automc.kb import TaskFeatures
+    from automc.compress.identity import task_features
     from automc.search import storage
     from automc.search.evaluator import Evaluator
     from automc.search.space import SearchSpace
@@ -449,12 +449,9 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     evaluator = Evaluator(net, task, cache_dir=run_dir / "cache", cache_bytes=int(cfg.cache_bytes),
                           seed=int(cfg.seed), space=space, data_fraction=float(cfg.data_fraction))
     base = evaluator.base().record()
-    features = TaskFeatures(model=ident["model"], dataset=_dataset_name(cfg.data), num_classes=data.num_classes,
-                            image_size=int(data.input_shape[-1]), image_channels=int(data.input_shape[0]),
-                            num_images=int(sum(full.size(s) for s in ("train", "val"))),
-                            # validation, not test, accuracy: strategies see the task, and never test data
-                            base_accuracy=float(base["val_accuracy"]), params=float(base["params"]),
-                            flops=float(base["flops"]))
+    # the same Task as ``automc compress --store`` of this model, weights and data (compress.identity)
+    features = task_features(str(cfg.model), str(cfg.data), full, val_accuracy=float(base["val_accuracy"]),
+                             params=float(base["params"]), flops=float(base["flops"]))
     config_json = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "store")},
                    "identity": ident, "base": base, "run_dir": str(run_dir),
                    "setup_seconds": float(stored.config.get("setup_seconds") or 0.0) if stored else 0.0}
@@ -479,10 +476,6 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
 def _builtin(data: str | None) -> bool:
     """``digits`` names the built-in data unless a path of that name exists (as ``load_data`` reads it)."""
     return data in BUILTIN_DATA and not Path(str(data)).exists()
-
-
-def _dataset_name(data: str) -> str:
-    return data if _builtin(data) else Path(data).name
 
 
 def _context(run: _Run) -> tuple[Context, dict[str, int]]:
