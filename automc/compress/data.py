@@ -404,9 +404,16 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
     samples the training part only. Raises ``ValidationError`` naming the file, the array and the problem.
     """
     if str(path) == "digits" and not Path(path).exists():  # reserved: the built-in digits (compress.builtin)
-        from automc.compress.builtin import digits
+        from automc.compress.builtin import digits, digits_arrays
 
-        return digits(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device)
+        if val_data is None:
+            return digits(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device)
+        # a validation set of the user's beside the built-in train and test parts, checked like any other
+        a = digits_arrays(0)
+        parts = {s: _Part(a[f"x_{s}"], a[f"y_{s}"], f"x_{s}", f"y_{s}", "digits") for s in ("train", "test")}
+        parts["val"] = _guarded(Path(val_data), lambda q: _read_val(q, Path(path), parts))
+        return _build(parts, val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device,
+                      num_classes=10, mean=mean, std=std, augment=False)
     p = Path(path)
     parts = _guarded(p, _read_dataset)
     if val_data is not None:
