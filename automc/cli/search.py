@@ -5,6 +5,7 @@ Importing this module stays free of torch (the search itself imports it when a s
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def search_cmd(
     model: str | None = typer.Option(None, "--model", help="resnet20/32/44/56/110/164, vgg11/13/16/19, ..."),
     data: str | None = typer.Option(None, "--data", help=".npz, CIFAR batches, train/+test/ folders, or 'digits'"),
     target_pr: float | None = typer.Option(None, "--target-pr", help="parameter-reduction target gamma [0.4]"),
-    budget: int | None = typer.Option(None, "--budget", help="evaluated strategy steps [60]"),
+    budget: int | None = typer.Option(None, "--budget", help="evaluated strategy steps, 1 to 100000 [60]"),
     weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict; without it a base model "
                                         "is trained first (--train-epochs)"),
     epochs: float | None = typer.Option(None, "--epochs", help="search fidelity: base fine-tune epochs [1]"),
@@ -75,7 +76,7 @@ def search_cmd(
     val_data: Path | None = typer.Option(None, "--val-data", help="a separate validation set (selection only)"),
     val_from: str | None = typer.Option(None, "--val-from", help="test (default) or train: where the validation "
                                         "split comes from when the data has none"),
-    seed: int | None = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", help="0 to 4294967295 [0]"),
     strategy: str | None = typer.Option(None, "--strategy", help=STRATEGY_HELP),
     time_limit: str | None = typer.Option(None, "--time-limit", help="stop after this long, e.g. 90m or 2h"),
     store: str | None = store_option(),
@@ -86,7 +87,7 @@ def search_cmd(
                                       help="learn from other tasks' evaluations (default on)"),
     per_round: int | None = typer.Option(None, "--per-round", help="schemes proposed per round [10]"),
     top_k: int | None = typer.Option(None, "--top-k", help="front schemes fine-tuned again at the end [3]"),
-    max_length: int | None = typer.Option(None, "--max-length", help="most strategies in a scheme [5]"),
+    max_length: int | None = typer.Option(None, "--max-length", help="most strategies in a scheme, at most 50 [5]"),
     train_epochs: float | None = typer.Option(None, "--train-epochs",
                                               help="epochs to train the base model when no --weights [10]"),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
@@ -105,9 +106,9 @@ def search_cmd(
     """Search for Pareto-optimal compression schemes (accuracy vs parameter reduction)."""
     from automc.search.run import SearchConfig, SearchInterrupted, parse_duration, search
 
-    if val_from == "train" and not json_out:
+    if val_from == "train" and val_data is None and not json_out:  # with --val-data, the search refuses it
         err_console.print("warning: a validation split from the training data is biased for a model trained on "
-                          "those images", style="yellow", highlight=False)
+                          "those images", style="yellow", highlight=False, soft_wrap=True)
     cfg = SearchConfig(model=model, data=data, target_pr=target_pr, budget=budget, weights=_s(weights),
                        epochs=epochs, final_epochs=final_epochs, data_fraction=data_fraction,
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
@@ -122,8 +123,9 @@ def search_cmd(
             with _Live() as live:
                 result = search(cfg, progress=live)
     except SearchInterrupted as e:
-        err_console.print(f"interrupted: search run {e.run_id} is saved; resume with:\n  {e.command}",
-                          highlight=False, markup=False)
+        # plain writes: Rich would wrap the command at the terminal's width, and a pasted first line fails
+        sys.stderr.write(f"interrupted: search run {e.run_id} is saved; resume with:\n{e.command}\n")
+        sys.stderr.flush()
         raise typer.Exit(130) from None
     if json_out:
         print_json(result.to_dict())
@@ -172,9 +174,12 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
                json_out: bool = typer.Option(False, "--json", help="print search.json")) -> None:
     """Rebuild search runs' reports from the store alone; several runs are also compared (compare.md, overlaid
     fronts and hypervolume curves in --out)."""
+    from automc._fs import check_writable_dir
     from automc.kb import open_store
     from automc.search.report import build_report, to_json, write_comparison, write_report
 
+    if out is not None:
+        check_writable_dir(out, "--out")
     with open_store(store, read_only=True) as s:
         infos = [build_report(s, run_id) for run_id in run_ids]
     if out is not None and len(infos) > 1:

@@ -7,6 +7,7 @@ named ``digits`` that exists is read as data instead); importing ``automc.compre
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,13 +38,14 @@ def digits_arrays(seed: int = 0, test_fraction: float = 0.3) -> dict[str, np.nda
 
 @builtin_dataset(DIGITS)
 def digits(*, val_from: str = "test", val_share: float | None = None, fraction: float = 1.0, seed: int = 0,
-           device: torch.device | str | None = None) -> Data:
+           device: torch.device | str | None = None, val_data: str | Path | None = None) -> Data:
     """The digits as ``Data`` (the held-out split is always the one of ``digits_arrays(seed=0)``, so test images
     stay the same across runs; ``seed`` only draws the validation and ``fraction`` samples). No augmentation:
     flipped or shifted 8x8 digits are other digits."""
     a = digits_arrays(0)
     return from_arrays(a["x_train"], a["y_train"], a["x_test"], a["y_test"], val_from=val_from, val_share=val_share,
-                       fraction=fraction, seed=seed, device=device, num_classes=10, augment=False)
+                       fraction=fraction, seed=seed, device=device, num_classes=10, augment=False, origin=DIGITS,
+                       val_data=val_data)
 
 
 def train_base(model: nn.Module, data: Data, epochs: float = 10.0, *, batch_size: int = 64, lr: float = 0.05,

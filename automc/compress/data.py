@@ -155,7 +155,8 @@ def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
                 val_share: float | None = None, fraction: float = 1.0, seed: int = 0,
                 device: torch.device | str | None = None, num_classes: int | None = None,
                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                augment: bool = True, channels_last_input: bool = True, origin: str = "arrays") -> Data:
+                augment: bool = True, channels_last_input: bool = True, origin: str = "arrays",
+                val_data: str | Path | None = None) -> Data:
     """Build ``Data`` from image arrays (NHWC when ``channels_last_input``, else NCHW; uint8, or floats in
     0..1 or 0..255) and integer labels.
 
@@ -163,7 +164,8 @@ def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     0.5) of the test part with the rest kept for test, or with ``val_from="train"`` a share (default 0.1) of
     the training part. ``fraction`` keeps a stratified seeded sample of what is left for training. ``device``
     defaults to CUDA when available; data larger than half the free GPU memory stays on the CPU. Raises
-    ``ValidationError`` naming the array and the problem.
+    ``ValidationError`` naming the array and the problem. ``val_data`` reads the validation part from a file or
+    folder (as ``load_data`` does) instead of ``x_val/y_val``.
     """
     if (x_val is None) != (y_val is None):
         raise ValidationError("give both x_val and y_val, or neither", path=origin)
@@ -171,6 +173,8 @@ def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
              "test": _Part(x_test, y_test, "x_test", "y_test", origin)}
     if x_val is not None:
         parts["val"] = _Part(x_val, y_val, "x_val", "y_val", origin)  # type: ignore[arg-type]
+    elif val_data is not None:
+        parts["val"] = _guarded(Path(val_data), lambda q: _read_val(q, Path(origin), parts))
     return _build(parts, val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device,
                   num_classes=num_classes, mean=mean, std=std, augment=augment,
                   channels_last=channels_last_input)
@@ -441,7 +445,8 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
     """
     loader = BUILTIN_DATASETS.get(str(path)) if _builtin(path) else None
     if loader is not None:  # a real path of that name is still read as data
-        return loader(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device)
+        extra = {} if val_data is None else {"val_data": val_data}  # a user's validation set, checked as any
+        return loader(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device, **extra)
     p = Path(path)
     parts = _guarded(p, _read_dataset)
     if val_data is not None:

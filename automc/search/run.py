@@ -17,6 +17,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import shlex
@@ -43,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
 IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "data_fraction",
             "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr")
 BUILTIN_DATA = ("digits",)
+# A step takes seconds to minutes: more steps than this is a typo (and a larger number overflows the store's int64).
+MAX_BUDGET = 100_000
+MAX_SEED = 2**32 - 1  # what numpy and torch seed generators take
+MAX_LENGTH = 50  # strategies in one scheme; the strategies draw lengths with int64 generators
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,16 @@ def _check(cfg: SearchConfig) -> None:
 
     if cfg.target_pr is not None and not 0.0 < cfg.target_pr < 1.0:
         raise bad("--target-pr", f"must be in (0, 1), got {cfg.target_pr}")
-    if cfg.budget is not None and cfg.budget < 1:
-        raise bad("--budget", f"must be at least 1 evaluated step, got {cfg.budget}")
+    if cfg.budget is not None:
+        if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, numbers.Integral):
+            raise bad("--budget", f"must be a whole number of evaluated steps, got {cfg.budget!r}")
+        if cfg.budget < 1:
+            raise bad("--budget", f"must be at least 1 evaluated step, got {cfg.budget}")
+        if cfg.budget > MAX_BUDGET:
+            raise bad("--budget", f"must be at most {MAX_BUDGET:,} evaluated steps, got {cfg.budget:,}")
+    if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, numbers.Integral)
+                                 or not 0 <= cfg.seed <= MAX_SEED):
+        raise bad("--seed", f"must be a whole number in 0..{MAX_SEED}, got {cfg.seed!r}")
     if cfg.strategy is not None and cfg.strategy not in STRATEGIES:
         raise bad("--strategy", f"unknown strategy {cfg.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
     for flag, value in (("--epochs", cfg.epochs), ("--final-epochs", cfg.final_epochs),
@@ -183,6 +196,8 @@ def _check(cfg: SearchConfig) -> None:
                         ("--batch-size", cfg.batch_size)):
         if value is not None and value < 1:
             raise bad(flag, f"must be at least 1, got {value}")
+    if cfg.max_length is not None and cfg.max_length > MAX_LENGTH:
+        raise bad("--max-length", f"must be at most {MAX_LENGTH} strategies in a scheme, got {cfg.max_length:,}")
     if cfg.top_k is not None and cfg.top_k < 0:
         raise bad("--top-k", f"must be ≥ 0, got {cfg.top_k}")
     if cfg.time_limit is not None and cfg.time_limit <= 0:
@@ -216,7 +231,46 @@ def _resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfi
     for flag, value in (("--weights", out.weights), ("--val-data", out.val_data)):
         if value and not Path(value).exists():
             raise ValidationError(f"{flag}: file not found", path=str(value))
+    _check_combinations(cfg, out)
     return out
+
+
+def _check_combinations(given: SearchConfig, cfg: SearchConfig) -> None:
+    """Flags that another flag would make ineffective are refused, never ignored (``given``: as passed)."""
+    if cfg.val_data and cfg.val_from == "train":
+        raise ValidationError(f"train would carve the validation split out of the training data, but --val-data "
+                              f"{cfg.val_data} is the validation set; give one of them", field="--val-from")
+    if given.train_epochs is not None and cfg.weights:
+        raise ValidationError("a base model is trained only without --weights; drop one of them",
+                              field="--train-epochs")
+    if given.reuse and cfg.strategy != "progressive":
+        raise ValidationError(f"only the progressive strategy learns from other tasks; {cfg.strategy} would "
+                              f"ignore it", field="--reuse")
+    if given.gpus_per_worker is not None and int(cfg.workers or 1) <= 1 and not cfg.ray_address:
+        raise ValidationError("applies to Ray workers only: give --workers 2 or more (or --ray-address)",
+                              field="--gpus-per-worker")
+
+
+def _check_gpus(cfg: SearchConfig) -> None:
+    """GPUs the workers ask for must exist on this machine (a local Ray instance never grows); checked before
+    anything is written. ``RayExecutor`` checks again with what Ray sees."""
+    if int(cfg.workers or 1) <= 1 or cfg.ray_address or not cfg.gpus_per_worker:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.gpus_per_worker > have:
+        raise ValidationError(f"{cfg.gpus_per_worker:g} GPU per worker, but this machine has {have} GPU(s)",
+                              field="--gpus-per-worker")
+
+
+def _check_paths(cfg: SearchConfig, run_dir: Path) -> None:
+    """The report folder and the run's model cache must be directories this process can create and write."""
+    from automc._fs import check_writable_dir
+
+    if cfg.out:
+        check_writable_dir(cfg.out, "--out")
+    check_writable_dir(run_dir, "--cache-dir")
 
 
 def file_identity(path: str | None) -> str | None:
@@ -267,6 +321,10 @@ def _compare(run_id: str, stored: Mapping[str, Any], ident: Mapping[str, Any]) -
 def default_cache_dir(run_id: str) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "automc" / "runs" / run_id
+
+
+def _run_dir(cfg: SearchConfig, run_id: str) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(run_id)
 
 
 @contextlib.contextmanager
@@ -342,6 +400,7 @@ def search(config: SearchConfig, *, progress: Callable[[SearchEvent], None] | No
 
     t0 = time.monotonic()
     _check(config)
+    _check_gpus(config)  # workers and their GPUs are per session: what is given is what is used
     with catching():  # a Ctrl-C that a library swallows still stops the run (``_interrupt.check``)
         return _search(config, progress, t0)
 
@@ -369,9 +428,11 @@ def _search(config: SearchConfig, progress: Callable[[SearchEvent], None] | None
     ident = identity(cfg)
     if stored is not None:
         _compare(stored.id, stored.config.get("identity", {}), ident)
+    run_id = stored.id if stored else uuid.uuid4().hex[:12]
+    _check_paths(cfg, _run_dir(cfg, run_id))
+    if stored is not None:
         with _opened(store_uri) as s:  # atomic: of two resumes of one run, the second is refused here
             storage.claim_run(s, stored.id)
-    run_id = stored.id if stored else uuid.uuid4().hex[:12]
     try:
         run = _start(run_id, cfg, ident, store_uri, stored, progress, t0)
     except BaseException:
@@ -438,7 +499,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
 
     torch.manual_seed(int(cfg.seed))
     device = _device(cfg.device)
-    run_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(run_id)
+    run_dir = _run_dir(cfg, run_id)
     # the full training part trains a base model, sets the task's features and serves the final fine-tune
     full = _load_data(cfg, 1.0, device)
     data = full if cfg.data_fraction >= 1 else _load_data(cfg, float(cfg.data_fraction), device)
