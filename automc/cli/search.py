@@ -15,6 +15,8 @@ import typer
 from automc.cli._util import console, err_console, handle_errors, print_json, print_rows, store_option
 
 STRATEGY_HELP = "progressive (default), or a baseline: random, evolution (NSGA-II), tpe, rl"
+OPTION_HELP = ("KEY=VALUE: an option of the strategy, repeatable; '--strategy-option help' lists each strategy's "
+               "options (with --strategy, that one's)")
 
 
 def _print_front(front: Sequence[Mapping[str, Any]], title: str) -> None:
@@ -78,6 +80,8 @@ def search_cmd(
                                         "split comes from when the data has none"),
     seed: int | None = typer.Option(None, "--seed", help="0 to 4294967295 [0]"),
     strategy: str | None = typer.Option(None, "--strategy", help=STRATEGY_HELP),
+    strategy_option: list[str] | None = typer.Option(None, "--strategy-option", metavar="KEY=VALUE",
+                                                     help=OPTION_HELP),
     time_limit: str | None = typer.Option(None, "--time-limit", help="stop after this long, e.g. 90m or 2h"),
     store: str | None = store_option(),
     out: Path | None = typer.Option(None, "--out", help="report.md, pareto.png, search.json and the best model"),
@@ -106,6 +110,9 @@ def search_cmd(
     """Search for Pareto-optimal compression schemes (accuracy vs parameter reduction)."""
     from automc.search.run import SearchConfig, SearchInterrupted, parse_duration, search
 
+    if strategy_option and "help" in strategy_option:
+        _print_options(strategy)
+        return
     if val_from == "train" and val_data is None and not json_out:  # with --val-data, the search refuses it
         err_console.print("warning: a validation split from the training data is biased for a model trained on "
                           "those images", style="yellow", highlight=False, soft_wrap=True)
@@ -115,7 +122,8 @@ def search_cmd(
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,
                        train_epochs=train_epochs, resume=resume, cache_dir=_s(cache_dir), width=width,
-                       workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
+                       workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address,
+                       strategy_options=_assignments(strategy_option) if strategy_option else None)
     try:
         if json_out:
             result = search(cfg)
@@ -144,6 +152,39 @@ def search_cmd(
         console.print(f"report: {result.out}", highlight=False)
 
 
+def _assignments(items: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` texts as a mapping (values are typed by the strategy's declaration, never evaluated)."""
+    from automc.errors import ValidationError
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValidationError(f"expected KEY=VALUE, got {item!r} ('--strategy-option help' lists the keys)",
+                                  field="--strategy-option")
+        if key in out and out[key] != value:
+            raise ValidationError(f"{key} is given twice ({out[key]!r} and {value!r})", field="--strategy-option")
+        out[key] = value
+    return out
+
+
+def _print_options(strategy: str | None) -> None:
+    """Each strategy's options (or only ``strategy``'s): key, type, range, default and meaning."""
+    from automc.errors import ValidationError
+    from automc.search import STRATEGIES
+
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ValidationError(f"unknown strategy {strategy!r}; known: {', '.join(sorted(STRATEGIES))}",
+                              field="--strategy")
+    for name in [strategy] if strategy else list(STRATEGIES):
+        options = STRATEGIES[name].OPTIONS
+        console.print(f"{name}:" + ("" if options else " no options"), highlight=False, markup=False)
+        width = max(map(len, options), default=0)
+        for key, option in options.items():
+            console.print(f"  {key:<{width}}  {option.describe()}", highlight=False, markup=False, soft_wrap=True)
+
+
 def _s(p: Path | str | None) -> str | None:
     return None if p is None else str(p)
 
@@ -161,8 +202,9 @@ def runs_cmd(store: str | None = store_option(),
     if json_out:
         print_json(rows)
         return
-    print_rows(("id", "strategy", "task", "state", "steps", "best val@γ", "started"),
-               [(r["id"], r["strategy"] or "", r["task"] or "", r["state"] or "", f"{r['evaluations']}/{r['budget']}",
+    print_rows(("id", "strategy", "options", "task", "state", "steps", "best val@γ", "started"),
+               [(r["id"], r["strategy"] or "", " ".join(f"{k}={v}" for k, v in r["options"].items()), r["task"] or "",
+                 r["state"] or "", f"{r['evaluations']}/{r['budget']}",
                  "—" if r["best"] is None else f"{r['best']:.2%}", r["started"] or "") for r in rows],
                title=f"{len(rows)} search run(s)")
 

@@ -5,10 +5,13 @@ first, each step costing one unit of budget) and writes every step to the store.
 only as ``Observation`` records, which carry validation accuracy but never test accuracy: selection never sees
 test data. A strategy keeps no history of its own (the loop rebuilds ``History`` from the store on resume);
 state that cannot be rebuilt from the history (an RL controller's weights) goes through ``state_dict``.
+A strategy declares the options it takes (``--strategy-option KEY=VALUE``) in ``OPTIONS``, the one place that
+gives their types, defaults and ranges.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,7 +111,82 @@ class Context:
     prior: Sequence[StepRecord] = ()  # steps evaluated on other tasks (empty with --no-reuse)
     transfer: Sequence[SchemeKey] = ()  # front schemes of the most similar past tasks (empty with --no-reuse)
     per_round: int = 10
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # --strategy-option values (``OPTIONS``)
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One strategy option: its type (int, float, bool, str or choice), default, inclusive range and meaning.
+
+    ``default=None`` means the strategy derives it from the context (``help`` says how).
+    """
+
+    type: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    above: float | None = None  # exclusive lower bound (a learning rate > 0)
+
+    def parse(self, value: Any) -> Any:
+        """``value`` (text from the command line, or a typed value from the API or a stored run) as the declared
+        type, checked against the range; raises ``ValueError`` saying what was expected."""
+        text = value.strip() if isinstance(value, str) else None
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            if text is not None and text.lower() in _BOOLS:
+                return _BOOLS[text.lower()]
+            raise ValueError(f"expected true or false, got {value!r}")
+        if self.type in ("str", "choice"):
+            if not isinstance(value, str):
+                raise ValueError(f"expected text, got {value!r}")
+            if self.choices and value not in self.choices:
+                raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        number = self._number(value, text)
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high) or (
+                self.above is not None and number <= self.above):
+            raise ValueError(f"must be {self.range()}, got {value!r}")
+        return number
+
+    def _number(self, value: Any, text: str | None) -> int | float:
+        numeric = int if self.type == "int" else (int, float)
+        if self.type not in ("int", "float"):
+            raise TypeError(f"unknown option type {self.type!r}")
+        try:
+            if isinstance(value, bool) or not (text is not None or isinstance(value, numeric)):
+                raise ValueError
+            number = int(text if text is not None else value) if self.type == "int" else float(
+                text if text is not None else value)
+            if not math.isfinite(number):
+                raise ValueError
+        except ValueError:
+            kind = "an integer" if self.type == "int" else "a number"
+            raise ValueError(f"expected {kind}, got {value!r}") from None
+        return number
+
+    def range(self) -> str:
+        """The accepted values in words, e.g. ``in [0, 1]`` or ``≥ 1``."""
+        if self.above is not None:
+            return f"> {self.above:g}" + ("" if self.high is None else f" and ≤ {self.high:g}")
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"≥ {self.low:g}"
+        return "" if self.high is None else f"≤ {self.high:g}"
+
+    def describe(self) -> str:
+        """One line for ``--strategy-option help``: type, range, default, meaning."""
+        kind = f"one of {', '.join(self.choices)}" if self.choices else self.type
+        rng = self.range()
+        default = "" if self.default is None else f", default {str(self.default).lower()}" if self.type == "bool" \
+            else f", default {self.default}"
+        return f"{kind}{' ' + rng if rng else ''}{default}: {self.help}"
 
 
 def round_rng(seed: int, round_: int) -> np.random.Generator:
@@ -120,9 +198,31 @@ class SearchStrategy(ABC):
     """Proposes schemes to evaluate. Deterministic for a seed and a history; no persistence of its own."""
 
     name: ClassVar[str]
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}  # what ``--strategy-option`` may set, by name
 
     def __init__(self, context: Context) -> None:
         self.context = context
+        # the declared defaults with the given values on top; other strategies' keys are ignored here (a run
+        # refuses them before it starts: ``parse_options``)
+        given = {k: v for k, v in context.options.items() if k in self.OPTIONS}
+        self.options: dict[str, Any] = {**{k: o.default for k, o in self.OPTIONS.items()},
+                                         **self.parse_options(given)}
+
+    @classmethod
+    def parse_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """``given`` checked against ``OPTIONS`` and converted to the declared types (text is parsed, never
+        evaluated); raises ``ValueError`` naming the key, the strategy and the keys it accepts."""
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            option = cls.OPTIONS.get(key)
+            if option is None:
+                accepted = f"it accepts {', '.join(sorted(cls.OPTIONS))}" if cls.OPTIONS else "it takes none"
+                raise ValueError(f"unknown option {key!r} for strategy {cls.name}; {accepted}")
+            try:
+                out[key] = option.parse(value)
+            except ValueError as e:
+                raise ValueError(f"{key} (strategy {cls.name}): {e}") from None
+        return dict(sorted(out.items()))
 
     @abstractmethod
     def propose(self, history: History, n: int, rng: np.random.Generator) -> list[SchemeKey]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from automc.search._base import Option
 from automc.search._optuna import OptunaStrategy
 
 if TYPE_CHECKING:
@@ -20,10 +22,14 @@ class EvolutionStrategy(OptunaStrategy):
     """
 
     name: ClassVar[str] = "evolution"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "population_size": Option("int", None, "schemes per NSGA-II generation (default: the schemes per round, "
+                                  "at least 2)", low=2),
+    }
 
     @property
     def population_size(self) -> int:
-        return max(2, int(self.context.options.get("population_size", self.context.per_round)))
+        return max(2, int(self.options["population_size"] or self.context.per_round))
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         import optuna

@@ -25,25 +25,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from automc.search._base import Context, History, Observation, SchemeKey, SearchStrategy, StepRecord
+from automc.search._base import Context, History, Observation, Option, SchemeKey, SearchStrategy, StepRecord
 from automc.search.pareto import non_dominated
-
-DEFAULTS: dict[str, Any] = {
-    "candidates": 300,  # (parent, strategy) pairs F_mo scores per round
-    "front_share": 0.8,  # share of candidate parents drawn from the Pareto front
-    "explore": 0.1,  # share of proposals drawn at random among the candidates
-    "transfer_rounds": 2,  # rounds in which past tasks' front schemes are proposed
-    "replay": 256,  # past steps replayed with each round's new ones
-    "fit_epochs": 10,
-    "fit_steps": 100,
-    "warm_epochs": 30,
-    "warm_steps": 300,
-    "hidden": 32,
-}
 
 
 def remaining(obs: Observation, base: Observation) -> float | None:
@@ -73,16 +60,24 @@ def step_records(history: History, task: str, features: Sequence[float]) -> list
 
 
 class ProgressiveStrategy(SearchStrategy):
-    """F_mo-guided progressive search; ``context.options`` may override ``DEFAULTS``."""
+    """F_mo-guided progressive search; ``context.options`` may override the defaults of ``OPTIONS``."""
 
     name = "progressive"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "candidates": Option("int", 300, "(parent, strategy) pairs F_mo scores per round", low=1),
+        "front_share": Option("float", 0.8, "share of candidate parents drawn from the Pareto front", low=0, high=1),
+        "explore": Option("float", 0.1, "share of proposals drawn at random among the candidates", low=0, high=1),
+        "transfer_rounds": Option("int", 2, "rounds in which past tasks' front schemes are proposed (0: none)", low=0),
+        "replay": Option("int", 256, "past steps replayed with each round's new ones", low=0),
+        "fit_epochs": Option("int", 10, "F_mo's epochs per round", low=1),
+        "fit_steps": Option("int", 100, "F_mo's most optimiser steps per round", low=1),
+        "warm_epochs": Option("int", 30, "F_mo's epochs on other tasks' steps before the first round", low=1),
+        "warm_steps": Option("int", 300, "F_mo's most optimiser steps on other tasks' steps", low=1),
+        "hidden": Option("int", 32, "F_mo's hidden width", low=1),
+    }
 
     def __init__(self, context: Context) -> None:
         super().__init__(context)
-        unknown = sorted(set(context.options) - set(DEFAULTS))
-        opts = {**DEFAULTS, **{k: v for k, v in context.options.items() if k in DEFAULTS}}
-        self.options = opts
-        self.ignored_options = unknown  # other strategies' options travel in the same mapping
         self.task = context.task.id if context.task is not None else "this-task"
         self.features = tuple(float(x) for x in context.task_vector)
         self.prior = [r for r in context.prior if len(r.features) == len(self.features) and r.task != self.task]

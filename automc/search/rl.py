@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from automc.search._base import Context, History, Observation, SchemeKey, SearchStrategy
+from automc.search._base import Context, History, Observation, Option, SchemeKey, SearchStrategy
 from automc.search._optuna import fill_random, repair
 
 if TYPE_CHECKING:
@@ -112,18 +112,25 @@ def _from_json(obj: Any) -> Any:
 
 
 class RLStrategy(SearchStrategy):
-    """REINFORCE on an LSTM controller; options ``rl_lr``, ``rl_lambda``, ``rl_penalty``, ``rl_beta``, ``rl_hidden``."""
+    """REINFORCE on an LSTM controller; its options (``OPTIONS``) weigh the reward and size the controller."""
 
     name: ClassVar[str] = "rl"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "rl_lr": Option("float", 0.05, "the controller's Adam learning rate", above=0),
+        "rl_lambda": Option("float", 0.5, "reward weight of PR up to gamma", low=0),
+        "rl_penalty": Option("float", 1.0, "reward penalty per share of gamma missed", low=0),
+        "rl_beta": Option("float", 0.9, "moving-average weight of the reward baseline", low=0, high=1),
+        "rl_hidden": Option("int", 32, "the controller's LSTM width", low=1),
+    }
 
     def __init__(self, context: Context) -> None:
         super().__init__(context)
-        opts = context.options
-        self.lr = float(opts.get("rl_lr", 0.05))
-        self.lam = float(opts.get("rl_lambda", 0.5))
-        self.penalty = float(opts.get("rl_penalty", 1.0))
-        self.beta = float(opts.get("rl_beta", 0.9))  # moving-average weight of the reward baseline
-        self.hidden = int(opts.get("rl_hidden", 32))
+        opts = self.options
+        self.lr = float(opts["rl_lr"])
+        self.lam = float(opts["rl_lambda"])
+        self.penalty = float(opts["rl_penalty"])
+        self.beta = float(opts["rl_beta"])  # moving-average weight of the reward baseline
+        self.hidden = int(opts["rl_hidden"])
         self.embed = 16
         self.grid = _Grid(context.space.strategies)
         self.length = int(context.space.max_length)

@@ -84,6 +84,8 @@ class SearchConfig:
     workers: int | None = None  # evaluations of a round run side by side as Ray tasks when > 1
     gpus_per_worker: float | None = None  # share of a GPU each Ray worker reserves (0.25: four per GPU)
     ray_address: str | None = None  # join this Ray cluster instead of starting a local instance
+    # the strategy's options (``SearchStrategy.OPTIONS``), text or typed values; part of the run's identity
+    strategy_options: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,10 @@ def _resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfi
         for k in ("time_limit", "workers", "gpus_per_worker", "ray_address"):  # per session, not per run
             base.pop(k, None)
         base["workers"] = DEFAULTS["workers"]
+    if stored and "strategy_options" in given:  # on top of the stored ones: repeating them is no change
+        given["strategy_options"] = {**(base.get("strategy_options") or {}), **given["strategy_options"]}
     out = SearchConfig(**{**base, **given})
+    out = dataclasses.replace(out, strategy_options=_strategy_options(str(out.strategy), out.strategy_options))
     for flag, value in (("--model", out.model), ("--data", out.data)):
         if not value:
             raise ValidationError("is required (unless --resume names a run)", field=flag)
@@ -273,6 +278,19 @@ def _check_paths(cfg: SearchConfig, run_dir: Path) -> None:
     check_writable_dir(run_dir, "--cache-dir")
 
 
+def _strategy_options(strategy: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options checked and typed by the strategy's declaration, before any work."""
+    from automc.search import STRATEGIES
+
+    if given is not None and not isinstance(given, Mapping):
+        raise ValidationError(f"expected a mapping of option names to values, got {given!r}",
+                              field="--strategy-option")
+    try:
+        return STRATEGIES[strategy].parse_options(dict(given or {}))
+    except ValueError as e:
+        raise ValidationError(f"{e} ('--strategy-option help' lists them)", field="--strategy-option") from None
+
+
 def file_identity(path: str | None) -> str | None:
     """The content of a data or weights location: sha256 of a file; of names and sizes for a directory."""
     if not path:
@@ -302,6 +320,8 @@ def identity(cfg: SearchConfig) -> dict[str, Any]:
     out["val_data"] = file_identity(cfg.val_data)
     if cfg.weights:
         out["train_epochs"] = None
+    if cfg.strategy_options:  # absent without options: runs stored before options existed resume unchanged
+        out["strategy_options"] = dict(sorted(cfg.strategy_options.items()))
     return out
 
 
@@ -310,12 +330,14 @@ def fingerprint(ident: Mapping[str, Any]) -> str:
 
 
 def _compare(run_id: str, stored: Mapping[str, Any], ident: Mapping[str, Any]) -> None:
-    for k in IDENTITY:
+    for k in (*IDENTITY, "strategy_options"):
         if stored.get(k) != ident.get(k):
             what = "content" if k in ("weights", "data", "val_data") else "value"
+            own = "strategy options (leave --strategy-option out)" if k == "strategy_options" else (
+                "model, weights and data")
             raise ValidationError(f"search run {run_id} was started with another {k.replace('_', '-')} {what} "
                                   f"({stored.get(k)!r}, now {ident.get(k)!r}); resume it with the run's own "
-                                  f"model, weights and data", field="--resume")
+                                  f"{own}", field="--resume")
 
 
 def default_cache_dir(run_id: str) -> Path:
@@ -560,7 +582,7 @@ def _context(run: _Run) -> tuple[Context, dict[str, int]]:
             embeddings, _ = ensure_embeddings(s, refresh=False)
     ctx = Context(space=run.space, target_pr=float(cfg.target_pr), seed=int(cfg.seed), task=run.task,
                   task_vector=task_vector(run.task, float(cfg.target_pr)), embeddings=embeddings, prior=prior,
-                  transfer=transfer, per_round=int(cfg.per_round))
+                  transfer=transfer, per_round=int(cfg.per_round), options=dict(cfg.strategy_options or {}))
     return ctx, info
 
 

@@ -123,8 +123,23 @@ def claim_run(store: Store, run_id: str) -> RunRecord:
 
 
 def list_runs(store: Store, limit: int = 100) -> list[dict[str, Any]]:
-    """Runs, newest first, with evaluated steps and best validation accuracy at PR >= gamma."""
-    return store.named("search-runs", {"limit": limit})
+    """Runs, newest first, with evaluated steps, best validation accuracy at PR >= gamma and strategy options."""
+    rows = store.named("search-runs", {"limit": limit})
+    ids = [r["id"] for r in rows]
+    configs = {r["id"]: r["config"] for r in store.query(
+        "MATCH (r:SearchRun) WHERE r.id IN $ids RETURN r.id AS id, r.config AS config", {"ids": ids})} if ids else {}
+    for row in rows:
+        row["options"] = _options(configs.get(row["id"]))
+    return rows
+
+
+def _options(config: str | None) -> dict[str, Any]:
+    """The strategy options in a run's stored config JSON ({} for runs from before options, or a bad config)."""
+    try:
+        options = json.loads(config or "{}").get("config", {}).get("strategy_options")
+    except (ValueError, AttributeError):
+        return {}
+    return dict(options) if isinstance(options, Mapping) else {}
 
 
 def run_evaluations(store: Store, run_id: str) -> list[dict[str, Any]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+from automc.search._base import Option
 from automc.search._optuna import OptunaStrategy
 
 if TYPE_CHECKING:
@@ -20,9 +22,13 @@ class TPEStrategy(OptunaStrategy):
     """
 
     name: ClassVar[str] = "tpe"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "startup_trials": Option("int", None, "random trials before TPE models the history (default: the schemes "
+                                 "per round)", low=1),
+    }
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         import optuna
 
-        startup = max(1, int(self.context.options.get("startup_trials", self.context.per_round)))
+        startup = max(1, int(self.options["startup_trials"] or self.context.per_round))
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
