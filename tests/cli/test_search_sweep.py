@@ -100,7 +100,7 @@ NEW_RUN_REFUSALS = [
     (["--device", "tpu"], "--device"),
     (["--workers", "0"], "--workers"),
     (["--workers", "2", "--gpus-per-worker", "1"], "GPU"),
-    (["--resume", "nope"], "no search run 'nope'"),
+    (["--resume", "nope"], "no knowledge base at"),
     (["--out", "{file}"], "--out"),
     (["--out", "{file}/sub"], "--out"),
     (["--cache-dir", "{file}"], "--cache-dir"),
