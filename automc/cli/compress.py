@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,18 +73,11 @@ def check_options(*, target_pr: float, epochs: float, data_fraction: float, seed
 
 
 def check_out_dir(out: str | Path) -> Path:
-    """``out`` must be a directory, or creatable as one, that this process may write; nothing is created."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValidationError("--out exists and is not a directory", path=str(out))
-    probe = out.absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValidationError(f"--out cannot be created: {probe} is not a directory", path=str(out))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValidationError(f"--out is not writable (no write permission on {probe})", path=str(out))
-    return out
+    """``out`` must be a directory, or creatable as one, that this process can write (a read-only mount too, which
+    ``os.access`` passes for root); nothing is left behind."""
+    from automc._fs import check_writable_dir
+
+    return check_writable_dir(out, "--out")
 
 
 def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | None = None,

@@ -4,6 +4,7 @@ Ctrl-C that a library swallows."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,6 +54,13 @@ def cli(*args: str, prelude: str = "", timeout: float = 600) -> subprocess.Compl
 def popen(*args: str, prelude: str = "") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", prelude + MAIN, *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started by ``popen`` and everything it started (it may have ended already)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def wait_for(cond, proc: subprocess.Popen | None = None, limit: float = 300) -> None:
@@ -177,8 +185,7 @@ def test_seconds_accumulate_across_a_killed_session(inputs, tmp_path):
         wait_for(lambda: len(list((tmp_path / "cache" / "cache").glob("*.pt"))) >= 3, proc)
         time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
     run_id = one_run(tmp_path)
     killed = run_record(tmp_path, run_id)
     setup = float(killed.config["setup_seconds"])
@@ -219,8 +226,7 @@ def test_sigkill_during_the_export_then_resume_finishes_it(inputs, tmp_path):
     try:
         wait_for(lambda: any(out.glob(".model.tmp-*/state_dict.pt")), proc, limit=600)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
     run_id = one_run(tmp_path)
     assert run_record(tmp_path, run_id).state != "COMPLETE"  # COMPLETE only once the exported model loads
     assert not (out / "model").exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.cli.test_search_reliability import (
     assert_clean,
     cli,
     exported_matches_report,
+    kill_group,
     one_run,
     popen,
     run_record,
@@ -179,13 +179,13 @@ PHASES = {
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_sigkill_at_each_phase_resumes_to_the_budget(inputs, tmp_path, phase):
     budget = 4
-    proc = popen(*search_args(inputs, tmp_path, "--budget", str(budget), "--final-epochs", "0.3", "--top-k", "1",
+    final = "3" if phase == "final fine-tune" else "0.3"  # long enough to be seen RUNNING in the store
+    proc = popen(*search_args(inputs, tmp_path, "--budget", str(budget), "--final-epochs", final, "--top-k", "1",
                               "--out", str(tmp_path / "out")))
     try:
         wait_for(lambda: PHASES[phase](tmp_path), proc, limit=600)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
     run_id = one_run(tmp_path)
     r = cli("search", "--resume", run_id, "--store", store_uri(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
@@ -229,8 +229,7 @@ def test_hostile_or_missing_cache_is_rebuilt_not_blamed(inputs, tmp_path, how, m
     try:
         wait_for(lambda: len(list(cache.glob("*.pt"))) >= 3, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
     if how == "folder":
         shutil.rmtree(cache)
     else:

@@ -53,7 +53,7 @@ def test_search_reuse_sees_a_compress_evaluation_as_its_own_task(inputs, tmp_pat
 
     result = search(SearchConfig(
         model="resnet8", data=str(data), weights=str(weights), target_pr=0.4, budget=2, epochs=0.3, final_epochs=0,
-        strategy="random", reuse=True, per_round=2, max_length=1, batch_size=32, lr=0.05, device="cpu", store=uri,
+        strategy="random", per_round=2, max_length=1, batch_size=32, lr=0.05, device="cpu", store=uri,
         cache_dir=str(tmp_path / "cache")))
     assert result.state == "COMPLETE"
 
