@@ -155,6 +155,7 @@ def run_reuse(args: argparse.Namespace, res: dict[str, Any], save) -> None:
 
 def run_handmade(args: argparse.Namespace, res: dict[str, Any], save) -> None:
     """Each method alone at PR gamma and TP-L2 + KD, with the epochs of the best found scheme's final fine-tune."""
+    from automc.catalog import scheme_key
     from automc.compress import METHODS
     from automc.search.space import SearchSpace
 
@@ -162,7 +163,7 @@ def run_handmade(args: argparse.Namespace, res: dict[str, Any], save) -> None:
     epochs = args.final_epochs
     if best is not None:
         space = SearchSpace()
-        factor = sum(space.epochs_factor(s) for s in best["scheme"].split(" > "))
+        factor = sum(space.epochs_factor(s) for s in scheme_key(best["scheme"]))
         epochs = args.final_epochs * factor
         res["handmade_epochs"] = {"scheme": best["scheme"], "epochs_factor_sum": factor, "epochs": epochs}
     out = res.setdefault("handmade", {})
@@ -219,6 +220,7 @@ def run_honesty(args: argparse.Namespace, res: dict[str, Any], save) -> None:
     import numpy as np
     import torch
 
+    from automc.catalog import scheme_text
     from automc.compress.base import Task, TrainBudget
     from automc.compress.data import load_data
     from automc.compress.models import build_model, load_weights
@@ -248,7 +250,7 @@ def run_honesty(args: argparse.Namespace, res: dict[str, Any], save) -> None:
             if r.state != "COMPLETE":
                 break
             model = ev.model(tuple(scheme[:i]))
-            rows.append({"scheme": " > ".join(scheme[:i]), "val": r.val_accuracy, "pr": r.pr,
+            rows.append({"scheme": scheme_text(scheme[:i]), "val": r.val_accuracy, "pr": r.pr,
                          "carved": evaluate(model.to(dev), carved, "val", device=dev).top1, "test": r.test_accuracy})
         save()
 

@@ -19,6 +19,7 @@ def _runs(res: dict[str, Any], key: str, prefix: str) -> list[dict[str, Any]]:
 def _curves(res: dict[str, Any]) -> None:
     """The anytime hypervolume and best validation accuracy at PR >= gamma of every run, from its evaluations
     (search fidelity, in evaluation order)."""
+    from automc.catalog import scheme_key
     from automc.search._base import Observation
     from automc.search.indicators import anytime_best_at_target, anytime_hypervolume
 
@@ -26,7 +27,7 @@ def _curves(res: dict[str, Any]) -> None:
     for key in ("strategies", "reuse"):
         for r in res.get(key, {}).values():
             pts = [p for p in r.get("evaluated", []) if p["fidelity"] == "search"]
-            obs = [Observation(tuple(p["scheme"].split(" > ")), p["state"], p["val_accuracy"], p["pr"]) for p in pts]
+            obs = [Observation(scheme_key(p["scheme"]), p["state"], p["val_accuracy"], p["pr"]) for p in pts]
             r["curve"] = anytime_hypervolume(obs, gamma) if obs else []
             r["best"] = anytime_best_at_target(obs, gamma) if obs else []
 

@@ -1,6 +1,7 @@
 """The strategy catalogue: methods, techniques, hyperparameter grids, strategies and schemes."""
 
 from automc.catalog._catalog import (
+    SCHEME_SEP,
     Catalog,
     Hyperparameter,
     Method,
@@ -9,10 +10,14 @@ from automc.catalog._catalog import (
     Strategy,
     format_value,
     load_catalog,
+    scheme_id,
+    scheme_key,
+    scheme_text,
     setting_id,
 )
 
 __all__ = [
+    "SCHEME_SEP",
     "Catalog",
     "Hyperparameter",
     "Method",
@@ -21,5 +26,8 @@ __all__ = [
     "Strategy",
     "format_value",
     "load_catalog",
+    "scheme_id",
+    "scheme_key",
+    "scheme_text",
     "setting_id",
 ]

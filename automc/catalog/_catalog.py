@@ -8,6 +8,7 @@ import itertools
 import json
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -112,6 +113,24 @@ class Strategy:
         return self.id
 
 
+SCHEME_SEP = " > "  # between the strategy ids of a scheme's text; the only place it is written
+
+
+def scheme_text(key: Sequence[str]) -> str:
+    """The text of a scheme given as its strategy ids (``""`` for the base model)."""
+    return SCHEME_SEP.join(key)
+
+
+def scheme_key(text: str | None) -> tuple[str, ...]:
+    """The strategy ids of a scheme's text, as ``scheme_text`` writes it (``""`` or None: the base model)."""
+    return tuple(text.split(SCHEME_SEP)) if text else ()
+
+
+def scheme_id(key: Sequence[str]) -> str:
+    """A scheme's content hash from its strategy ids; stored ids (KB, model cache) are keyed by it."""
+    return hashlib.sha256(scheme_text(key).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Scheme:
     """An ordered sequence of strategies, applied one after another; ``id`` is a stable content hash."""
@@ -119,12 +138,17 @@ class Scheme:
     strategies: tuple[Strategy, ...]
 
     @property
+    def key(self) -> tuple[str, ...]:
+        """The strategy ids in order (``automc.search``'s ``SchemeKey``)."""
+        return tuple(s.id for s in self.strategies)
+
+    @property
     def text(self) -> str:
-        return " > ".join(s.id for s in self.strategies)
+        return scheme_text(self.key)
 
     @property
     def id(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        return scheme_id(self.key)
 
     def __len__(self) -> int:
         return len(self.strategies)
@@ -230,7 +254,7 @@ class Catalog:
     def parse_scheme(self, text: str) -> Scheme:
         """Parse ``A(...) > B(...)`` into a scheme; raises ``ValidationError``."""
         _check_length(text)
-        parts = [p for p in _split_top(text, ">") if p.strip()]
+        parts = [p for p in _split_top(text, SCHEME_SEP.strip()) if p.strip()]
         if not parts:
             raise ValidationError("empty scheme; expected METHOD(...) > METHOD(...)")
         return Scheme(tuple(self.parse_strategy(p) for p in parts))

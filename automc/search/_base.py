@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from automc.kb.records import TaskFeatures
     from automc.search.space import SearchSpace
 
-SchemeKey = tuple[str, ...]  # strategy ids in order; () is the base model
+SchemeKey = tuple[str, ...]  # ``automc.catalog.Scheme.key``: strategy ids in order; () is the base model
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from automc._interrupt import check as check_interrupt
-from automc.catalog import Strategy
+from automc.catalog import Strategy, scheme_id
 from automc.errors import DiskError, ValidationError
 from automc.search._base import Observation, SchemeKey
 
@@ -45,11 +45,6 @@ log = logging.getLogger("automc.search")
 
 class StepFailed(Exception):
     """A step of a scheme's prefix failed earlier in this run (remembered in the cache directory)."""
-
-
-def scheme_id(scheme: Sequence[str]) -> str:
-    """The scheme's content hash, as ``automc.catalog.Scheme.id`` computes it (``"base"`` for ``()``)."""
-    return hashlib.sha256(" > ".join(scheme).encode()).hexdigest()[:16] if scheme else "base"
 
 
 def step_seed(run_seed: int, scheme: Sequence[str]) -> int:

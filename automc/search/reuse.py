@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from automc.catalog import scheme_key, scheme_text
 from automc.kb.records import TaskFeatures
 from automc.kb.store import Store
 from automc.search._base import Observation, SchemeKey, StepRecord
 from automc.search.pareto import front
 
-SEPARATOR = " > "  # ``automc.catalog.Scheme.text`` joins strategy ids with it
 SIMILARITY_FEATURES = 7  # the task's own features; the 8th (the run's target) does not make tasks alike
 
 
@@ -45,11 +45,6 @@ class Prior:
     def to_dict(self) -> dict[str, Any]:
         """The summary a search reports as ``reuse``."""
         return {"evaluations": self.evaluations, "tasks": self.tasks}
-
-
-def scheme_key(text: str | None) -> SchemeKey:
-    """The strategy ids of a stored scheme's text (``""`` is the base model)."""
-    return tuple(text.split(SEPARATOR)) if text else ()
 
 
 def task_vector(task: TaskFeatures, target_pr: float | None) -> tuple[float, ...]:
@@ -87,7 +82,7 @@ def _steps(rows: Sequence[Mapping[str, Any]], skipped: dict[str, int]) -> list[S
             continue  # the base model: no step
         ar, pr = _finite(r.get("step_ar")), _finite(r.get("step_pr"))
         if ar is None or pr is None:
-            parent = by_run.get((r["task"], r["search_run"], SEPARATOR.join(key[:-1])))
+            parent = by_run.get((r["task"], r["search_run"], scheme_text(key[:-1])))
             pa, pp = (_finite(parent.get("val_accuracy")), _finite(parent.get("eval_params"))) if parent else (None,
                                                                                                             None)
             ca, cp = _finite(r.get("val_accuracy")), _finite(r.get("eval_params"))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automc._interrupt import check as check_interrupt
+from automc.catalog import scheme_key, scheme_text
 from automc.errors import AutomcError, ValidationError
 from automc.search._base import Context, History, Observation, SchemeKey, round_rng
 
@@ -673,7 +674,7 @@ def _parallel_round(run: _Run, proposals: list[SchemeKey], round_: int) -> list[
         created = (start + _dt.timedelta(microseconds=at)).isoformat(timespec="microseconds")
         obs = _end_step(run, token, result, round_, created)
         written.add(token[0])
-        run.emit("step", round_, f"{'ok' if obs.ok else 'FAIL'} {' > '.join(obs.scheme)}")
+        run.emit("step", round_, f"{'ok' if obs.ok else 'FAIL'} {scheme_text(obs.scheme)}")
         return obs
 
     def interrupted(tokens: list[tuple[str, str, float]], e: BaseException) -> None:
@@ -706,7 +707,7 @@ def _round(run: _Run, strategy: Any, round_: int) -> list[Observation]:
             obs = _step(run, prefix, round_)
             run.history.add(obs)
             new.append(obs)
-            run.emit("step", round_, f"{'ok' if obs.ok else 'FAIL'} {' > '.join(prefix)}")
+            run.emit("step", round_, f"{'ok' if obs.ok else 'FAIL'} {scheme_text(prefix)}")
             if not obs.ok:
                 break
     return new
@@ -823,7 +824,7 @@ def _final(run: _Run, round_: int) -> None:
         done = {r["scheme"] for r in storage.run_evaluations(s, run.id)
                 if r["fidelity"] == "final" and r["state"] == "COMPLETE"}
     best = sorted(front(run.history.complete(), cfg.target_pr), key=lambda o: (-(o.val_accuracy or 0), o.scheme))
-    todo = [o for o in best[: int(cfg.top_k)] if " > ".join(o.scheme) not in done]
+    todo = [o for o in best[: int(cfg.top_k)] if scheme_text(o.scheme) not in done]
     if not todo:
         return
     task = _final_task(run)
@@ -952,9 +953,8 @@ def _export(run: _Run, best: Mapping[str, Any], target: Path) -> str:
     evaluation (final fine-tune or search step) and must measure the validation accuracy recorded for it.
     """
     from automc.compress.train import evaluate
-    from automc.search import storage
 
-    key, eval_id = storage.scheme_key(best["scheme"]), str(best["evaluation_id"])
+    key, eval_id = scheme_key(best["scheme"]), str(best["evaluation_id"])
     final_dir = Path(str(run.cfg.out)) / "final" / str(best["scheme_id"])
     if best["fidelity"] == "final" and _saved_evaluation(final_dir) == eval_id:
         import shutil

@@ -61,7 +61,7 @@ class SearchSpace:
 
     def parse(self, text: str) -> SchemeKey:
         """``A(...) > B(...)`` as a key (omitted values take the grid's middle); raises ``ValidationError``."""
-        return tuple(s.id for s in self.catalog.parse_scheme(text).strategies)
+        return self.catalog.parse_scheme(text).key
 
     # -- rules -------------------------------------------------------------------------------------------
     def why_not(self, scheme: Sequence[str]) -> str | None:

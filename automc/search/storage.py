@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from automc.catalog import scheme_key
 from automc.errors import NotFoundError
 from automc.kb.records import GraphBatch, TaskFeatures
 from automc.kb.schema import NODE
 from automc.kb.store import Store, now, owner
-from automc.search._base import Observation, SchemeKey
+from automc.search._base import Observation
 
 RUN_STATES = ("RUNNING", "COMPLETE", "FAILED", "INTERRUPTED")
 _JSON_PROPS = ("config", "front", "strategy_state")
@@ -156,11 +157,6 @@ def search_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The rows that count as evaluated steps: search fidelity, COMPLETE or FAIL, not cut short."""
     return [r for r in rows if r.get("fidelity") == "search" and r.get("state") in ("COMPLETE", "FAIL")
             and not cut_short(r)]
-
-
-def scheme_key(text: str | None) -> SchemeKey:
-    """The strategy ids of a stored scheme text (``Scheme.text`` joins them with ' > ')."""
-    return tuple(text.split(" > ")) if text else ()
 
 
 def observation(row: Mapping[str, Any]) -> Observation:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from automc.catalog import scheme_id, scheme_key
 from automc.compress.builtin import train_base
 from automc.compress.data import load_data
 from automc.compress.models import model_for_data
@@ -28,7 +29,7 @@ from automc.errors import DiskError, StoreDiskError
 from automc.kb import open_store
 from automc.kb.records import GraphBatch
 from automc.search import SearchConfig, search, storage
-from automc.search.evaluator import ModelCache, scheme_id
+from automc.search.evaluator import ModelCache
 from tests.conftest import automc_exe
 
 torch.set_num_threads(1)
@@ -200,7 +201,7 @@ def test_resume_of_a_complete_run_with_poisoned_entries(poisoned):
     out = Path(cfg.out)
     shutil.rmtree(out / "model")
     best = max(result.front, key=lambda r: (r["val_accuracy"] or 0.0, r["pr"] or 0.0))
-    key = storage.scheme_key(best["scheme"])
+    key = scheme_key(best["scheme"])
     cache = Path(cfg.cache_dir) / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     for k in range(1, len(key) + 1):  # the exported model and all its parents

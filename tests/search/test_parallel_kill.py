@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import pytest
 
+from automc.catalog import scheme_key
 from automc.kb import open_store
 from automc.search import STRATEGIES, SearchConfig, search, storage
 from automc.search._base import SearchStrategy
@@ -66,10 +67,6 @@ class Fixed(SearchStrategy):
         return [s for s in SCHEMES if s not in history and not any(s[:k] in failed for k in range(1, len(s)))][:n]
 
 
-def _key(text: str) -> tuple[str, ...]:
-    return tuple(text.split(" > "))
-
-
 @pytest.mark.slow
 def test_sigkill_of_a_parallel_driver_keeps_every_finished_step_and_resume_ends_with_the_budget(tmp_path,
                                                                                                  monkeypatch):
@@ -91,18 +88,18 @@ def test_sigkill_of_a_parallel_driver_keeps_every_finished_step_and_resume_ends_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray services it started (their workers end with them)
         proc.wait()
-    finished = [_key(x) for x in log.read_text().splitlines()]
+    finished = [scheme_key(x) for x in log.read_text().splitlines()]
     assert len(finished) == 4 and len(finished[-1]) == 2  # the first wave's three steps, one of the second
 
     with open_store(store, read_only=True) as s:  # read-only: as the kill left it (no stale marking)
         (run,) = storage.list_runs(s)
         rows = storage.run_evaluations(s, run["id"])
-    state = {_key(r["scheme"]): r["state"] for r in rows}
+    state = {scheme_key(r["scheme"]): r["state"] for r in rows}
     # only the step still running is RUNNING: every step that finished was written as it arrived (COMPLETE, or
     # FAIL for a method's failure), and in the serial round's order, which a resumed run reads its history in
     assert {k for k, v in state.items() if v == "RUNNING"} == set(ROUND0) - set(finished)
     serial = [k for k in ROUND0 if k in finished]
-    assert [_key(r["scheme"]) for r in storage.search_rows(rows)] == serial
+    assert [scheme_key(r["scheme"]) for r in storage.search_rows(rows)] == serial
 
     monkeypatch.setitem(STRATEGIES._paths, "fixed", f"{__name__}:Fixed")
     monkeypatch.setattr(Fixed, "seen", [])
@@ -111,7 +108,7 @@ def test_sigkill_of_a_parallel_driver_keeps_every_finished_step_and_resume_ends_
     with open_store(store) as s:
         rows = storage.run_evaluations(s, run["id"])
         assert storage.load_run(s, run["id"]).state == "COMPLETE"
-    steps = [_key(r["scheme"]) for r in storage.search_rows(rows)]
+    steps = [scheme_key(r["scheme"]) for r in storage.search_rows(rows)]
     assert result.evaluations == BUDGET == len(steps) == len(set(steps))  # the budget, no scheme twice
     assert steps[:4] == serial
     assert all(r["state"] != "RUNNING" for r in rows)

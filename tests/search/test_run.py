@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from automc.catalog import Scheme
+from automc.catalog import Scheme, scheme_key, scheme_text
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
 from automc.compress.models import build_model
@@ -82,13 +82,13 @@ def test_budget_counts_steps_all_linked_to_run_and_parent(finished):
     assert {r["e"] for r in linked} == {r["id"] for r in rows}
     for r in linked:
         assert r["parent"] == r["p"]
-        assert r["ptext"] == (r["text"].rsplit(" > ", 1)[0] if " > " in r["text"] else "")
+        assert r["ptext"] == scheme_text(scheme_key(r["text"])[:-1])
     assert Scheme(()).id in {r["p"] for r in linked}
     assert run.state == "COMPLETE" and run.round >= 0 and run.seconds > 0
     # every step's parent was evaluated before it (or is the base model)
     seen = {()}
     for r in steps:
-        key = storage.scheme_key(r["scheme"])
+        key = scheme_key(r["scheme"])
         assert key[:-1] in seen
         seen.add(key)
 
