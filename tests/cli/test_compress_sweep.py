@@ -151,7 +151,7 @@ CASES = [
     ({"--target-pr": "1"}, "--target-pr"),
     ({"--target-pr": "nan"}, "--target-pr"),
     # paths and machine
-    ({"--out": D + "a-file"}, "--out exists and is not a directory"),
+    ({"--out": D + "a-file"}, "a-file exists and is not a directory"),
     ({"--out": D + "a-file/sub"}, "a-file is not a directory"),
     ({"--device": "tpu"}, "unknown device 'tpu'"),
     ({"--model": "resnet7"}, "needs depth 6n\\+2"),

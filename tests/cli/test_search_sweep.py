@@ -162,7 +162,8 @@ def test_resume_refused_leaves_the_run_as_it_was(inputs, done_run, tmp_path, tmp
 def _final_running(tmp_path: Path) -> bool:
     try:
         with open_store(store_uri(tmp_path), read_only=True) as s:
-            return any(r["fidelity"] == "final" for r in s.evaluations(state="RUNNING"))
+            return bool(s.query("MATCH (e:Evaluation) WHERE e.state = $s AND e.fidelity = $f RETURN e.id AS id",
+                                {"s": "RUNNING", "f": "final"}))
     except Exception:  # noqa: BLE001 - the store is being written: look again
         return False
 
@@ -179,7 +180,7 @@ PHASES = {
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_sigkill_at_each_phase_resumes_to_the_budget(inputs, tmp_path, phase):
     budget = 4
-    final = "3" if phase == "final fine-tune" else "0.3"  # long enough to be seen RUNNING in the store
+    final = "2" if phase == "final fine-tune" else "0.3"  # long enough to be seen RUNNING in the store
     proc = popen(*search_args(inputs, tmp_path, "--budget", str(budget), "--final-epochs", final, "--top-k", "1",
                               "--out", str(tmp_path / "out")))
     try:
