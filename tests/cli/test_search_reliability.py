@@ -218,24 +218,7 @@ def test_resume_of_a_complete_run_into_a_new_out_exports_the_reported_model(inpu
     assert_clean(tmp_path, run_id, 3)
 
 
-@pytest.mark.slow
-def test_sigkill_during_the_export_then_resume_finishes_it(inputs, tmp_path):
-    out = tmp_path / "out"
-    proc = popen(*search_args(inputs, tmp_path, "--budget", "3", "--final-epochs", "0.3", "--top-k", "1", "--out",
-                              str(out)))
-    try:
-        wait_for(lambda: any(out.glob(".model.tmp-*/state_dict.pt")), proc, limit=600)
-    finally:
-        kill_group(proc)
-    run_id = one_run(tmp_path)
-    assert run_record(tmp_path, run_id).state != "COMPLETE"  # COMPLETE only once the exported model loads
-    assert not (out / "model").exists()
-    r = cli("search", "--resume", run_id, "--store", store_uri(tmp_path), "--json")
-    assert r.returncode == 0, r.stderr
-    assert run_record(tmp_path, run_id).state == "COMPLETE"
-    exported_matches_report(inputs, out)
-    assert not list(out.glob(".model.*"))  # the killed export's temporary folder is gone
-    assert_clean(tmp_path, run_id, 3)
+# SIGKILL during the export: tests/cli/test_search_sweep.py::test_sigkill_at_each_phase_resumes_to_the_budget
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------------------

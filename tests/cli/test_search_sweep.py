@@ -188,12 +188,16 @@ def test_sigkill_at_each_phase_resumes_to_the_budget(inputs, tmp_path, phase):
     finally:
         kill_group(proc)
     run_id = one_run(tmp_path)
+    if phase == "export":  # COMPLETE only once the exported model loads; a half-written one is never in place
+        assert run_record(tmp_path, run_id).state != "COMPLETE"
+        assert not (tmp_path / "out" / "model").exists()
     r = cli("search", "--resume", run_id, "--store", store_uri(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["evaluations"] == budget
     assert run_record(tmp_path, run_id).state == "COMPLETE"
     assert_clean(tmp_path, run_id, budget)
     exported_matches_report(inputs, tmp_path / "out")
+    assert not list((tmp_path / "out").glob(".model.*"))  # a killed export's temporary folder is gone
 
 
 # -- hostile and missing cache files ----------------------------------------------------------------------------
