@@ -443,7 +443,7 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
     part (``val_from="train"``, default 10%; biased for a model trained on those images). ``fraction``
     samples the training part only. Raises ``ValidationError`` naming the file, the array and the problem.
     """
-    loader = BUILTIN_DATASETS.get(str(path)) if _builtin(path) else None
+    loader = BUILTIN_DATASETS.get(str(path)) if is_builtin(path) else None
     if loader is not None:  # a real path of that name is still read as data
         extra = {} if val_data is None else {"val_data": val_data}  # a user's validation set, checked as any
         return loader(val_from=val_from, val_share=val_share, fraction=fraction, seed=seed, device=device, **extra)
@@ -455,14 +455,14 @@ def load_data(path: str | Path, *, val_data: str | Path | None = None, val_from:
                   num_classes=None, mean=mean, std=std, augment=augment)
 
 
-def _builtin(path: str | Path) -> bool:
+def is_builtin(path: str | Path | None) -> bool:
     """``path`` names a registered built-in dataset and no file or folder of that name exists."""
     return str(path) in BUILTIN_DATASETS and not Path(path).exists()
 
 
 def dataset_name(path: str | Path) -> str:
     """How a task names its data: the built-in's name, else the file or folder name (``.`` named as the folder)."""
-    return str(path) if _builtin(path) else Path(os.path.abspath(path)).name
+    return str(path) if is_builtin(path) else Path(os.path.abspath(path)).name
 
 
 def _guarded(p: Path, read):  # noqa: ANN001, ANN202 - a reader of p

@@ -44,7 +44,6 @@ DEFAULTS: dict[str, Any] = {
 # What defines a run: resuming with any of these changed would mix two experiments in one history.
 IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "data_fraction",
             "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr")
-BUILTIN_DATA = ("digits",)
 # A step takes seconds to minutes: more steps than this is a typo (and a larger number overflows the store's int64).
 MAX_BUDGET = 100_000
 MAX_SEED = 2**32 - 1  # what numpy and torch seed generators take
@@ -232,7 +231,9 @@ def _resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfi
     for flag, value in (("--model", out.model), ("--data", out.data)):
         if not value:
             raise ValidationError("is required (unless --resume names a run)", field=flag)
-    if not _builtin(out.data) and not Path(out.data).exists():
+    from automc.compress.data import is_builtin
+
+    if not is_builtin(out.data) and not Path(out.data).exists():
         raise ValidationError("data path not found", path=str(out.data))
     for flag, value in (("--weights", out.weights), ("--val-data", out.val_data)):
         if value and not Path(value).exists():
@@ -296,7 +297,9 @@ def file_identity(path: str | None) -> str | None:
     """The content of a data or weights location: sha256 of a file; of names and sizes for a directory."""
     if not path:
         return None
-    if _builtin(path):
+    from automc.compress.data import is_builtin
+
+    if is_builtin(path):
         return f"builtin:{path}"
     p = Path(path)
     digest = hashlib.sha256()
@@ -440,9 +443,6 @@ def _search(config: SearchConfig, progress: Callable[[SearchEvent], None] | None
         with open_store(store_uri, create=False) as s:
             stored = storage.load_run(s, config.resume)
             done = len(storage.search_rows(storage.run_evaluations(s, stored.id)))
-        if stored.state == "RUNNING" and storage.owner_alive(stored.host, stored.pid):
-            raise ValidationError(f"search run {stored.id} is in use by process {stored.pid} on {stored.host}; "
-                                  f"wait for it to finish or stop it", field="--resume")
     cfg = _resolve(config, stored.config.get("config") if stored else None)
     if stored is not None and int(cfg.budget) < done:
         raise ValidationError(f"search run {stored.id} has already evaluated {done} steps; a budget below that "
@@ -557,11 +557,6 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
                 stored.seconds if stored else 0.0, progress, full, deadline=deadline)
 
 
-def _builtin(data: str | None) -> bool:
-    """``digits`` names the built-in data unless a path of that name exists (as ``load_data`` reads it)."""
-    return data in BUILTIN_DATA and not Path(str(data)).exists()
-
-
 def _context(run: _Run) -> tuple[Context, dict[str, int]]:
     """The strategy's context; with reuse, the prior steps of other tasks, transfer schemes and embeddings."""
     from automc.search.reuse import ensure_embeddings, load_prior, task_vector
@@ -627,18 +622,17 @@ def _end_step(run: _Run, token: tuple[str, str, float], result: Any, round_: int
 
 
 def _interrupted(run: _Run, tokens: list[tuple[str, str, float]], e: BaseException) -> None:
+    """Mark the steps in flight FAIL: cut short (evaluated again on resume, ``storage.CUT_SHORT``) for Ctrl-C or a
+    disk error of the tool's own files, else with the error."""
     from automc.errors import DiskError, StoreError
 
-    if isinstance(e, DiskError):
-        if isinstance(e, StoreError):
-            return  # the store cannot record anything now; resume marks these steps stale
-        # cut short, not failed: resume evaluates these steps again (storage.CUT_SHORT)
-        with contextlib.suppress(AutomcError), run.opened() as s:  # the store may sit on the full disk too
-            for eval_id, _, _ in tokens:
-                s.fail_evaluation(eval_id, f"interrupted: {e}")
-        return
-    reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-    with run.opened() as s:
+    if isinstance(e, DiskError) and isinstance(e, StoreError):
+        return  # the store cannot record anything now; resume marks these steps stale
+    reason = ("interrupted" if isinstance(e, KeyboardInterrupt) else f"interrupted: {e}" if isinstance(e, DiskError)
+              else f"{type(e).__name__}: {e}")
+    # on a disk error the store may sit on the full disk too
+    guard = contextlib.suppress(AutomcError) if isinstance(e, DiskError) else contextlib.nullcontext()
+    with guard, run.opened() as s:
         for eval_id, _, _ in tokens:
             s.fail_evaluation(eval_id, reason)
 
@@ -863,7 +857,6 @@ def _final_task(run: _Run) -> Any:
 def _save_model(model: Any, directory: Path, task: Any, text: str, target_pr: float, evaluation_id: str) -> None:
     """Save a model into a temporary folder beside ``directory``, check that it loads, then rename it into place:
     a kill leaves the previous folder or none, never a half-written one."""
-
     from automc.compress.saving import save_compressed
 
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -904,13 +897,11 @@ def _loads(directory: Path) -> None:
 
 
 def _saved_evaluation(directory: Path) -> str | None:
-    """The evaluation id a saved model was exported from, when it is there and loads."""
+    """The evaluation id a saved model names (``_install`` checks that its copy loads), when there is one."""
     try:
-        evaluation = json.loads((directory / "architecture.json").read_text())["extra"]["evaluation_id"]
-        _loads(directory)
-    except Exception:  # noqa: BLE001 - absent, foreign or damaged: the model is rebuilt instead
+        return str(json.loads((directory / "architecture.json").read_text())["extra"]["evaluation_id"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent or foreign: the model is rebuilt instead
         return None
-    return evaluation
 
 
 def _finish(run: _Run, reuse_info: Mapping[str, Any], message: str, trained_on: dict[str, int]) -> SearchResult:
@@ -939,7 +930,7 @@ def _finish(run: _Run, reuse_info: Mapping[str, Any], message: str, trained_on: 
         files = {**{k: str(v) for k, v in report.write_report(info, out).items()}, **files}
     import shutil
 
-    shutil.rmtree(Path(run.cfg.cache_dir or default_cache_dir(run.id)) / "cache", ignore_errors=True)
+    shutil.rmtree(_run_dir(run.cfg, run.id) / "cache", ignore_errors=True)
     run.emit("done", max(run.history.rounds - 1, 0), message)
     return SearchResult(run.id, "COMPLETE", run.task.id, info.front, info.evaluations, info.failed,
                         dict(reuse_info), seconds, info.train_seconds, run.store, out, files, message, trained_on,
@@ -962,8 +953,11 @@ def _export(run: _Run, best: Mapping[str, Any], target: Path) -> str:
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(final_dir, tmp)
-        _install(tmp, target)
-        return ""
+        try:
+            _install(tmp, target)
+            return ""
+        except Exception:  # noqa: BLE001 - a damaged saved model: rebuild it below
+            shutil.rmtree(tmp, ignore_errors=True)
     if best["fidelity"] == "final":
         task = _final_task(run)
         result, model = run.evaluator.final(key, task)

@@ -170,17 +170,6 @@ def observation(row: Mapping[str, Any]) -> Observation:
                        error=str(row.get("error") or ""))
 
 
-def owner_alive(host: str, pid: int | None) -> bool:
-    """True when ``pid`` on ``host`` is another live process of this machine (another host's counts as alive)."""
-    from automc.kb.store import pid_alive
-
-    if not pid:
-        return False
-    if host and host != socket.gethostname():
-        return True
-    return int(pid) != os.getpid() and pid_alive(int(pid))
-
-
 def fail_running(store: Store, run_id: str, reason: str) -> int:
     """Mark the run's RUNNING evaluations FAIL with ``reason`` (one transaction); returns how many."""
     rows = [r for r in run_evaluations(store, run_id) if r["state"] == "RUNNING"]

@@ -102,13 +102,3 @@ def test_best_schemes_query(kb):
     rows = kb.named("best-schemes", {"model": "resnet8", "min_pr": "0.4"})
     assert [r["scheme"] for r in rows] == [c.text, ab.text]
     assert kb.named("best-schemes", {"model": "vgg16", "min_pr": 0.4}) == []
-
-
-def test_owner_alive():
-    import os
-    import socket
-
-    assert not storage.owner_alive(socket.gethostname(), None)
-    assert not storage.owner_alive(socket.gethostname(), os.getpid())  # this process resumes its own run
-    assert storage.owner_alive(socket.gethostname(), os.getppid())
-    assert storage.owner_alive("another-host", 1)
