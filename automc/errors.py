@@ -105,3 +105,9 @@ def _size(n: int) -> str:
             break
         value, unit = value / 1024, u
     return f"{int(value)} {unit}" if unit == "bytes" or value >= 10 else f"{value:.1f} {unit}"
+
+
+def reason(e: BaseException) -> str:
+    """One line saying why something failed: the exception's type and the first line of its message."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"[:500] if text else type(e).__name__

@@ -66,7 +66,7 @@ def _search(kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
         res = search(SearchConfig(**kwargs))
         out = res.to_dict()
-        out["trained_on"] = res.trained_on
+        out["trained_on"] = res.learnt.get("trained_on", {})
     except Exception as e:  # noqa: BLE001 - a failed run is a result to report, not a reason to stop the bench
         out = {"error": f"{type(e).__name__}: {e}"}
     out["wall"] = time.time() - t0

@@ -108,7 +108,8 @@ def search_cmd(
                                            "instead of starting a local one"),
 ) -> None:
     """Search for Pareto-optimal compression schemes (accuracy vs parameter reduction)."""
-    from automc.search.run import SearchConfig, SearchInterrupted, parse_duration, search
+    from automc.search.config import SearchConfig, parse_duration
+    from automc.search.study import SearchInterrupted, search
 
     if strategy_option and "help" in strategy_option:
         _print_options(strategy)

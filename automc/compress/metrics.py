@@ -92,9 +92,27 @@ class Measurement:
     acc_test: float
     test_total: int = 0
     test_correct: int = 0
+    val_total: int = 0
+    val_correct: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
         d = asdict(self)
         lo, hi = wilson_interval(self.test_correct, self.test_total)
         d.update(acc_test_ci95_low=lo, acc_test_ci95_high=hi)
         return d
+
+
+def evaluation_record(after: Measurement, base: Measurement, parent: Measurement | None = None) -> dict[str, float]:
+    """``after``'s measurements under the knowledge base's Evaluation property names, with its ratios against the
+    base model (PR, FR, AR on test) and, given ``parent``, against the step's input (step AR on validation, step PR)."""
+    lo, hi = wilson_interval(after.test_correct, after.test_total)
+    vlo, vhi = wilson_interval(after.val_correct, after.val_total)
+    out = {"params": float(after.params), "flops": float(after.flops), "accuracy": after.acc_test,
+           "accuracy_low": lo, "accuracy_high": hi, "val_accuracy": after.acc_val,
+           "val_accuracy_low": vlo if after.val_total else None, "val_accuracy_high": vhi if after.val_total else None,
+           "pr": param_reduction(base.params, after.params), "fr": flops_reduction(base.flops, after.flops),
+           "ar": accuracy_change(base.acc_test, after.acc_test)}
+    if parent is not None:
+        out.update(step_ar=accuracy_change(parent.acc_val, after.acc_val),
+                   step_pr=param_reduction(parent.params, after.params))
+    return out

@@ -6,6 +6,7 @@ parameters; after each step the model is measured (parameters, FLOPs, validation
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,16 +14,17 @@ from typing import Any
 
 from torch import nn
 
-from automc.catalog import Scheme
+from automc._interrupt import check as check_interrupt
+from automc.catalog import Scheme, Strategy
 from automc.compress.base import Method, Task, step_ratio
 from automc.compress.metrics import (
     Measurement,
     accuracy_change,
     count_flops,
     count_params,
+    evaluation_record,
     flops_reduction,
     param_reduction,
-    wilson_interval,
 )
 from automc.compress.train import evaluate
 from automc.errors import NotFoundError
@@ -78,20 +80,55 @@ class SchemeResult:
 
     def evaluation_record(self) -> dict[str, Any]:
         """The measurements under the knowledge base's Evaluation property names."""
-        lo, hi = wilson_interval(self.after.test_correct, self.after.test_total)
-        return {"params": float(self.after.params), "flops": float(self.after.flops),
-                "accuracy": self.after.acc_test, "accuracy_low": lo, "accuracy_high": hi,
-                "val_accuracy": self.after.acc_val, "ar": self.ar, "pr": self.pr, "fr": self.fr,
-                "seconds": self.seconds, "steps": [s.to_dict() for s in self.steps]}
+        return {**evaluation_record(self.after, self.before), "seconds": self.seconds,
+                "steps": [s.to_dict() for s in self.steps]}
 
 
-def measure(model: nn.Module, task: Task) -> Measurement:
-    """Parameters, FLOPs (2 per MAC) and validation/test accuracy of ``model`` on ``task``."""
+def measure(model: nn.Module, task: Task, *, test: bool = True) -> Measurement:
+    """Parameters, FLOPs (2 per MAC) and validation/test accuracy of ``model`` on ``task`` (``test=False``: the
+    test split is not touched, its fields stay 0)."""
     model.to(task.device)
-    test = evaluate(model, task.data, "test", device=task.device)
-    val = evaluate(model, task.data, "val", device=task.device) if task.data.size("val") else test
-    return Measurement(count_params(model), count_flops(model, task.data.example_input()), val.top1,
-                       test.top1, test.total, test.correct)
+    t = evaluate(model, task.data, "test", device=task.device) if test else None
+    v = evaluate(model, task.data, "val", device=task.device) if task.data.size("val") else t
+    if v is None:
+        raise ValueError("the task has neither a validation nor a measured test split")
+    return Measurement(count_params(model), count_flops(model, task.data.example_input()), v.top1,
+                       t.top1 if t else 0.0, t.total if t else 0, t.correct if t else 0, v.total, v.correct)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def apply_step(model: nn.Module, strategy: Strategy, task: Task, *, params_original: int,
+               methods: Mapping[str, type[Method]] | None = None, seed: int | None = None) -> tuple[nn.Module, float]:
+    """Apply one strategy to ``model`` (not modified): remove ``step_ratio(gamma, P0, P_current, factor)`` of it.
+
+    Returns the new model and the ratio asked. ``seed`` (the search's per-step seed) seeds every generator and the
+    fine-tune loop first. Raises ``NotFoundError`` for a method without an implementation and whatever the method
+    raises (``CompressionError``, ``ValidationError``).
+    """
+    if methods is None:
+        from automc.compress import METHODS as methods
+    if strategy.method not in methods:
+        raise NotFoundError(f"no implementation of method {strategy.method!r}; available: {', '.join(methods)}")
+    params = strategy.params
+    ratio = step_ratio(task.target_pr, params_original, count_params(model),
+                       float(params.get("target_ratio_factor", 1.0)))
+    if seed is not None:
+        seed_everything(seed)
+        task = dataclasses.replace(task, seed=seed)
+    child = methods[strategy.method]().compress(model, task, params, ratio)
+    check_interrupt()  # a Ctrl-C that a library swallowed (Torch-Pruning's tracing) is not lost
+    return child, ratio
 
 
 def apply_scheme(model: nn.Module, scheme: Scheme, task: Task, *,
@@ -114,15 +151,15 @@ def apply_scheme(model: nn.Module, scheme: Scheme, task: Task, *,
     before = before or measure(model, task)
     current, steps = model, []
     for i, strategy in enumerate(scheme.strategies, 1):
-        params = strategy.params
-        ratio = step_ratio(task.target_pr, before.params, count_params(current),
-                           float(params.get("target_ratio_factor", 1.0)))
         if progress:
+            ratio = step_ratio(task.target_pr, before.params, count_params(current),
+                               float(strategy.params.get("target_ratio_factor", 1.0)))
             progress(f"step {i}/{len(scheme)}: {strategy.id}, removing {ratio:.1%} of the current parameters")
         t = time.perf_counter()
-        current = methods[strategy.method]().compress(current, task, params, ratio)
+        current, ratio = apply_step(current, strategy, task, params_original=before.params, methods=methods)
         m = measure(current, task)
-        steps.append(StepResult(strategy.id, strategy.method, dict(params), ratio, m, time.perf_counter() - t))
+        steps.append(StepResult(strategy.id, strategy.method, dict(strategy.params), ratio, m,
+                                time.perf_counter() - t))
         if progress:
             progress(f"step {i}/{len(scheme)} done: {m.params:,} parameters, test accuracy {m.acc_test:.2%}")
     after = steps[-1].measurement if steps else before

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from automc.search._base import SearchStrategy
-    from automc.search.run import SearchConfig, SearchEvent, SearchInterrupted, SearchResult, search
+    from automc.search.config import SearchConfig
+    from automc.search.study import SearchEvent, SearchInterrupted, SearchResult, search
 
 __all__ = ["STRATEGIES", "SearchConfig", "SearchEvent", "SearchInterrupted", "SearchResult", "search"]
 
@@ -48,12 +49,16 @@ class _Registry(Mapping[str, "type[SearchStrategy]"]):
 
 STRATEGIES = _Registry(_STRATEGY_PATHS)
 
-_RUN_NAMES = ("SearchConfig", "SearchEvent", "SearchInterrupted", "SearchResult", "search")
+_STUDY_NAMES = ("SearchEvent", "SearchInterrupted", "SearchResult", "search")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _RUN_NAMES:
-        from automc.search import run
+    if name == "SearchConfig":
+        from automc.search.config import SearchConfig
 
-        return getattr(run, name)
+        return SearchConfig
+    if name in _STUDY_NAMES:
+        from automc.search import study
+
+        return getattr(study, name)
     raise AttributeError(f"module 'automc.search' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The contract between search strategies and the search loop (``automc.search.run``).
+"""The contract between search strategies and the search loop (``automc.search._optimize``).
 
 A strategy proposes schemes; the loop evaluates them step by step through one evaluator (each missing prefix
 first, each step costing one unit of budget) and writes every step to the store. A strategy sees evaluations
@@ -240,3 +240,7 @@ class SearchStrategy(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what ``state_dict`` returned (on resume)."""
+
+    def summary(self) -> dict[str, Any]:
+        """What the strategy learnt, for the run's result (e.g. the steps of each task its model fitted)."""
+        return {}

@@ -1,50 +1,42 @@
-"""Evaluating schemes with parent caching: a scheme's model is its parent's model with one more strategy applied.
+"""A search step as a job: the driver ``prepare``s it from its parent's model, an executor runs ``execute`` wherever
+it runs, and the driver ``absorb``s the outcome into the run's model cache.
 
-``Evaluator.evaluate(seq + (s,))`` loads the model of ``seq`` from an on-disk LRU cache (``ModelCache``: state
-dict + architecture, the ``automc.compress.saving`` format) and applies only ``s`` (``run_step``). An evicted
-or missing parent is rebuilt by replaying its steps from the nearest cached ancestor with the same per-step
-seeds, so a scheme's model depends only on (run seed, scheme), never on evaluation order: the evaluations of
-one round are independent and may run in parallel.
+A scheme's model is its parent's model with one more strategy applied (``compress.scheme.apply_step``), measured by
+``compress.scheme.measure``. The parent comes from the model cache (``search.cache``) or is replayed from its
+nearest cached ancestor with the same per-step seeds, so a scheme's model depends only on (run seed, scheme), never
+on the order of evaluation or on the executor: the steps of one round are independent and may run side by side.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
 import hashlib
 import json
-import logging
 import os
-import random
-import tempfile
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from automc._interrupt import check as check_interrupt
 from automc.catalog import Strategy, scheme_id
-from automc.errors import DiskError, ValidationError
+from automc.compress.metrics import Measurement, evaluation_record
+from automc.errors import DiskError, ValidationError, reason
+from automc.kb.states import State
 from automc.search._base import Observation, SchemeKey
+from automc.search.cache import ModelCache
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from automc.compress.base import Method, Task
-    from automc.compress.data import Data
     from automc.search.space import SearchSpace
 
-COMPLETE, FAIL = "COMPLETE", "FAIL"
-log = logging.getLogger("automc.search")
-
-
-class StepFailed(Exception):
-    """A step of a scheme's prefix failed earlier in this run (remembered in the cache directory)."""
+PREFIX_FAILED = "its prefix cannot be built: "
 
 
 def step_seed(run_seed: int, scheme: Sequence[str]) -> int:
@@ -54,26 +46,14 @@ def step_seed(run_seed: int, scheme: Sequence[str]) -> int:
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """One evaluated scheme: validation and test accuracy (Wilson 95%), size, and ratios against the base model
-    (``pr``, ``fr``, ``ar`` on test) and against its parent (``step_ar`` on validation, ``step_pr``)."""
+class EvalResult:
+    """One evaluated scheme: ``measured`` holds its Evaluation properties (``compress.metrics.evaluation_record``:
+    validation and test accuracy with Wilson 95% intervals, size, ratios to the base model and to its parent)."""
 
     scheme: SchemeKey
-    state: str  # "COMPLETE" | "FAIL"
+    state: str  # State.COMPLETE | State.FAILED
     error: str = ""
-    val_accuracy: float | None = None
-    val_low: float | None = None
-    val_high: float | None = None
-    test_accuracy: float | None = None
-    test_low: float | None = None
-    test_high: float | None = None
-    params: int | None = None
-    flops: int | None = None
-    pr: float | None = None
-    fr: float | None = None
-    ar: float | None = None  # relative change of test accuracy against the base model (the paper's AR)
-    step_ar: float | None = None  # relative change of validation accuracy against the parent
-    step_pr: float | None = None  # share of the parent's parameters this step removed
+    measured: Mapping[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0  # the whole step, measuring included
     train_seconds: float = 0.0  # inside the method's compress call
     device: str = "cpu"
@@ -84,270 +64,155 @@ class StepResult:
 
     @property
     def ok(self) -> bool:
-        return self.state == COMPLETE
+        return self.state == State.COMPLETE
+
+    # what was measured, by the names the search uses (None when not measured: a FAILED step)
+    val_accuracy = property(lambda self: self.measured.get("val_accuracy"))
+    val_low = property(lambda self: self.measured.get("val_accuracy_low"))
+    val_high = property(lambda self: self.measured.get("val_accuracy_high"))
+    test_accuracy = property(lambda self: self.measured.get("accuracy"))
+    test_low = property(lambda self: self.measured.get("accuracy_low"))
+    test_high = property(lambda self: self.measured.get("accuracy_high"))
+    pr = property(lambda self: self.measured.get("pr"))
+    fr = property(lambda self: self.measured.get("fr"))
+    ar = property(lambda self: self.measured.get("ar"))
+    step_ar = property(lambda self: self.measured.get("step_ar"))
+    step_pr = property(lambda self: self.measured.get("step_pr"))
+    params = property(lambda self: _int(self.measured.get("params")))
+    flops = property(lambda self: _int(self.measured.get("flops")))
 
     def observation(self, round: int, evaluation_id: str) -> Observation:  # noqa: A002 - the contract's name
         """What a search strategy may see of this result (no test accuracy)."""
-        return Observation(self.scheme, self.state, self.val_accuracy, self.pr, self.fr,
-                           None if self.params is None else float(self.params),
-                           None if self.flops is None else float(self.flops), round, evaluation_id, self.error)
+        m = self.measured
+        return Observation(self.scheme, str(self.state), m.get("val_accuracy"), m.get("pr"), m.get("fr"),
+                           m.get("params"), m.get("flops"), round, evaluation_id, self.error)
 
     def record(self) -> dict[str, Any]:
         """The result under the knowledge base's Evaluation property names (``automc.kb.schema``)."""
-        def num(v: float | int | None) -> float | None:
-            return None if v is None else float(v)
-
-        return {"state": self.state, "error": self.error, "accuracy": self.test_accuracy,
-                "accuracy_low": self.test_low, "accuracy_high": self.test_high, "val_accuracy": self.val_accuracy,
-                "val_accuracy_low": self.val_low, "val_accuracy_high": self.val_high, "params": num(self.params),
-                "flops": num(self.flops), "pr": self.pr, "fr": self.fr, "ar": self.ar, "step_ar": self.step_ar,
-                "step_pr": self.step_pr, "seconds": self.seconds, "train_seconds": self.train_seconds,
-                "device": self.device, "fidelity": self.fidelity, "epochs": num(self.epochs),
-                "data_fraction": num(self.data_fraction), "seed": self.seed, "steps": json.dumps(list(self.scheme))}
+        return {**self.measured, "state": str(self.state), "error": self.error, "seconds": self.seconds,
+                "train_seconds": self.train_seconds, "device": self.device, "fidelity": self.fidelity,
+                "epochs": self.epochs, "data_fraction": self.data_fraction, "seed": self.seed,
+                "steps": json.dumps(list(self.scheme))}
 
 
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
-def run_step(parent: nn.Module, strategy: Strategy, task: Task, *, base_params: int, seed: int,
-             methods: Mapping[str, type[Method]] | None = None) -> tuple[nn.Module, float]:
-    """Apply one strategy to ``parent`` (not modified) and return the child and the seconds its method took.
-
-    Pure: no disk, no store. Seeds every generator (and the fine-tune loop, through the task) from ``seed``; the
-    step removes ``step_ratio(gamma, base_params, params(parent), target_ratio_factor)`` of the parent.
-    Raises whatever the method raises (``CompressionError``, ``ValidationError``, ...).
-    """
-    from automc.compress.base import step_ratio
-    from automc.compress.metrics import count_params
-
-    if methods is None:
-        from automc.compress import METHODS as methods
-    if strategy.method not in methods:
-        from automc.errors import NotFoundError
-
-        raise NotFoundError(f"no implementation of method {strategy.method!r}")
-    params = strategy.params
-    ratio = step_ratio(task.target_pr, base_params, count_params(parent),
-                       float(params.get("target_ratio_factor", 1.0)))
-    seed_everything(seed)
-    t = time.perf_counter()
-    child = methods[strategy.method]().compress(parent, dataclasses.replace(task, seed=seed), params, ratio)
-    check_interrupt()  # Ctrl-C inside a library that catches everything (Torch-Pruning's tracing) is not lost
-    return child, time.perf_counter() - t
-
-
-# -- the model cache -----------------------------------------------------------------------------------------
-
-class ModelCache:
-    """Models of evaluated schemes on disk (one ``<scheme id>.pt`` each: state dict + architecture + meta), at
-    most ``max_bytes`` in all, least recently used evicted first. Entries appear by atomic rename, so a crash
-    never leaves a half-written one; an entry that does not load, for any reason, is dropped (and logged) and
-    reported missing, and a folder removed meanwhile is created again: it is a cache."""
-
-    def __init__(self, directory: str | Path, max_bytes: int = 2 * 2**30, *,
-                 base_builder: Callable[[], nn.Module] | None = None) -> None:
-        from automc._disk import writing
-
-        self.directory = Path(directory)
-        with writing(self.directory):
-            self.directory.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = int(max_bytes)
-        self.base_builder = base_builder
-        self._stuck: set[Path] = set()  # unloadable entries that cannot be removed
-
-    def path(self, key: Sequence[str]) -> Path:
-        return self.directory / f"{scheme_id(key)}.pt"
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, tuple) and self.path(key).is_file()
-
-    def put(self, key: Sequence[str], model: nn.Module, meta: Mapping[str, Any] | None = None) -> None:
-        """Store ``model`` (copied to the CPU) under ``key``, then evict down to the size cap.
-
-        Raises ``DiskError`` when the cache's disk is full or failing (the run stops; never the step's fault).
-        """
-        import torch
-
-        from automc.compress.saving import describe
-
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        entry = {"key": json.dumps(list(key)), "arch": json.dumps(describe(model)),
-                 "meta": json.dumps(dict(meta or {})), "state_dict": state}
-
-        def save(f: Any) -> None:
-            torch.save(entry, f)
-
-        self._write(self.path(key), save, "wb", ".pt")
-        self.evict(keep=self.path(key))
-
-    def put_failure(self, key: Sequence[str], reason: str) -> None:
-        """Remember that the step producing ``key`` failed (deterministic for the run's seed: never retried)."""
-        text = json.dumps({"key": list(key), "reason": reason})
-        self._write(self.directory / f"{scheme_id(key)}.fail", lambda f: f.write(text), "w", ".fail")
-
-    def _write(self, path: Path, write: Callable[[Any], Any], mode: str, suffix: str) -> None:
-        """Write ``path`` by atomic rename; a cache folder removed meanwhile is created again (it is a cache)."""
-        from automc._disk import writing
-
-        for attempt in range(3):
-            try:
-                with writing(path):
-                    self.directory.mkdir(parents=True, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=self.directory)
-                    try:
-                        with os.fdopen(fd, mode) as f:
-                            write(f)
-                        os.replace(tmp, path)
-                    except BaseException:
-                        Path(tmp).unlink(missing_ok=True)
-                        raise
-                return
-            except FileNotFoundError:  # the folder went away between mkdir and rename: once more
-                if attempt == 2:
-                    raise
-
-    def failure(self, key: Sequence[str]) -> str | None:
-        """Why the step producing ``key`` failed, when it did (a missing or unreadable marker: not known here)."""
-        try:
-            entry = json.loads((self.directory / f"{scheme_id(key)}.fail").read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(entry, dict) or entry.get("key") != list(key):
-            return None
-        return str(entry.get("reason") or "failed")
-
-    def get(self, key: Sequence[str]) -> nn.Module | None:
-        """The stored model of ``key`` (CPU, eval mode), or None when absent or unreadable."""
-        entry = self.entry(key)
-        return None if entry is None else entry[0]
-
-    def entry(self, key: Sequence[str]) -> tuple[nn.Module, dict[str, Any]] | None:
-        """The stored model of ``key`` and the ``meta`` it was put with, or None when absent or unreadable."""
-        import torch
-
-        from automc.compress.saving import rebuild
-
-        p = self.path(key)
-        try:
-            entry = torch.load(p, map_location="cpu", weights_only=True)
-            if json.loads(entry["key"]) != list(key):
-                return None  # a hash collision: treat as absent
-            base = self.base_builder() if self.base_builder else None
-            model = rebuild(json.loads(entry["arch"]), base)
-            model.load_state_dict(entry["state_dict"], strict=True)
-            meta = json.loads(entry["meta"])
-        except FileNotFoundError:
-            return None
-        except Exception as e:  # noqa: BLE001 - whatever is wrong with it (truncated, foreign, a pickle): rebuild
-            self._drop(p, e)
-            return None
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(p)  # last access, for LRU eviction
-        return model.eval(), meta
-
-    def _drop(self, p: Path, e: BaseException) -> None:
-        """Remove an entry that does not load (the caller rebuilds it by replaying its steps) and log it once."""
-        try:
-            if p.is_dir() and not p.is_symlink():  # a folder in an entry's place: the cache's own name
-                import shutil
-
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
-        except OSError:
-            if p in self._stuck:
-                return  # logged when first met: it fails the same way at every access
-            self._stuck.add(p)
-        log.warning("model cache entry %s does not load (%s); dropped, its model is rebuilt from its prefix",
-                    p, _reason(e))
-
-    def entries(self) -> list[tuple[float, int, Path]]:
-        """(last access, bytes, path) of every entry, oldest first."""
-        out = []
-        for p in self.directory.glob("*.pt"):
-            if p.name.startswith(".tmp-"):
-                continue
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            out.append((st.st_mtime, st.st_size, p))
-        return sorted(out)
-
-    def size(self) -> int:
-        return sum(size for _, size, _ in self.entries())
-
-    def evict(self, keep: Path | None = None) -> None:
-        """Remove the least recently used entries until the total fits ``max_bytes`` (``keep`` stays)."""
-        entries = self.entries()
-        total = sum(size for _, size, _ in entries)
-        for _, size, p in entries:
-            if total <= self.max_bytes:
-                break
-            if p == keep:
-                continue
-            p.unlink(missing_ok=True)
-            total -= size
-
-
-# -- the evaluator -------------------------------------------------------------------------------------------
+# -- the worker's side: plain data in, plain data out -----------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Measured:
-    params: int
-    flops: int
-    val_correct: int
-    val_total: int
-    test_correct: int
-    test_total: int
+class StepJob:
+    """One step to run, as plain data: the parent model (CPU state dict + ``saving.describe`` architecture) and its
+    measurement, the strategy to apply and the step's seed."""
 
-    @property
-    def val(self) -> float:
-        return self.val_correct / self.val_total if self.val_total else 0.0
-
-    @property
-    def test(self) -> float:
-        return self.test_correct / self.test_total if self.test_total else 0.0
+    scheme: SchemeKey  # the child's scheme; its last id is ``strategy.id``
+    strategy: Strategy
+    parent_state: dict[str, torch.Tensor]
+    parent_arch: dict[str, Any]
+    parent: Measurement  # the parent's parameters and validation accuracy (step_ar, step_pr)
+    seed: int
 
 
-def _measure(model: nn.Module, task: Task) -> _Measured:
-    from automc.compress.metrics import count_flops, count_params
-    from automc.compress.train import evaluate
+@dataclass(frozen=True)
+class StepOutcome:
+    """What ``execute`` sends back: the result (COMPLETE or FAILED with its reason) and, when COMPLETE, the child."""
 
-    model.to(task.device)
-    val = evaluate(model, task.data, "val", device=task.device)
-    test = evaluate(model, task.data, "test", device=task.device)
-    return _Measured(count_params(model), count_flops(model, task.data.example_input()), val.correct, val.total,
-                     test.correct, test.total)
+    result: EvalResult
+    child_state: dict[str, torch.Tensor] | None = None
+    child_arch: dict[str, Any] | None = None
+    measured: Measurement | None = None
+    worker: str = ""  # host:pid of the process that ran it
 
 
-def measured_result(scheme: SchemeKey, m: _Measured, parent: _Measured | None, base: _Measured, task: Task, *,
-                    run_seed: int, seconds: float, train_seconds: float, fidelity: str,
-                    data_fraction: float) -> StepResult:
-    """The COMPLETE result of a measured child against its parent and the base model (also used by Ray workers)."""
-    from automc.compress.metrics import accuracy_change, flops_reduction, param_reduction, wilson_interval
+@dataclass(frozen=True)
+class WorkerContext:
+    """What every step of a run shares, sent to each worker once: the task (data on the CPU for another process;
+    ``device`` is where steps run), the base model as the template parents are rebuilt into, its measurement."""
 
-    vl, vh = wilson_interval(m.val_correct, m.val_total)
-    tl, th = wilson_interval(m.test_correct, m.test_total)
-    parent = parent or m
-    return StepResult(
-        scheme, COMPLETE, "", m.val, vl, vh, m.test, tl, th, m.params, m.flops,
-        param_reduction(base.params, m.params), flops_reduction(base.flops, m.flops),
-        accuracy_change(base.test, m.test), accuracy_change(parent.val, m.val),
-        param_reduction(parent.params, m.params), seconds, train_seconds, str(task.device), fidelity,
-        float(task.budget.epochs), data_fraction, step_seed(run_seed, scheme) if scheme else int(run_seed))
+    task: Task
+    base_model: nn.Module
+    base: Measurement
+    run_seed: int
+    data_fraction: float = 1.0
+    device: str = "cpu"
+    methods: Mapping[str, type[Method]] | None = None
 
+    def on_device(self) -> WorkerContext:
+        """This context with the task's data on ``device`` (the first CUDA device this process sees)."""
+        import torch
+
+        dev = torch.device(self.device)
+        if self.task.device == dev and self.task.data.device == dev:
+            return self
+        return dataclasses.replace(self, task=dataclasses.replace(self.task, data=self.task.data.to(dev), device=dev))
+
+    def failed(self, scheme: SchemeKey, error: str, seconds: float = 0.0, train_seconds: float = 0.0) -> StepOutcome:
+        """A FAILED outcome of ``scheme`` (the step raised, or its worker was lost)."""
+        device = str(self.task.device) if str(self.task.device).split(":")[0] == self.device else self.device
+        return StepOutcome(EvalResult(scheme, State.FAILED, error, seconds=seconds, train_seconds=train_seconds,
+                                      device=device, epochs=float(self.task.budget.epochs),
+                                      data_fraction=self.data_fraction, seed=step_seed(self.run_seed, scheme)),
+                           worker=worker_name())
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model``'s state dict."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def rebuild_model(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], template: nn.Module) -> nn.Module:
+    """The model described by ``arch`` with ``state`` loaded, built on a copy of ``template`` (the base model)."""
+    from automc.compress.saving import rebuild
+
+    model = rebuild(dict(arch), copy.deepcopy(template))
+    model.load_state_dict(dict(state), strict=True)
+    return model.eval()
+
+
+def execute(job: StepJob, ctx: WorkerContext) -> StepOutcome:
+    """Rebuild the parent, apply the job's strategy, measure the child: what every executor runs for a step.
+
+    Never raises for a bad candidate: any exception of the step is a FAILED outcome with the reason.
+    """
+    from automc.compress.saving import describe
+    from automc.compress.scheme import apply_step, measure
+
+    t0 = time.perf_counter()
+    train_s = 0.0
+    try:
+        parent = rebuild_model(job.parent_arch, job.parent_state, ctx.base_model)
+        t = time.perf_counter()
+        child, _ = apply_step(parent, job.strategy, ctx.task, params_original=ctx.base.params, seed=job.seed,
+                              methods=ctx.methods)
+        train_s = time.perf_counter() - t
+        m = measure(child, ctx.task)
+    except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
+        return ctx.failed(job.scheme, reason(e), time.perf_counter() - t0, train_s)
+    result = _complete(job.scheme, m, job.parent, ctx.base, ctx.task, run_seed=ctx.run_seed,
+                       seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="search",
+                       data_fraction=ctx.data_fraction)
+    return StepOutcome(result, cpu_state(child), describe(child), m, worker_name())
+
+
+def _complete(scheme: SchemeKey, m: Measurement, parent: Measurement | None, base: Measurement, task: Task, *,
+              run_seed: int, seconds: float, train_seconds: float, fidelity: str, data_fraction: float) -> EvalResult:
+    return EvalResult(scheme, State.COMPLETE, "", evaluation_record(m, base, parent or m), seconds, train_seconds,
+                      str(task.device), fidelity, float(task.budget.epochs), data_fraction,
+                      step_seed(run_seed, scheme) if scheme else int(run_seed))
+
+
+# -- the driver's side ------------------------------------------------------------------------------------------
 
 class Evaluator:
-    """Evaluates schemes on one task, each from its parent's cached model (see the module docstring).
+    """Prepares and absorbs the steps of one task's search, with its model cache (see the module docstring).
 
     Validation accuracy (the task's ``"val"`` split) is what search strategies select on; test accuracy is
-    measured and recorded but reaches them only through ``StepResult``, never through ``Observation``.
+    measured and recorded but reaches them only through ``EvalResult``, never through ``Observation``.
     """
 
     def __init__(self, base_model: nn.Module, task: Task, *, cache_dir: str | Path, cache_bytes: int = 2 * 2**30,
@@ -364,159 +229,154 @@ class Evaluator:
         # a partial, not a lambda: the evaluator must pickle (Ray workers)
         self._fresh = base_builder or functools.partial(copy.deepcopy, base_model)
         self.cache = ModelCache(cache_dir, cache_bytes, base_builder=self._fresh)
-        self._base: StepResult | None = None
-        self._base_measured: dict[int, tuple[Data, _Measured]] = {}  # id(data) -> (data kept alive, measured)
+        self._base: EvalResult | None = None
+        self._base_measured: dict[int, tuple[Any, Measurement]] = {}  # id(data) -> (data kept alive, measured)
 
-    # -- measuring ---------------------------------------------------------------------------------------
-    def _base_on(self, task: Task) -> _Measured:
-        key = id(task.data)
-        if key not in self._base_measured:
-            self._base_measured[key] = (task.data, _measure(self.base_model, task))
-        return self._base_measured[key][1]
+    def base_measurement(self, task: Task | None = None) -> Measurement:
+        """The base model measured on ``task`` (default: the search's), once per dataset."""
+        from automc.compress.scheme import measure
 
-    def _result(self, scheme: SchemeKey, m: _Measured, parent: _Measured | None, base: _Measured, task: Task, *,
-                seconds: float, train_seconds: float, fidelity: str, data_fraction: float) -> StepResult:
-        return measured_result(scheme, m, parent, base, task, run_seed=self.seed, seconds=seconds,
-                               train_seconds=train_seconds, fidelity=fidelity, data_fraction=data_fraction)
-
-    def _fail(self, scheme: SchemeKey, error: str, seconds: float, train_seconds: float = 0.0, *,
-              fidelity: str = "search", task: Task | None = None, data_fraction: float | None = None) -> StepResult:
         task = task or self.task
-        return StepResult(scheme, FAIL, error, seconds=seconds, train_seconds=train_seconds,
-                          device=str(task.device), fidelity=fidelity, epochs=float(task.budget.epochs),
-                          data_fraction=self.data_fraction if data_fraction is None else data_fraction,
-                          seed=step_seed(self.seed, scheme))
+        if id(task.data) not in self._base_measured:
+            self._base_measured[id(task.data)] = (task.data, measure(self.base_model, task))
+        return self._base_measured[id(task.data)][1]
 
-    def base(self) -> StepResult:
-        """The base model's measurements (scheme ``()``), measured once."""
+    def base(self) -> EvalResult:
+        """The base model's measurements (scheme ``()``)."""
         if self._base is None:
             t = time.perf_counter()
-            m = self._base_on(self.task)
-            self._base = self._result((), m, None, m, self.task, seconds=time.perf_counter() - t,
-                                      train_seconds=0.0, fidelity="search", data_fraction=self.data_fraction)
+            m = self.base_measurement()
+            self._base = _complete((), m, None, m, self.task, run_seed=self.seed, seconds=time.perf_counter() - t,
+                                   train_seconds=0.0, fidelity="search", data_fraction=self.data_fraction)
         return self._base
 
-    # -- models ------------------------------------------------------------------------------------------
-    def _step(self, parent: nn.Module, scheme: SchemeKey, task: Task) -> tuple[nn.Module, float]:
-        base_params = self._base_on(self.task).params
-        return run_step(parent, self.space.strategy(scheme[-1]), task, base_params=base_params,
-                        seed=step_seed(self.seed, scheme), methods=self.methods)
+    def context(self, *, portable: bool = True) -> WorkerContext:
+        """What the run's workers share; ``portable``: with the data copied to the CPU (for other processes)."""
+        import torch
+
+        task, cpu = self.task, torch.device("cpu")
+        base = self.base_measurement()
+        if portable:
+            task = dataclasses.replace(task, data=task.data.to(cpu), device=cpu)
+        return WorkerContext(task, copy.deepcopy(self.base_model).to(cpu), base, self.seed, self.data_fraction,
+                             torch.device(self.task.device).type, self.methods)
+
+    def _failed(self, scheme: SchemeKey, error: str, seconds: float, *, task: Task | None = None,
+                fidelity: str = "search", data_fraction: float | None = None) -> EvalResult:
+        task = task or self.task
+        return EvalResult(scheme, State.FAILED, error, seconds=seconds, device=str(task.device), fidelity=fidelity,
+                          epochs=float(task.budget.epochs), seed=step_seed(self.seed, scheme),
+                          data_fraction=self.data_fraction if data_fraction is None else data_fraction)
+
+    def prepare(self, scheme: Sequence[str]) -> StepJob | EvalResult:
+        """The job that evaluates ``scheme`` from its parent's model, or its result at once when there is nothing
+        to run: the base model, a scheme the rules forbid, a step that failed before, a parent that cannot be
+        built or measured. A ``DiskError`` of the model cache propagates (never the step's fault)."""
+        from automc.compress.saving import describe
+
+        key, t0 = tuple(scheme), time.perf_counter()
+        if not key:
+            return self.base()
+        why = self.space.why_not(key)
+        failed = f"not allowed: {why}" if why else self.cache.failure(key)
+        if failed:
+            return self._failed(key, failed, time.perf_counter() - t0)
+        try:
+            parent, meta = self._replay(key[:-1])
+        except DiskError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failing prefix fails its extensions
+            return self._failed(key, PREFIX_FAILED + reason(e), time.perf_counter() - t0)
+        try:
+            parent_m = self._parent_measurement(key[:-1], parent, meta)
+        except Exception as e:  # noqa: BLE001 - part of the step
+            self.cache.put_failure(key, reason(e))
+            return self._failed(key, reason(e), time.perf_counter() - t0)
+        return StepJob(key, self.space.strategy(key[-1]), cpu_state(parent), describe(parent), parent_m,
+                       step_seed(self.seed, key))
+
+    def absorb(self, outcome: StepOutcome) -> EvalResult:
+        """Take an executed step into the model cache (the child of a COMPLETE step; the reason of a FAILED one, so
+        that it is never retried and its extensions fail fast); returns its result."""
+        r, m = outcome.result, outcome.measured
+        if r.ok and outcome.child_state is not None and outcome.child_arch is not None and m is not None:
+            child = rebuild_model(outcome.child_arch, outcome.child_state, self._fresh())
+            self.cache.put(r.scheme, child, {"params": m.params, "val_correct": m.val_correct,
+                                             "val_total": m.val_total})
+        elif not r.ok:
+            self.cache.put_failure(r.scheme, r.error)
+        return r
+
+    def evaluate(self, scheme: Sequence[str]) -> EvalResult:
+        """``prepare``, ``execute`` in this process, ``absorb``: one step, as ``SerialExecutor`` runs it."""
+        job = self.prepare(scheme)
+        return job if isinstance(job, EvalResult) else self.absorb(execute(job, self.context(portable=False)))
+
+    def _step(self, parent: nn.Module, scheme: SchemeKey, task: Task) -> nn.Module:
+        from automc.compress.scheme import apply_step
+
+        return apply_step(parent, self.space.strategy(scheme[-1]), task, params_original=self.base_measurement().params,
+                          seed=step_seed(self.seed, scheme), methods=self.methods)[0]
 
     def _replay(self, scheme: SchemeKey) -> tuple[nn.Module, dict[str, Any]]:
         """The model of ``scheme`` and its cache meta: from the cache, or replayed from its nearest cached
         ancestor (each replayed step cached too). Raises what a replayed step raises."""
+        from automc.compress.metrics import count_params
+
         start, entry = len(scheme), None
         while start > 0:
             entry = self.cache.entry(scheme[:start])
             if entry is not None:
                 break
             start -= 1
-        model, meta = entry if entry is not None else (self._fresh_base(), {})
+        model, meta = entry if entry is not None else (self._fresh(), {})
         for i in range(start + 1, len(scheme) + 1):
             failed = self.cache.failure(scheme[:i])
             if failed:
-                raise StepFailed(f"{scheme_id(scheme[:i])} failed: {failed}")
-            model, _ = self._step(model, scheme[:i], self.task)
-            meta = {"params": _params(model)}
+                raise RuntimeError(f"{scheme_id(scheme[:i])} failed: {failed}")
+            model = self._step(model, scheme[:i], self.task)
+            meta = {"params": count_params(model)}
             self.cache.put(scheme[:i], model, meta)
         return model, meta
-
-    def _fresh_base(self) -> nn.Module:
-        return copy.deepcopy(self.base_model)
 
     def model(self, scheme: Sequence[str]) -> nn.Module:
         """The (search-fidelity) model of ``scheme``; raises what rebuilding it raises."""
         return self._replay(tuple(scheme))[0]
 
-    # -- evaluating --------------------------------------------------------------------------------------
-    def refused(self, key: SchemeKey, t0: float) -> StepResult | None:
-        """The FAIL result at once for a scheme the rules forbid or that failed before; None when it may run."""
-        why = self.space.why_not(key)
-        if why:
-            return self._fail(key, f"not allowed: {why}", time.perf_counter() - t0)
-        failed = self.cache.failure(key)
-        if failed:
-            return self._fail(key, failed, time.perf_counter() - t0)
-        return None
-
-    def evaluate(self, scheme: Sequence[str]) -> StepResult:
-        """Apply the last strategy of ``scheme`` to its parent's model and measure the child.
-
-        A step that fails (the method's ``CompressionError``, a rule the scheme breaks, a failing prefix, any
-        other exception of the step) is a ``FAIL`` result with the reason; ``KeyboardInterrupt`` and a
-        ``DiskError`` of the model cache propagate (neither is the step's doing).
-        """
-        key = tuple(scheme)
-        if not key:
-            return self.base()
-        t0 = time.perf_counter()
-        refused = self.refused(key, t0)
-        if refused is not None:
-            return refused
-        base_m = self._base_on(self.task)
-        try:
-            parent, parent_meta = self._replay(key[:-1])
-        except DiskError:
-            raise  # the cache's disk, not the prefix: the run stops and resumes
-        except Exception as e:  # noqa: BLE001 - a failing prefix fails its extensions
-            return self._fail(key, f"its prefix cannot be built: {_reason(e)}", time.perf_counter() - t0)
-        train_s = 0.0
-        try:
-            parent_m = self._parent_measurement(key[:-1], parent, parent_meta)
-            child, train_s = self._step(parent, key, self.task)
-            m = _measure(child, self.task)
-        except DiskError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
-            self.cache.put_failure(key, _reason(e))
-            return self._fail(key, _reason(e), time.perf_counter() - t0, train_s)
-        self.cache.put(key, child, {"params": m.params, "val_correct": m.val_correct, "val_total": m.val_total})
-        return self._result(key, m, parent_m, base_m, self.task, seconds=time.perf_counter() - t0,
-                            train_seconds=train_s, fidelity="search", data_fraction=self.data_fraction)
-
-    def _parent_measurement(self, key: SchemeKey, parent: nn.Module, meta: Mapping[str, Any]) -> _Measured:
+    def _parent_measurement(self, key: SchemeKey, parent: nn.Module, meta: Mapping[str, Any]) -> Measurement:
         """The parent's parameters and validation accuracy: from its cache entry, else measured again."""
+        from automc.compress.scheme import measure
+
         if not key:
-            return self._base_on(self.task)
+            return self.base_measurement()
         if "val_correct" in meta:
-            return _Measured(int(meta["params"]), 0, int(meta["val_correct"]), int(meta["val_total"]), 0, 0)
-        from automc.compress.train import evaluate
+            total = int(meta["val_total"])
+            return Measurement(int(meta["params"]), 0, int(meta["val_correct"]) / total if total else 0.0, 0.0,
+                               val_total=total, val_correct=int(meta["val_correct"]))
+        return measure(parent, self.task, test=False)
 
-        parent.to(self.task.device)
-        val = evaluate(parent, self.task.data, "val", device=self.task.device)
-        return _Measured(_params(parent), 0, val.correct, val.total, 0, 0)
-
-    def final(self, scheme: Sequence[str], task: Task, *, data_fraction: float = 1.0) -> tuple[StepResult, nn.Module]:
+    def final(self, scheme: Sequence[str], task: Task, *, data_fraction: float = 1.0) -> tuple[EvalResult, nn.Module]:
         """Re-apply the whole ``scheme`` from the base model on ``task`` (a higher fidelity: more epochs, all the
         training data) with the same per-step seeds, and measure it (``fidelity="final"``).
 
-        Returns a FAIL result and the base model when a step fails.
+        Returns a FAILED result and the base model when a step fails.
         """
-        key = tuple(scheme)
-        t0 = time.perf_counter()
-        base_m = self._base_on(task)
-        model, parent_m, train_s = self._fresh_base(), base_m, 0.0
+        from automc.compress.scheme import measure
+
+        key, t0 = tuple(scheme), time.perf_counter()
+        base_m = self.base_measurement(task)
+        model, parent_m, train_s = self._fresh(), base_m, 0.0
         for i in range(1, len(key) + 1):
             try:
                 if i == len(key) and i > 1:
-                    parent_m = _measure(model, task)
-                model, seconds = self._step(model, key[:i], task)
-                train_s += seconds
-            except Exception as e:  # noqa: BLE001 - as in evaluate
-                return (self._fail(key, _reason(e), time.perf_counter() - t0, fidelity="final", task=task,
-                                   data_fraction=data_fraction), self._fresh_base())
-        m = _measure(model, task)
-        return (self._result(key, m, parent_m, base_m, task, seconds=time.perf_counter() - t0, train_seconds=train_s,
-                             fidelity="final", data_fraction=data_fraction), model)
-
-
-def _params(model: nn.Module) -> int:
-    from automc.compress.metrics import count_params
-
-    return count_params(model)
-
-
-def _reason(e: BaseException) -> str:
-    """One line saying why a step failed."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}"[:500] if text else type(e).__name__
+                    parent_m = measure(model, task)
+                t = time.perf_counter()
+                model = self._step(model, key[:i], task)
+                train_s += time.perf_counter() - t
+            except Exception as e:  # noqa: BLE001 - as in execute
+                return (self._failed(key, reason(e), time.perf_counter() - t0, task=task, fidelity="final",
+                                     data_fraction=data_fraction), self._fresh())
+        result = _complete(key, measure(model, task), parent_m, base_m, task, run_seed=self.seed,
+                           seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="final",
+                           data_fraction=data_fraction)
+        return result, model

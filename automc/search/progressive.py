@@ -256,6 +256,10 @@ class ProgressiveStrategy(SearchStrategy):
     def observe(self, history: History, new: Sequence[Observation]) -> None:
         self._catch_up(history)
 
+    def summary(self) -> dict[str, Any]:
+        """F_mo's training data: steps by task."""
+        return {"trained_on": self.trained_on}
+
     def state_dict(self) -> dict[str, Any]:
         """What F_mo was trained on (for reports); its weights are rebuilt from the history on resume."""
         return {"fitted_through": self._fitted_through, "trained_on": self.trained_on,

@@ -23,7 +23,7 @@ from automc.compress.data import load_data
 from automc.errors import ValidationError
 from automc.kb import open_store
 from automc.search import SearchConfig, search, storage
-from automc.search.run import MAX_BUDGET, MAX_LENGTH, MAX_SEED
+from automc.search.config import MAX_BUDGET, MAX_LENGTH, MAX_SEED
 from tests.conftest import automc_exe
 from tests.search.test_run import write_inputs
 

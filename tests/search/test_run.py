@@ -257,11 +257,12 @@ def test_a_search_on_another_task_learns_from_the_first_only_with_reuse(inputs, 
     steps = len([r for r in storage.search_rows(_rows(config(inputs, tmp_path), first.run_id))
                  if r["state"] == "COMPLETE"])
     assert learnt.reuse["evaluations"] == steps and learnt.reuse["tasks"] == 1
-    assert learnt.trained_on.get(first.task, 0) > 0  # F_mo was warm-started on the first task's steps
+    assert learnt.learnt["trained_on"].get(first.task, 0) > 0  # F_mo was warm-started on the first task's steps
     alone = search(config(other, tmp_path, strategy="progressive", reuse=False, budget=2, per_round=2,
                           cache_dir=str(tmp_path / "cache3")))
     assert alone.reuse == {"evaluations": 0, "tasks": 0}
-    assert first.task not in alone.trained_on and set(alone.trained_on) <= {alone.task}
+    trained = alone.learnt.get("trained_on", {})
+    assert first.task not in trained and set(trained) <= {alone.task}
 
 
 def test_report_curve_and_comparison_of_runs(finished, tmp_path):

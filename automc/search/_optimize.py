@@ -1,0 +1,222 @@
+"""The search loop: ask the strategy for a round of schemes, run their missing steps through the executor, tell the
+strategy what came back; then the final fine-tune and the report (``search.final``).
+
+One round walk (``_walk``) gives the steps a round evaluates and their order: each proposal's prefixes that are not
+evaluated yet, a known failure ending that proposal. Steps whose parent is evaluated are submitted, at most one per
+worker and never past the budget (the one budget check, ``_ready``); after each arrival the walk is taken again,
+so a failure drops only its own extensions and lets later proposals' steps into the budget. The executor changes
+when a step runs, not which steps run or what they compute: ``--workers 1`` (``SerialExecutor``) and ``--workers N``
+(Ray) evaluate the same steps, write each one as it arrives, stamped with its place in the walk, and hand the
+strategy the round in the walk's order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from automc._interrupt import check as check_interrupt
+from automc.catalog import scheme_text
+from automc.kb.states import State
+from automc.search._base import History, Observation, SchemeKey, round_rng
+from automc.search.evaluator import EvalResult
+
+if TYPE_CHECKING:
+    from automc.search.executors import Executor
+    from automc.search.study import SearchResult, Study, Token
+
+
+def optimize(study: Study) -> SearchResult:
+    """Run rounds until the budget, the time or the proposals run out, fine-tune the best schemes and finish.
+
+    Ctrl-C marks the run INTERRUPTED and raises ``SearchInterrupted``; a disk error of the tool's own files stops
+    it the same way, naming the file; any other error marks it FAILED and propagates.
+    """
+    from automc.search import final
+
+    executor = None
+    try:
+        strategy, reuse = _strategy(study)
+        executor = _executor(study)
+        message = _rounds(study, strategy, executor)
+        final.fine_tune(study)
+        return final.finish(study, reuse, message, strategy.summary())
+    except BaseException as e:
+        err = _stopped(study, e)
+        if err is e:
+            raise
+        raise err from (None if isinstance(e, KeyboardInterrupt) else e)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _strategy(study: Study) -> tuple[Any, dict[str, Any]]:
+    """The run's strategy with its stored state, and what reuse read; setup time is recorded as such."""
+    import time
+
+    from automc.search import STRATEGIES
+    from automc.search.study import strategy_context
+
+    ctx, reuse = strategy_context(study)
+    study.config_json["reuse"] = reuse
+    # setup (data, training the base model, measuring it, an embedding refresh) is not search overhead
+    study.config_json["setup_seconds"] = float(study.config_json.get("setup_seconds") or 0.0) + (
+        time.monotonic() - study.started)
+    with study.opened() as s:
+        s.update_run(study.id, config=study.config_json)
+    strategy = STRATEGIES[str(study.cfg.strategy)](ctx)
+    if study.strategy_state:
+        strategy.load_state_dict(study.strategy_state)
+    return strategy, reuse
+
+
+def _executor(study: Study) -> Executor:
+    """``SerialExecutor`` for one local worker, else Ray workers (sharing the GPU evenly by default)."""
+    from automc.search.executors import make_executor
+
+    cfg = study.cfg
+    gpus = cfg.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 / int(cfg.workers) if study.evaluator.task.device.type == "cuda" else 0.0
+    return make_executor(study.evaluator, workers=int(cfg.workers or 1), gpus_per_worker=float(gpus),
+                         address=cfg.ray_address)
+
+
+def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
+    """Ask, evaluate, tell, store the strategy's state; returns why the loop stopped before the budget ("" if not)."""
+    cfg = study.cfg
+    study.emit("start", study.round, f"task {study.task.id}; {study.done}/{cfg.budget} steps already evaluated")
+    while study.done < cfg.budget:
+        if study.time_up():
+            return "time limit reached"
+        n = min(int(cfg.per_round), int(cfg.budget) - study.done)
+        proposals = strategy.propose(study.history, n, round_rng(int(cfg.seed), study.round))
+        new = _round(study, executor, proposals)
+        if not new and not study.time_up():
+            return "the strategy proposed nothing new: the search space is exhausted"
+        strategy.observe(study.history, new)
+        study.end_round(study.round, strategy.state_dict())
+        study.emit("round", study.round)
+        study.round += 1
+    return ""
+
+
+def _walk(proposals: Iterable[Sequence[str]], history: History | None = None) -> Iterator[SchemeKey]:
+    """The round's steps in the order a one-worker search evaluates them: each proposal's prefixes not evaluated
+    yet (in ``history``), first come first, a known failure ending that proposal."""
+    seen: set[SchemeKey] = set()
+    for scheme in proposals:
+        for k in range(1, len(scheme) + 1):
+            prefix = tuple(scheme[:k])
+            known = history.get(prefix) if history is not None else None
+            if known is not None:
+                if not known.ok:
+                    break
+                continue
+            if prefix not in seen:
+                seen.add(prefix)
+                yield prefix
+
+
+def _ready(proposals: Sequence[SchemeKey], shadow: History, budget: int, running: Iterable[SchemeKey]) -> list[
+        SchemeKey]:
+    """The walk's next ``budget`` steps (those running included) whose parent is evaluated and that do not run yet:
+    what may start now if every step still running succeeds."""
+    running = set(running)
+    plan = itertools.islice(_walk(proposals, shadow), max(0, budget))
+    return [s for s in plan if s not in running and s[:-1] in shadow]
+
+
+def _round(study: Study, executor: Executor, proposals: Sequence[SchemeKey]) -> list[Observation]:
+    """Evaluate the round's steps through ``executor`` (see the module docstring); returns the new observations
+    in the walk's order and adds them to the history in that order."""
+    place = {key: i for i, key in enumerate(_walk(proposals))}
+    first = study.next_step
+    shadow = History(study.history.base, list(study.history.observations))  # the round's progress
+    running: dict[SchemeKey, Token] = {}
+    arrived: dict[SchemeKey, Observation] = {}
+    study.in_round = 0
+    try:
+        while True:
+            while len(running) < executor.workers and not study.time_up():
+                ready = _ready(proposals, shadow, int(study.cfg.budget) - study.done - len(arrived), running)
+                if not ready:
+                    break
+                key = ready[0]
+                study.next_step = first + place[key]
+                running[key] = study.begin(key, fidelity="search", round_=study.round)
+                job = study.evaluator.prepare(key)
+                if isinstance(job, EvalResult):  # nothing to run: the base, a refused or a known-failed step
+                    _arrive(study, job, running, shadow, arrived)
+                else:
+                    executor.submit(job)
+            if not running:
+                break
+            outcome = executor.wait()
+            check_interrupt()  # a Ctrl-C swallowed inside the step's libraries cuts the step short
+            _arrive(study, study.evaluator.absorb(outcome), running, shadow, arrived)
+    except BaseException as e:
+        executor.cancel()
+        study.cut_short(list(running.values()), e)
+        raise
+    finally:
+        study.in_round = 0
+        study.next_step = first + 1 + max((place[k] for k in (*arrived, *running)), default=-1)
+    new = sorted(arrived.values(), key=lambda o: place[o.scheme])
+    for obs in new:
+        study.history.add(obs)
+    return new
+
+
+def _arrive(study: Study, result: EvalResult, running: dict[SchemeKey, Token], shadow: History,
+            arrived: dict[SchemeKey, Observation]) -> None:
+    """Write a finished step (one transaction) and count it in the round."""
+    key = tuple(result.scheme)
+    obs = study.end(running[key], result, study.round)
+    del running[key]
+    shadow.add(obs)
+    arrived[key] = obs
+    study.in_round = len(arrived)
+    study.emit("step", study.round, f"{'ok' if obs.ok else 'FAIL'} {scheme_text(key)}")
+
+
+def _stopped(study: Study, e: BaseException) -> BaseException:
+    """Mark the run as the error left it and return what to raise: ``SearchInterrupted`` for Ctrl-C, the disk
+    error naming the file, the free space and the resume command, or ``e`` itself (the run FAILED)."""
+    import contextlib
+
+    from automc.errors import AutomcError, StoreError
+    from automc.search.config import resume_command
+    from automc.search.study import SearchInterrupted
+
+    if isinstance(e, KeyboardInterrupt):
+        study.stop(State.INTERRUPTED)
+        return SearchInterrupted(study.id, resume_command(study.id, study.store))
+    disk = _disk_failure(study, e)
+    if disk is None:
+        with contextlib.suppress(Exception):
+            study.stop(State.FAILED, f"{type(e).__name__}: {e}")
+        return e
+    if not isinstance(disk, StoreError):
+        with contextlib.suppress(AutomcError):  # the store may sit on the full disk too
+            study.stop(State.INTERRUPTED, f"interrupted: {disk}")
+    import errno
+
+    fix = "free space" if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "fix it"
+    return type(disk)(disk.path, free=disk.free, problem=disk.problem, errno=disk.errno, mount=disk.mount,
+                      then=f"{fix} and resume with: {resume_command(study.id, study.store)}")
+
+
+def _disk_failure(study: Study, e: BaseException) -> Any:
+    """The ``DiskError`` that stopped the run: raised by a write of the tool's own files (store, model cache), or a
+    disk failure of its outputs (report, models under ``--out``) that reached the loop as it was; else None."""
+    from automc._disk import disk_error
+    from automc.errors import DiskError
+
+    if isinstance(e, DiskError):
+        return e
+    if isinstance(e, OSError | RuntimeError):
+        return disk_error(e, getattr(e, "filename", None) or study.cfg.out)
+    return None

@@ -1,0 +1,178 @@
+"""The end of a search: the final fine-tune of the front's best schemes, the export of the reported model, the run
+marked COMPLETE and the report written.
+
+The exported model is the one the report names: its saved final model, else rebuilt with the recipe and seeds of
+its evaluation and checked against the validation accuracy recorded for it. Models are written into a temporary
+folder, checked to load, then renamed into place; the run becomes COMPLETE only after the export, so a kill during
+it leaves the run to ``--resume``, which exports again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automc._interrupt import check as check_interrupt
+from automc.catalog import scheme_key, scheme_text
+from automc.kb.states import State
+
+if TYPE_CHECKING:
+    from automc.search.study import SearchResult, Study
+
+
+def fine_tune(study: Study) -> None:
+    """Fine-tune the top-k front schemes again from the base model at full fidelity (skipped by final_epochs 0)."""
+    from automc.search.pareto import front
+
+    cfg = study.cfg
+    if not cfg.final_epochs or not cfg.top_k:
+        return
+    with study.opened() as s:
+        done = {r["scheme"] for r in s.run_evaluations(study.id)
+                if r["fidelity"] == "final" and r["state"] == State.COMPLETE}
+    best = sorted(front(study.history.complete(), cfg.target_pr), key=lambda o: (-(o.val_accuracy or 0), o.scheme))
+    todo = [o for o in best[: int(cfg.top_k)] if scheme_text(o.scheme) not in done]
+    task = final_task(study) if todo else None
+    for o in todo:
+        text = scheme_text(o.scheme)
+        study.emit("final", study.round, f"final fine-tune of {text}")
+        token = study.begin(o.scheme, fidelity="final", round_=study.round, task=task)
+        try:
+            result, model = study.evaluator.final(o.scheme, task)
+            check_interrupt()
+            if result.ok and cfg.out:  # saved before it is recorded: a recorded final model exists
+                _save_model(model, Path(cfg.out) / "final" / study.space.to_scheme(o.scheme).id, task, text,
+                            float(cfg.target_pr), token[0])
+        except BaseException as e:
+            study.cut_short([token], e)
+            raise
+        study.end(token, result, study.round)
+
+
+def final_task(study: Study) -> Any:
+    """The final fine-tune's task: all the training data and ``final_epochs``, the run's seed and device."""
+    from automc.compress.base import Task
+
+    cfg, task = study.cfg, study.evaluator.task
+    return Task(study.full_data, float(cfg.target_pr), dataclasses.replace(task.budget, epochs=float(cfg.final_epochs)),
+                task.device, int(cfg.seed))
+
+
+def finish(study: Study, reuse: Mapping[str, Any], message: str, learnt: Mapping[str, Any]) -> SearchResult:
+    """Export the reported best model, then mark the run COMPLETE with its front, write the report, drop the cache."""
+    from automc.search import report
+    from automc.search.config import run_dir
+    from automc.search.study import SearchResult
+
+    out = Path(study.cfg.out) if study.cfg.out else None
+    files: dict[str, str] = {}
+    with study.opened() as s:
+        info = report.build_report(s, study.id)
+    best = report.best_row(info) if out is not None else None
+    if best is not None:
+        why = _export(study, best, out / "model")
+        if why:
+            message = f"{message}; {why}" if message else why
+        else:
+            files["model"] = str(out / "model")
+    seconds = study.seconds
+    with study.opened() as s:
+        s.update_run(study.id, state=State.COMPLETE, front=info.front, seconds=seconds)
+        info = info._replace(run=s.load_run(study.id), seconds=seconds)  # the report as of COMPLETE
+    if out is not None:
+        files = {**{k: str(v) for k, v in report.write_report(info, out).items()}, **files}
+    shutil.rmtree(run_dir(study.cfg, study.id) / "cache", ignore_errors=True)
+    study.emit("done", max(study.history.rounds - 1, 0), message)
+    return SearchResult(study.id, State.COMPLETE, study.task.id, info.front, info.evaluations, info.failed,
+                        dict(reuse), seconds, info.train_seconds, study.store, out, files, message, dict(learnt),
+                        info.setup_seconds)
+
+
+def _export(study: Study, best: Mapping[str, Any], target: Path) -> str:
+    """Export the model the report names as best into ``target``; returns why nothing was exported, or "".
+
+    The model is the saved final model of that evaluation, else it is rebuilt with the recipe and seeds of its
+    evaluation (final fine-tune or search step) and must measure the validation accuracy recorded for it.
+    """
+    from automc.compress.train import evaluate
+
+    key, eval_id = scheme_key(best["scheme"]), str(best["evaluation_id"])
+    final_dir = Path(str(study.cfg.out)) / "final" / str(best["scheme_id"])
+    if best["fidelity"] == "final" and _saved_evaluation(final_dir) == eval_id:
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final_dir, tmp)
+        try:
+            _install(tmp, target)
+            return ""
+        except Exception:  # noqa: BLE001 - a damaged saved model: rebuild it below
+            shutil.rmtree(tmp, ignore_errors=True)
+    if best["fidelity"] == "final":
+        task = final_task(study)
+        result, model = study.evaluator.final(key, task)
+        measured = result.val_accuracy if result.ok else None
+    else:
+        task = study.evaluator.task
+        model = study.evaluator.model(key)
+        measured = evaluate(model, task.data, "val", device=task.device).top1
+    check_interrupt()
+    if measured is None or measured != best["val_accuracy"]:
+        got = "it failed" if measured is None else f"validation accuracy {measured:.4f}"
+        return (f"the reported best model ({best['fidelity']} evaluation {eval_id}, validation accuracy "
+                f"{best['val_accuracy']:.4f}) could not be rebuilt exactly ({got}; a non-deterministic device?); "
+                f"no model exported")
+    _save_model(model, target, task, str(best["scheme"]), float(study.cfg.target_pr), eval_id)
+    return ""
+
+
+def _save_model(model: Any, directory: Path, task: Any, text: str, target_pr: float, evaluation_id: str) -> None:
+    """Save a model into a temporary folder beside ``directory``, check that it loads, then rename it into place:
+    a kill leaves the previous folder or none, never a half-written one."""
+    from automc.compress.saving import save_compressed
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    data = task.data
+    save_compressed(model, tmp, data.example_input(2), mean=data.mean, std=data.std,
+                    extra={"scheme": text, "target_pr": target_pr, "evaluation_id": evaluation_id})
+    _install(tmp, directory)
+
+
+def _install(tmp: Path, directory: Path) -> None:
+    """Rename a checked saved-model folder into place (the old one, if any, goes only after the new one is in)."""
+    _loads(tmp)
+    for left in directory.parent.glob(f".{directory.name}.*-*"):  # an earlier export killed midway
+        if left != tmp:
+            shutil.rmtree(left, ignore_errors=True)
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _loads(directory: Path) -> None:
+    """Raise unless the saved model in ``directory`` loads both ways (standalone program and automc's state)."""
+    from automc.compress.saving import load_compressed, load_standalone
+
+    arch = json.loads((directory / "architecture.json").read_text())
+    load_standalone(directory / arch["standalone"])
+    if arch.get("onnx"):
+        import onnx
+
+        onnx.checker.check_model(str(directory / arch["onnx"]))
+    if arch.get("base") is not None:
+        load_compressed(directory)
+
+
+def _saved_evaluation(directory: Path) -> str | None:
+    """The evaluation id a saved model names (``_install`` checks that its copy loads), when there is one."""
+    try:
+        return str(json.loads((directory / "architecture.json").read_text())["extra"]["evaluation_id"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent or foreign: the model is rebuilt instead
+        return None
