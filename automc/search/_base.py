@@ -85,6 +85,32 @@ class History:
     def rounds(self) -> int:
         return max((o.round for o in self.observations), default=-1) + 1
 
+    @classmethod
+    def from_rows(cls, base: Observation, rows: Sequence[Mapping[str, Any]]) -> History:
+        """A run's history from its stored evaluations (``Store.run_evaluations``, in run order)."""
+        return cls(base, [observation(r) for r in search_rows(rows)])
+
+
+def search_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The evaluations that count as a run's steps: search fidelity, COMPLETE or FAILED (an INTERRUPTED one is
+    evaluated again)."""
+    from automc.kb.states import State
+
+    return [r for r in rows if r.get("fidelity") == "search" and r.get("state") in (State.COMPLETE, State.FAILED)]
+
+
+def observation(row: Mapping[str, Any]) -> Observation:
+    """A stored evaluation as a strategy sees it (validation accuracy only, never test accuracy)."""
+    from automc.catalog import scheme_key
+
+    def num(k: str) -> float | None:
+        return None if row.get(k) is None else float(row[k])
+
+    return Observation(scheme=scheme_key(row.get("scheme")), state=str(row["state"]),
+                       val_accuracy=num("val_accuracy"), pr=num("pr"), fr=num("fr"), params=num("params"),
+                       flops=num("flops"), round=int(row.get("round") or 0), evaluation_id=str(row["id"]),
+                       error=str(row.get("error") or ""))
+
 
 @dataclass(frozen=True)
 class StepRecord:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from automc._interrupt import check as check_interrupt
 from automc.catalog import scheme_text
 from automc.kb.states import State
-from automc.search._base import History, Observation, SchemeKey, round_rng
+from automc.search._base import Context, History, Observation, SchemeKey, round_rng
 from automc.search.evaluator import EvalResult
 
 if TYPE_CHECKING:
@@ -57,9 +57,7 @@ def _strategy(study: Study) -> tuple[Any, dict[str, Any]]:
     import time
 
     from automc.search import STRATEGIES
-    from automc.search.study import strategy_context
-
-    ctx, reuse = strategy_context(study)
+    ctx, reuse = _context(study)
     study.config_json["reuse"] = reuse
     # setup (data, training the base model, measuring it, an embedding refresh) is not search overhead
     study.config_json["setup_seconds"] = float(study.config_json.get("setup_seconds") or 0.0) + (
@@ -70,6 +68,28 @@ def _strategy(study: Study) -> tuple[Any, dict[str, Any]]:
     if study.strategy_state:
         strategy.load_state_dict(study.strategy_state)
     return strategy, reuse
+
+
+def _context(study: Study) -> tuple[Context, dict[str, Any]]:
+    """The strategy's context; with reuse, the prior steps of other tasks, transfer schemes and embeddings."""
+    from automc.search.reuse import ensure_embeddings, load_prior, task_vector
+
+    cfg = study.cfg
+    info: dict[str, Any] = {"evaluations": 0, "tasks": 0}
+    prior: tuple = ()
+    transfer: tuple = ()
+    with study.opened() as s:
+        # without reuse, the stored embeddings as they are: no refresh, nothing learnt from other tasks
+        embeddings, embed_info = ensure_embeddings(s, refresh=bool(cfg.reuse))
+        if cfg.reuse:
+            p = load_prior(s, study.task.id, task=study.task)
+            prior, transfer = tuple(p.records), tuple(p.transfer)
+            info = {"evaluations": int(p.evaluations), "tasks": int(p.tasks), "transfer": len(p.transfer),
+                    "embeddings": embed_info}
+    ctx = Context(space=study.space, target_pr=float(cfg.target_pr), seed=int(cfg.seed), task=study.task,
+                  task_vector=task_vector(study.task, float(cfg.target_pr)), embeddings=embeddings, prior=prior,
+                  transfer=transfer, per_round=int(cfg.per_round), options=dict(cfg.strategy_options or {}))
+    return ctx, info
 
 
 def _executor(study: Study) -> Executor:

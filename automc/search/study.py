@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import automc.search.storage  # noqa  TEMP SHIM
 from automc.errors import AutomcError, ValidationError
 from automc.kb.states import State
 from automc.search import config as conf
-from automc.search._base import Context, History, Observation, SchemeKey
+from automc.search._base import History, Observation, SchemeKey, search_rows
 from automc.search.config import SearchConfig
-import automc.search.storage  # noqa  TEMP SHIM
 
 if TYPE_CHECKING:
     from automc.kb import Store, TaskFeatures
@@ -351,7 +351,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
         rows = s.run_evaluations(run_id) if stored is not None else []
     base_obs = Observation((), State.COMPLETE, val_accuracy=base.get("val_accuracy"), pr=0.0, fr=0.0,
                            params=base.get("params"), flops=base.get("flops"), round=-1)
-    history = History(base_obs, [observation(r) for r in search_rows(rows)])
+    history = History.from_rows(base_obs, rows)
     study = Study(run_id, cfg, store_uri, features, evaluator, space, history, config_json, t0,
                   stored.seconds if stored else 0.0, progress, full,
                   deadline=None if cfg.time_limit is None else t0 + float(cfg.time_limit))
@@ -360,46 +360,3 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
         study.round = max(stored.round + 1, history.rounds - 1 if history.rounds else 0)
         study.strategy_state = dict(stored.strategy_state or {})
     return study
-
-
-def strategy_context(study: Study) -> tuple[Context, dict[str, Any]]:
-    """The strategy's context; with reuse, the prior steps of other tasks, transfer schemes and embeddings."""
-    from automc.search.reuse import ensure_embeddings, load_prior, task_vector
-
-    cfg = study.cfg
-    info: dict[str, Any] = {"evaluations": 0, "tasks": 0}
-    prior: tuple = ()
-    transfer: tuple = ()
-    with study.opened() as s:
-        # without reuse, the stored embeddings as they are: no refresh, nothing learnt from other tasks
-        embeddings, embed_info = ensure_embeddings(s, refresh=bool(cfg.reuse))
-        if cfg.reuse:
-            p = load_prior(s, study.task.id, task=study.task)
-            prior, transfer = tuple(p.records), tuple(p.transfer)
-            info = {"evaluations": int(p.evaluations), "tasks": int(p.tasks), "transfer": len(p.transfer),
-                    "embeddings": embed_info}
-    ctx = Context(space=study.space, target_pr=float(cfg.target_pr), seed=int(cfg.seed), task=study.task,
-                  task_vector=task_vector(study.task, float(cfg.target_pr)), embeddings=embeddings, prior=prior,
-                  transfer=transfer, per_round=int(cfg.per_round), options=dict(cfg.strategy_options or {}))
-    return ctx, info
-
-
-# -- the run's history in the store -------------------------------------------------------------------------------
-
-def search_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The evaluations that count as the run's steps: search fidelity, COMPLETE or FAILED (an INTERRUPTED one is
-    evaluated again)."""
-    return [r for r in rows if r.get("fidelity") == "search" and r.get("state") in (State.COMPLETE, State.FAILED)]
-
-
-def observation(row: Mapping[str, Any]) -> Observation:
-    """A stored evaluation as a strategy sees it (validation accuracy only, never test accuracy)."""
-    from automc.catalog import scheme_key
-
-    def num(k: str) -> float | None:
-        return None if row.get(k) is None else float(row[k])
-
-    return Observation(scheme=scheme_key(row.get("scheme")), state=str(row["state"]),
-                       val_accuracy=num("val_accuracy"), pr=num("pr"), fr=num("fr"), params=num("params"),
-                       flops=num("flops"), round=int(row.get("round") or 0), evaluation_id=str(row["id"]),
-                       error=str(row.get("error") or ""))
