@@ -20,7 +20,7 @@ from automc._interrupt import check as check_interrupt
 from automc.catalog import scheme_text
 from automc.kb.states import State
 from automc.search._base import Context, History, Observation, SchemeKey, round_rng
-from automc.search.evaluator import EvalResult
+from automc.search.step import EvalResult
 
 if TYPE_CHECKING:
     from automc.search.executors import Executor

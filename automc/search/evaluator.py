@@ -1,5 +1,5 @@
-"""A search step as a job: the driver ``prepare``s it from its parent's model, an executor runs ``execute`` wherever
-it runs, and the driver ``absorb``s the outcome into the run's model cache.
+"""A search step on the driver's side: ``prepare`` makes its job from its parent's model, an executor runs it
+(``search.step.execute``) wherever it runs, and ``absorb`` takes the outcome into the run's model cache.
 
 A scheme's model is its parent's model with one more strategy applied (``compress.scheme.apply_step``), measured by
 ``compress.scheme.measure``. The parent comes from the model cache (``search.cache``) or is replayed from its
@@ -12,198 +12,36 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import hashlib
-import json
-import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automc.catalog import Strategy, scheme_id
-from automc.compress.metrics import Measurement, evaluation_record
+from automc.catalog import scheme_id
+from automc.compress.metrics import Measurement
 from automc.errors import DiskError, ValidationError, reason
 from automc.kb.states import State
-from automc.search._base import Observation, SchemeKey
+from automc.search._base import SchemeKey
 from automc.search.cache import ModelCache
+from automc.search.step import (
+    EvalResult,
+    StepJob,
+    StepOutcome,
+    WorkerContext,
+    completed,
+    cpu_state,
+    execute,
+    rebuild_model,
+    step_seed,
+)
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from automc.compress.base import Method, Task
     from automc.search.space import SearchSpace
 
 PREFIX_FAILED = "its prefix cannot be built: "
-
-
-def step_seed(run_seed: int, scheme: Sequence[str]) -> int:
-    """The seed of the step that produces ``scheme``'s model: from the run's seed and the scheme's content hash."""
-    digest = hashlib.sha256(f"{int(run_seed)}:{scheme_id(scheme)}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """One evaluated scheme: ``measured`` holds its Evaluation properties (``compress.metrics.evaluation_record``:
-    validation and test accuracy with Wilson 95% intervals, size, ratios to the base model and to its parent)."""
-
-    scheme: SchemeKey
-    state: str  # State.COMPLETE | State.FAILED
-    error: str = ""
-    measured: Mapping[str, float | None] = field(default_factory=dict)
-    seconds: float = 0.0  # the whole step, measuring included
-    train_seconds: float = 0.0  # inside the method's compress call
-    device: str = "cpu"
-    fidelity: str = "search"  # "search" | "final"
-    epochs: float | None = None
-    data_fraction: float | None = None
-    seed: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.state == State.COMPLETE
-
-    # what was measured, by the names the search uses (None when not measured: a FAILED step)
-    val_accuracy = property(lambda self: self.measured.get("val_accuracy"))
-    val_low = property(lambda self: self.measured.get("val_accuracy_low"))
-    val_high = property(lambda self: self.measured.get("val_accuracy_high"))
-    test_accuracy = property(lambda self: self.measured.get("accuracy"))
-    test_low = property(lambda self: self.measured.get("accuracy_low"))
-    test_high = property(lambda self: self.measured.get("accuracy_high"))
-    pr = property(lambda self: self.measured.get("pr"))
-    fr = property(lambda self: self.measured.get("fr"))
-    ar = property(lambda self: self.measured.get("ar"))
-    step_ar = property(lambda self: self.measured.get("step_ar"))
-    step_pr = property(lambda self: self.measured.get("step_pr"))
-    params = property(lambda self: _int(self.measured.get("params")))
-    flops = property(lambda self: _int(self.measured.get("flops")))
-
-    def observation(self, round: int, evaluation_id: str) -> Observation:  # noqa: A002 - the contract's name
-        """What a search strategy may see of this result (no test accuracy)."""
-        m = self.measured
-        return Observation(self.scheme, str(self.state), m.get("val_accuracy"), m.get("pr"), m.get("fr"),
-                           m.get("params"), m.get("flops"), round, evaluation_id, self.error)
-
-    def record(self) -> dict[str, Any]:
-        """The result under the knowledge base's Evaluation property names (``automc.kb.schema``)."""
-        return {**self.measured, "state": str(self.state), "error": self.error, "seconds": self.seconds,
-                "train_seconds": self.train_seconds, "device": self.device, "fidelity": self.fidelity,
-                "epochs": self.epochs, "data_fraction": self.data_fraction, "seed": self.seed,
-                "steps": json.dumps(list(self.scheme))}
-
-
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-# -- the worker's side: plain data in, plain data out -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class StepJob:
-    """One step to run, as plain data: the parent model (CPU state dict + ``saving.describe`` architecture) and its
-    measurement, the strategy to apply and the step's seed."""
-
-    scheme: SchemeKey  # the child's scheme; its last id is ``strategy.id``
-    strategy: Strategy
-    parent_state: dict[str, torch.Tensor]
-    parent_arch: dict[str, Any]
-    parent: Measurement  # the parent's parameters and validation accuracy (step_ar, step_pr)
-    seed: int
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """What ``execute`` sends back: the result (COMPLETE or FAILED with its reason) and, when COMPLETE, the child."""
-
-    result: EvalResult
-    child_state: dict[str, torch.Tensor] | None = None
-    child_arch: dict[str, Any] | None = None
-    measured: Measurement | None = None
-    worker: str = ""  # host:pid of the process that ran it
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    """What every step of a run shares, sent to each worker once: the task (data on the CPU for another process;
-    ``device`` is where steps run), the base model as the template parents are rebuilt into, its measurement."""
-
-    task: Task
-    base_model: nn.Module
-    base: Measurement
-    run_seed: int
-    data_fraction: float = 1.0
-    device: str = "cpu"
-    methods: Mapping[str, type[Method]] | None = None
-
-    def on_device(self) -> WorkerContext:
-        """This context with the task's data on ``device`` (the first CUDA device this process sees)."""
-        import torch
-
-        dev = torch.device(self.device)
-        if self.task.device == dev and self.task.data.device == dev:
-            return self
-        return dataclasses.replace(self, task=dataclasses.replace(self.task, data=self.task.data.to(dev), device=dev))
-
-    def failed(self, scheme: SchemeKey, error: str, seconds: float = 0.0, train_seconds: float = 0.0) -> StepOutcome:
-        """A FAILED outcome of ``scheme`` (the step raised, or its worker was lost)."""
-        device = str(self.task.device) if str(self.task.device).split(":")[0] == self.device else self.device
-        return StepOutcome(EvalResult(scheme, State.FAILED, error, seconds=seconds, train_seconds=train_seconds,
-                                      device=device, epochs=float(self.task.budget.epochs),
-                                      data_fraction=self.data_fraction, seed=step_seed(self.run_seed, scheme)),
-                           worker=worker_name())
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of ``model``'s state dict."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def rebuild_model(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], template: nn.Module) -> nn.Module:
-    """The model described by ``arch`` with ``state`` loaded, built on a copy of ``template`` (the base model)."""
-    from automc.compress.saving import rebuild
-
-    model = rebuild(dict(arch), copy.deepcopy(template))
-    model.load_state_dict(dict(state), strict=True)
-    return model.eval()
-
-
-def execute(job: StepJob, ctx: WorkerContext) -> StepOutcome:
-    """Rebuild the parent, apply the job's strategy, measure the child: what every executor runs for a step.
-
-    Never raises for a bad candidate: any exception of the step is a FAILED outcome with the reason.
-    """
-    from automc.compress.saving import describe
-    from automc.compress.scheme import apply_step, measure
-
-    t0 = time.perf_counter()
-    train_s = 0.0
-    try:
-        parent = rebuild_model(job.parent_arch, job.parent_state, ctx.base_model)
-        t = time.perf_counter()
-        child, _ = apply_step(parent, job.strategy, ctx.task, params_original=ctx.base.params, seed=job.seed,
-                              methods=ctx.methods)
-        train_s = time.perf_counter() - t
-        m = measure(child, ctx.task)
-    except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
-        return ctx.failed(job.scheme, reason(e), time.perf_counter() - t0, train_s)
-    result = _complete(job.scheme, m, job.parent, ctx.base, ctx.task, run_seed=ctx.run_seed,
-                       seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="search",
-                       data_fraction=ctx.data_fraction)
-    return StepOutcome(result, cpu_state(child), describe(child), m, worker_name())
-
-
-def _complete(scheme: SchemeKey, m: Measurement, parent: Measurement | None, base: Measurement, task: Task, *,
-              run_seed: int, seconds: float, train_seconds: float, fidelity: str, data_fraction: float) -> EvalResult:
-    return EvalResult(scheme, State.COMPLETE, "", evaluation_record(m, base, parent or m), seconds, train_seconds,
-                      str(task.device), fidelity, float(task.budget.epochs), data_fraction,
-                      step_seed(run_seed, scheme) if scheme else int(run_seed))
 
 
 # -- the driver's side ------------------------------------------------------------------------------------------
@@ -246,7 +84,7 @@ class Evaluator:
         if self._base is None:
             t = time.perf_counter()
             m = self.base_measurement()
-            self._base = _complete((), m, None, m, self.task, run_seed=self.seed, seconds=time.perf_counter() - t,
+            self._base = completed((), m, None, m, self.task, run_seed=self.seed, seconds=time.perf_counter() - t,
                                    train_seconds=0.0, fidelity="search", data_fraction=self.data_fraction)
         return self._base
 
@@ -376,7 +214,7 @@ class Evaluator:
             except Exception as e:  # noqa: BLE001 - as in execute
                 return (self._failed(key, reason(e), time.perf_counter() - t0, task=task, fidelity="final",
                                      data_fraction=data_fraction), self._fresh())
-        result = _complete(key, measure(model, task), parent_m, base_m, task, run_seed=self.seed,
+        result = completed(key, measure(model, task), parent_m, base_m, task, run_seed=self.seed,
                            seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="final",
                            data_fraction=data_fraction)
         return result, model

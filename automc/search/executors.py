@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from automc.errors import reason
-from automc.search.evaluator import StepJob, StepOutcome, WorkerContext, execute, worker_name
+from automc.search.step import StepJob, StepOutcome, WorkerContext, execute, worker_name
 
 if TYPE_CHECKING:
     from automc.search.evaluator import Evaluator

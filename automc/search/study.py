@@ -27,7 +27,8 @@ from automc.search.config import SearchConfig
 
 if TYPE_CHECKING:
     from automc.kb import Store, TaskFeatures
-    from automc.search.evaluator import EvalResult, Evaluator
+    from automc.search.evaluator import Evaluator
+    from automc.search.step import EvalResult
     from automc.search.space import SearchSpace
 
 
@@ -162,7 +163,7 @@ class Study:
         """Write the RUNNING evaluation of ``scheme`` (its parent is in the history) at the next run-order index,
         with the run's heartbeat; returns the token ``end`` and ``cut_short`` take."""
         from automc.catalog import Scheme
-        from automc.search.evaluator import step_seed
+        from automc.search.step import step_seed
 
         cfg, task = self.cfg, task or self.evaluator.task
         full = self.space.to_scheme(scheme)
