@@ -28,8 +28,8 @@ from automc.search.config import SearchConfig
 if TYPE_CHECKING:
     from automc.kb import Store, TaskFeatures
     from automc.search.evaluator import Evaluator
-    from automc.search.step import EvalResult
     from automc.search.space import SearchSpace
+    from automc.search.step import EvalResult
 
 
 @dataclass(frozen=True)
