@@ -358,6 +358,6 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
                   deadline=None if cfg.time_limit is None else t0 + float(cfg.time_limit))
     study.next_step = 1 + max((int(r["step"]) for r in rows if r.get("step") is not None), default=len(rows) - 1)
     if stored is not None:
-        study.round = max(stored.round + 1, history.rounds - 1 if history.rounds else 0)
+        study.round = stored.round + 1  # the round after the last whose strategy state was stored
         study.strategy_state = dict(stored.strategy_state or {})
     return study
