@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from automc.kb.states import State
+
 if TYPE_CHECKING:
     from automc.kb.records import TaskFeatures
     from automc.search.space import SearchSpace
@@ -31,7 +33,7 @@ class Observation:
     """One evaluated scheme as a strategy sees it (no test accuracy, by construction)."""
 
     scheme: SchemeKey
-    state: str  # "COMPLETE" | "FAIL"
+    state: str  # State.COMPLETE | State.FAILED
     val_accuracy: float | None = None  # on the selection split
     pr: float | None = None  # parameter reduction against the base model
     fr: float | None = None  # FLOPs reduction against the base model
@@ -47,7 +49,7 @@ class Observation:
 
     @property
     def ok(self) -> bool:
-        return self.state == "COMPLETE"
+        return self.state == State.COMPLETE
 
 
 @dataclass

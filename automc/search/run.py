@@ -432,10 +432,11 @@ def search(config: SearchConfig, *, progress: Callable[[SearchEvent], None] | No
 
 
 def _search(config: SearchConfig, progress: Callable[[SearchEvent], None] | None, t0: float) -> SearchResult:
-    from automc.kb import default_store_uri
+    from automc.kb import default_store_uri, sweep_stale
     from automc.search import storage
 
     store_uri = config.store or default_store_uri()
+    sweep_stale(store_uri)  # the search's one stale sweep: opening the store writes nothing
     stored, done = None, 0
     if config.resume:
         from automc.kb import open_store
