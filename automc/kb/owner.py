@@ -22,18 +22,17 @@ def owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now()}
 
 
-def stale_reason(row: Mapping[str, Any], max_age_s: float = STALE_AFTER_S, *, host: str | None = None,
-                 t: _dt.datetime | None = None) -> str | None:
-    """Why a RUNNING record's owner is gone, or None while it may still be working."""
-    host = socket.gethostname() if host is None else host
-    t = _dt.datetime.now(_dt.UTC) if t is None else t
+def stale_reason(row: Mapping[str, Any], max_age_s: float = STALE_AFTER_S) -> str | None:
+    """Why a RUNNING record's owner is gone, or None while it may still be working: its process no longer exists
+    (same host), or no heartbeat (else start) for ``max_age_s`` seconds (another host, or no owner recorded)."""
+    host = socket.gethostname()
     pid = row.get("pid")
     if row.get("host") == host and isinstance(pid, int) and pid > 0:
         return None if pid_alive(pid) else f"process {pid} on {host} is gone"
     last = parse_time(row.get("heartbeat")) or parse_time(row.get("started"))
     if last is None:
         return "no owner or heartbeat recorded"
-    age = (t - last).total_seconds()
+    age = (_dt.datetime.now(_dt.UTC) - last).total_seconds()
     if age <= max_age_s:
         return None
     return f"no heartbeat from {row.get('host') or 'an unknown host'} for {age:.0f} s (limit {max_age_s:.0f} s)"
