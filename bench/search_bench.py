@@ -115,10 +115,9 @@ def _pool_named(jobs: list[dict[str, Any]], workers: int, res: dict[str, Any], k
 def run_points(store_uri: str, run_id: str) -> list[dict[str, Any]]:
     """Every evaluation of a run in order: fidelity, state, validation and test accuracy, PR, seconds."""
     from automc.kb import open_store
-    from automc.search import storage
 
     with open_store(store_uri) as s:
-        rows = storage.run_evaluations(s, run_id)
+        rows = s.run_evaluations(run_id)
     keys = ("scheme", "state", "fidelity", "val_accuracy", "accuracy", "pr", "fr", "seconds", "train_seconds",
             "round")
     return [{k: r.get(k) for k in keys} for r in rows]

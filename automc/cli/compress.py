@@ -19,7 +19,7 @@ from rich.table import Table
 
 from automc.catalog import Scheme, load_catalog
 from automc.cli._util import console, err_console, handle_errors, print_json
-from automc.errors import ValidationError
+from automc.errors import DiskError, ValidationError
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +91,8 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
     part / half of the test part (``val_from="test"``) or a share of the training part (``val_from="train"``),
     and test accuracy on the rest. Everything is checked before training: options, ``out``, the scheme, the
     data against the model and the weights. With ``store``, the evaluation is recorded RUNNING before training
-    and COMPLETE (or FAIL) after, so a killed run leaves a trace. Raises ``ValidationError`` / ``NotFoundError``
-    for bad input and ``CompressionError`` when a method fails.
+    and COMPLETE, FAILED or (Ctrl-C, a disk error) INTERRUPTED after, so a killed run leaves a trace. Raises
+    ``ValidationError`` / ``NotFoundError`` for bad input and ``CompressionError`` when a method fails.
     """
     check_options(target_pr=target_pr, epochs=epochs, data_fraction=data_fraction, seed=seed,
                   batch_size=batch_size, lr=lr, val_from=val_from)
@@ -133,8 +133,9 @@ def compress(model: str, data: Path, scheme: str, out: Path, *, weights: Path | 
                                 extra={"scheme": parsed.text, "target_pr": target_pr})
         (Path(out) / "result.json").write_text(json.dumps({**result.to_dict(), "data": splits}, indent=1))
     except BaseException as e:
-        if eval_id is not None:
-            _end_evaluation(store, eval_id, error=f"{type(e).__name__}: {e}")
+        if eval_id is not None:  # cut short by the user or the disk, not the method's doing
+            _end_evaluation(store, eval_id, error=f"{type(e).__name__}: {e}",
+                            cut_short=isinstance(e, KeyboardInterrupt | DiskError))
         raise
     if eval_id is not None:
         _end_evaluation(store, eval_id, record=result.evaluation_record())
@@ -145,16 +146,18 @@ def _start_evaluation(store_uri: str, features: TaskFeatures, scheme: Scheme, ta
     """Record a RUNNING evaluation of ``scheme`` on the task; returns its id."""
     from automc.kb import open_store
 
-    with open_store(store_uri, create=True) as s:  # a writable open also marks stale RUNNING records
+    with open_store(store_uri, create=True) as s:
         return s.start_evaluation(features, scheme, target_pr=target_pr, device=device)
 
 
 def _end_evaluation(store_uri: str, eval_id: str, *, record: dict[str, Any] | None = None,
-                    error: str | None = None) -> None:
+                    error: str | None = None, cut_short: bool = False) -> None:
     from automc.kb import open_store
 
     with open_store(store_uri, create=False) as s:
-        if error is not None:
+        if error is not None and cut_short:
+            s.interrupt_evaluation(eval_id, error)
+        elif error is not None:
             s.fail_evaluation(eval_id, error)
         else:
             s.finish_evaluation(eval_id, record or {})

@@ -163,10 +163,10 @@ def stale_cmd(store: str = store_option(),
               max_age: str = typer.Option("1h", "--max-age", help="heartbeat age after which a RUNNING record of "
                                                                    "another host is stale (90s, 30m, 1h, 2d)"),
               json_out: bool = typer.Option(False, "--json")) -> None:
-    """Mark RUNNING evaluations (FAIL) and search runs (INTERRUPTED) whose process is gone as stale."""
+    """Mark RUNNING evaluations and search runs whose process is gone INTERRUPTED (stale)."""
     limit = _duration(max_age)
-    with _opened(open_store(store, create=False, stale_after_s=limit)) as s:
-        ids = list(s.marked_stale)
+    with _opened(open_store(store, create=False)) as s:
+        ids = s.fail_stale(limit)
     if json_out:
         print_json({"stale": ids})
         return

@@ -196,10 +196,9 @@ def runs_cmd(store: str | None = store_option(),
              json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List search runs, newest first."""
     from automc.kb import open_store
-    from automc.search.storage import list_runs
 
     with open_store(store, read_only=True) as s:
-        rows = list_runs(s, limit)
+        rows = s.list_runs(limit)
     if json_out:
         print_json(rows)
         return

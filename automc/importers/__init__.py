@@ -51,7 +51,10 @@ def import_file(store: Store, path: str | Path, *, catalog: Catalog | None = Non
     if errors:
         raise ValidationErrors(errors)
     before = store.stats()
-    store.write(batch)
+    with store.transaction():
+        store.write(batch)
+        if fmt == "backup":  # an export of an older store: its records upgraded as the store's own would be
+            store.upgrade_records()
     return ImportReport(str(path), fmt, n, _added(before, store.stats()))
 
 

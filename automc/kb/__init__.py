@@ -8,13 +8,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from automc.errors import AutomcError, SchemaVersionError, ValidationError
-from automc.kb.records import GraphBatch, TaskFeatures
+from automc.errors import AutomcError, NotFoundError, SchemaVersionError, ValidationError
+from automc.kb.owner import STALE_AFTER_S
+from automc.kb.records import GraphBatch, RunRecord, TaskFeatures
 from automc.kb.schema import SCHEMA_VERSION
-from automc.kb.store import STALE_AFTER_S, Store, _NeedsUpgrade
+from automc.kb.states import State
+from automc.kb.store import Store, _NeedsUpgrade
 
-__all__ = ["GraphBatch", "SCHEMA_VERSION", "Store", "TaskFeatures", "default_store_uri", "heartbeat_callback",
-           "open_store"]
+__all__ = ["GraphBatch", "RunRecord", "SCHEMA_VERSION", "State", "Store", "TaskFeatures", "default_store_uri",
+           "heartbeat_callback", "open_store", "sweep_stale"]
 
 
 def default_store_uri() -> str:
@@ -26,14 +28,13 @@ def default_store_uri() -> str:
 
 
 def open_store(uri: str | Store | None = None, *, create: bool = True, read_only: bool = False,
-               repair: bool = False, lock_timeout: float | None = None,
-               stale_after_s: float | None = STALE_AFTER_S) -> Store:
+               repair: bool = False, lock_timeout: float | None = None) -> Store:
     """Open ``ladybug://PATH`` (or a bare path), ``neo4j://HOST:PORT`` / ``bolt://...``, or pass a Store through.
 
     ``create=False`` (and ``read_only``) refuse a store that does not exist yet with ``NotFoundError``
     ("no knowledge base at PATH"); ``read_only`` lets the engine refuse every write; ``repair`` recreates missing
-    schema tables, columns and the version node (``automc kb init``). A writable open first marks stale RUNNING
-    records (``Store.fail_stale(stale_after_s)``, ids in ``store.marked_stale``; None skips it).
+    schema tables, columns and the version node (``automc kb init``). Opening writes nothing, except the in-place
+    upgrade of a store an older automc wrote (stale records are marked by ``sweep_stale`` / ``Store.fail_stale``).
     """
     if isinstance(uri, Store):
         return uri
@@ -69,13 +70,18 @@ def open_store(uri: str | Store | None = None, *, create: bool = True, read_only
     else:
         raise ValidationError(f"unknown store scheme {scheme!r}; use ladybug://PATH or neo4j://HOST:PORT",
                               field="store")
-    if not read_only and stale_after_s is not None:
-        try:
-            store.marked_stale = tuple(store.fail_stale(stale_after_s))
-        except BaseException:
-            store.close()
-            raise
     return store
+
+
+def sweep_stale(uri: str | None = None, max_age_s: float = STALE_AFTER_S) -> list[str]:
+    """Mark the RUNNING records whose owner is gone INTERRUPTED (``Store.fail_stale``); their ids. A store that does
+    not exist yet has none (and is not created). A search calls this once at its start."""
+    try:
+        store = open_store(uri, create=False)
+    except NotFoundError:
+        return []
+    with store:
+        return store.fail_stale(max_age_s)
 
 
 def heartbeat_callback(uri: str, eval_id: str, progress: Callable[[str], None] | None = None, *,
@@ -92,7 +98,7 @@ def heartbeat_callback(uri: str, eval_id: str, progress: Callable[[str], None] |
         if time.monotonic() - last[0] < every_s:
             return
         last[0] = time.monotonic()
-        with contextlib.suppress(AutomcError), open_store(uri, create=False, lock_timeout=1.0, stale_after_s=None) as s:
+        with contextlib.suppress(AutomcError), open_store(uri, create=False, lock_timeout=1.0) as s:
             s.heartbeat(eval_id)
 
     return beat

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from automc.errors import NotFoundError, ValidationError
+from automc.kb.states import State
 
 _REQUIRED = object()
 
@@ -99,9 +100,9 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "e.accuracy AS accuracy, e.accuracy_low AS accuracy_low, e.accuracy_high AS accuracy_high, "
           "e.val_accuracy AS val_accuracy, e.ar AS ar, e.pr AS pr, e.fr AS fr, e.seconds AS seconds, "
           "e.device AS device, e.created AS created ORDER BY created, id",
-          (Param("task", str, ""), Param("run", str, ""), Param("state", str, "COMPLETE"))),
+          (Param("task", str, ""), Param("run", str, ""), Param("state", str, State.COMPLETE.value))),
     Query("best-evaluations", "the most accurate complete evaluations on a task reaching a parameter reduction",
-          "MATCH (e:Evaluation {state: 'COMPLETE'})-[:EVAL_ON_TASK]->(t:Task {id: $task}) "
+          f"MATCH (e:Evaluation {{state: '{State.COMPLETE}'}})-[:EVAL_ON_TASK]->(t:Task {{id: $task}}) "
           "MATCH (e)-[:EVAL_OF_SCHEME]->(s:Scheme) WHERE e.pr >= $min_pr "
           "RETURN s.text AS scheme, e.pr AS pr, e.fr AS fr, e.accuracy AS accuracy, e.ar AS ar "
           "ORDER BY accuracy DESC LIMIT $limit",
@@ -112,18 +113,19 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     Query("embedding-runs", "embedding trainings written to the store",
           "MATCH (r:EmbeddingRun) RETURN r.id AS id, r.created AS created, r.kb_version AS kb_version, "
           "r.config AS config, r.metrics AS metrics ORDER BY created"),
-    # -- search runs (automc.search.storage, ``automc runs`` / ``automc report``) -------------------------------
+    # -- search runs (automc.kb.runs, ``automc runs`` / ``automc report``) -------------------------------
     Query("search-runs", "search runs, newest first, with their evaluated steps (a step cut short by an "
           "interruption is not one) and best validation accuracy at PR >= gamma",
           "MATCH (r:SearchRun) OPTIONAL MATCH (e:Evaluation)-[:EVAL_IN_RUN]->(r) "
-          "WITH r, count(CASE WHEN e.fidelity = 'search' AND (e.state = 'COMPLETE' OR (e.state = 'FAIL' AND NOT "
-          "(e.error STARTS WITH 'interrupted' OR e.error STARTS WITH 'stale'))) THEN 1 END) AS n, "
-          "max(CASE WHEN e.fidelity = 'search' AND e.state = 'COMPLETE' AND e.pr >= r.target_pr "
+          f"WITH r, count(CASE WHEN e.fidelity = 'search' AND (e.state = '{State.COMPLETE}' "
+          f"OR e.state = '{State.FAILED}') THEN 1 END) AS n, "
+          f"max(CASE WHEN e.fidelity = 'search' AND e.state = '{State.COMPLETE}' AND e.pr >= r.target_pr "
           "THEN e.val_accuracy END) AS best "
           "RETURN r.id AS id, r.algorithm AS strategy, r.task AS task, r.state AS state, n AS evaluations, "
           "r.budget AS budget, best, r.target_pr AS target_pr, r.started AS started, r.finished AS finished "
           "ORDER BY started DESC, id LIMIT $limit", (Param("limit", int, 100),)),
-    Query("run-evaluations", "every evaluation of one search run (all fidelities and states), oldest first",
+    Query("run-evaluations", "every evaluation of one search run (all fidelities and states), in the run's step "
+          "order (records without a step after the others, by round and start)",
           "MATCH (e:Evaluation)-[:EVAL_IN_RUN]->(r:SearchRun {id: $run}) MATCH (e)-[:EVAL_OF_SCHEME]->(s:Scheme) "
           "RETURN e.id AS id, e.state AS state, s.text AS scheme, s.id AS scheme_id, s.length AS length, "
           "e.fidelity AS fidelity, e.round AS round, e.parent AS parent, e.params AS params, e.flops AS flops, "
@@ -132,11 +134,11 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "e.accuracy AS accuracy, e.accuracy_low AS accuracy_low, e.accuracy_high AS accuracy_high, "
           "e.step_ar AS step_ar, e.step_pr AS step_pr, e.epochs AS epochs, e.data_fraction AS data_fraction, "
           "e.seed AS seed, e.val_source AS val_source, e.seconds AS seconds, e.train_seconds AS train_seconds, "
-          "e.device AS device, e.error AS error, e.created AS created, e.finished AS finished "
-          "ORDER BY round, created, length, scheme, id", (Param("run"),)),
+          "e.device AS device, e.error AS error, e.created AS created, e.finished AS finished, e.step AS step "
+          "ORDER BY step, round, created, length, scheme, id", (Param("run"),)),
     Query("best-schemes", "the most accurate complete schemes reaching a parameter reduction on one model's tasks, "
           "e.g. model=resnet56 min_pr=0.4",
-          "MATCH (e:Evaluation {state: 'COMPLETE'})-[:EVAL_ON_TASK]->(t:Task {model: $model}) "
+          f"MATCH (e:Evaluation {{state: '{State.COMPLETE}'}})-[:EVAL_ON_TASK]->(t:Task {{model: $model}}) "
           "MATCH (e)-[:EVAL_OF_SCHEME]->(s:Scheme) WHERE e.pr >= $min_pr AND s.length > 0 "
           "RETURN s.text AS scheme, t.id AS task, e.fidelity AS fidelity, e.pr AS pr, e.fr AS fr, "
           "e.val_accuracy AS val_accuracy, e.accuracy AS accuracy, e.search_run AS search_run, e.id AS evaluation "
@@ -145,7 +147,8 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
     # -- search reuse (automc.search.reuse) ------------------------------------------------------------------
     Query("search-steps", "complete search evaluations with their scheme, step effect and task features, "
           "for learning across tasks (F_mo); tasks other than $exclude",
-          "MATCH (e:Evaluation {state: 'COMPLETE'})-[:EVAL_OF_SCHEME]->(s:Scheme) MATCH (e)-[:EVAL_ON_TASK]->(t:Task) "
+          f"MATCH (e:Evaluation {{state: '{State.COMPLETE}'}})-[:EVAL_OF_SCHEME]->(s:Scheme) "
+          "MATCH (e)-[:EVAL_ON_TASK]->(t:Task) "
           "WHERE t.id <> $exclude AND ($fidelity = '' OR e.fidelity = $fidelity) "
           "RETURN e.id AS id, s.text AS scheme, s.length AS length, t.id AS task, e.search_run AS search_run, "
           "e.fidelity AS fidelity, e.round AS round, e.target_pr AS target_pr, e.val_accuracy AS val_accuracy, "

@@ -75,3 +75,28 @@ class GraphBatch:
 
     def __len__(self) -> int:
         return sum(map(len, self.nodes.values())) + sum(map(len, self.rels.values()))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A ``SearchRun`` as stored; ``config``, ``front`` and ``strategy_state`` decoded from JSON."""
+
+    id: str
+    algorithm: str
+    state: str  # a ``State``
+    task: str
+    seed: int
+    target_pr: float
+    budget: int
+    config: dict[str, Any] = field(default_factory=dict)
+    front: list[dict[str, Any]] = field(default_factory=list)
+    strategy_state: dict[str, Any] = field(default_factory=dict)
+    round: int = -1  # the last round whose strategy state was stored; -1 before the first
+    seconds: float = 0.0
+    fingerprint: str = ""
+    started: str = ""
+    finished: str | None = None
+    host: str = ""
+    pid: int | None = None
+    heartbeat: str = ""
+    error: str = ""

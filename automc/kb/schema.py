@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Property types, in LadybugDB's spelling; Neo4j is schemaless for properties and only gets key constraints.
 STRING, DOUBLE, INT64, BOOLEAN, DOUBLE_LIST = "STRING", "DOUBLE", "INT64", "BOOLEAN", "DOUBLE[]"
@@ -78,7 +78,9 @@ NODES: tuple[NodeType, ...] = (
         # v2: who runs it (stale detection), the search's view of it, and the step it adds to its parent
         "host", "pid:INT64", "heartbeat", "fidelity", "round:INT64", "parent", "val_accuracy_low:DOUBLE",
         "val_accuracy_high:DOUBLE", "step_ar:DOUBLE", "step_pr:DOUBLE", "epochs:DOUBLE", "data_fraction:DOUBLE",
-        "seed:INT64", "val_source", "train_seconds:DOUBLE")),
+        "seed:INT64", "val_source", "train_seconds:DOUBLE",
+        # v3: its index in its search run's order (search steps and final fine-tunes alike); states are ``State``s
+        "step:INT64")),
     NodeType("SearchRun", "id", _props(
         "id", "algorithm", "config", "state", "started", "finished",
         # v2: what resume and reports need

@@ -8,29 +8,27 @@ upserts MERGE on natural keys, so writing the same thing twice changes nothing; 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
-import os
 import re
-import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from automc.catalog import Catalog, Scheme, Strategy, setting_id
 from automc.errors import NotFoundError, SchemaVersionError, StoreError, ValidationError
 from automc.kb import queries
+from automc.kb.owner import STALE_AFTER_S, now, owner, stale_reason
 from automc.kb.records import GraphBatch, TaskFeatures
+from automc.kb.runs import RunStore
 from automc.kb.schema import KG_RELATIONS, NODE, NODES, REL, RELS, SCHEMA_VERSION
+from automc.kb.states import State
 
 _BATCH = 5000
-# Schema versions ensure_schema upgrades in place (additive: new columns and tables, nothing removed).
-UPGRADABLE = (1,)
-# A RUNNING record whose owner cannot be checked (another host) is stale after this long without a heartbeat.
-STALE_AFTER_S = 3600.0
+# Schema versions ensure_schema upgrades in place: new columns and tables (nothing removed), then the records'
+# own upgrade (``RunStore.upgrade_records``: version 2's FAIL state split into FAILED and INTERRUPTED, step numbers).
+UPGRADABLE = (1, 2)
 # Statements that read or write host files, fetch extensions or touch engine state rather than the graph. A
 # read-only engine still runs some of them (LadybugDB: COPY ... TO, LOAD FROM, EXPORT DATABASE, INSTALL; Neo4j:
 # LOAD CSV, apoc.load.*), so read-only queries refuse them; the words are matched outside strings and comments.
@@ -38,17 +36,13 @@ _HOST_ACCESS = re.compile(r"\b(COPY|LOAD|EXPORT|IMPORT|INSTALL|UNINSTALL|CHECKPO
 _LITERALS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|//[^\n]*|/\*.*?(?:\*/|$)", re.S)
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-class Store(ABC):
-    """A knowledge-graph store. Subclasses provide a connection layer; everything else lives here."""
+class Store(RunStore, ABC):
+    """A knowledge-graph store. Subclasses provide a connection layer; everything else lives here (search runs in
+    ``RunStore``)."""
 
     uri: str
     read_only: bool = False  # opened so that the engine refuses writes
     created: bool = False  # this open created the store
-    marked_stale: tuple[str, ...] = ()  # ids open_store marked stale when it opened this store for writing
     _create: bool = True  # an empty store may get the schema (kb init, kb import, compress/search --store)
 
     # -- connection layer (backends) -------------------------------------------------------------------------
@@ -135,8 +129,8 @@ class Store(ABC):
             f"run 'automc kb export' with the automc that wrote it, then 'automc kb import' into a new store")
 
     def _apply_schema(self) -> None:
-        """Idempotent: create missing tables, add missing columns, then record the version (last, so a crash
-        part-way leaves an old or missing version that the next ``kb init`` finishes)."""
+        """Idempotent: create missing tables, add missing columns, upgrade older records, then record the version
+        (last, so a crash part-way leaves an old or missing version that the next open or ``kb init`` finishes)."""
         for stmt in self._ddl():
             self._run(stmt)
         for spec in (*NODES, *RELS):
@@ -147,6 +141,7 @@ class Store(ABC):
             for col, typ in spec.properties:
                 if col not in have:
                     self._add_column(name, col, typ)
+        self.upgrade_records()
         self._write("MERGE (m:Meta {key: $k}) SET m.value = $v", {"k": "schema_version", "v": str(SCHEMA_VERSION)})
 
     def schema_version(self) -> int | None:
@@ -338,13 +333,13 @@ class Store(ABC):
         """Record a RUNNING evaluation of ``scheme`` on ``task`` (with the scheme and task) and return its id.
 
         The record names its owner (host, process id, heartbeat) so a later writer can tell a stale one;
-        ``extra`` adds Evaluation properties (fidelity, round, parent, ...).
+        ``extra`` adds Evaluation properties (fidelity, round, parent, ``step``: its index in the run's order, ...).
         """
         eval_id = uuid.uuid4().hex
         batch = scheme_batch(scheme)
         task_key = batch.task(task)
         props = {k: v for k, v in (extra or {}).items() if k in NODE["Evaluation"].names and k != "id"}
-        batch.node("Evaluation", **props, id=eval_id, state="RUNNING", search_run=search_run, target_pr=target_pr,
+        batch.node("Evaluation", **props, id=eval_id, state=State.RUNNING, search_run=search_run, target_pr=target_pr,
                    device=device, created=now(), **owner())
         batch.rel("EVAL_OF_SCHEME", eval_id, scheme.id)
         batch.rel("EVAL_ON_TASK", eval_id, task_key)
@@ -365,15 +360,24 @@ class Store(ABC):
         if "steps" in props and not isinstance(props["steps"], str):
             props["steps"] = json.dumps(props["steps"])
         batch = GraphBatch()
-        batch.node("Evaluation", id=eval_id, **props, state="COMPLETE", finished=now())
+        batch.node("Evaluation", id=eval_id, **props, state=State.COMPLETE, finished=now())
         self.write(batch)
 
     def fail_evaluation(self, eval_id: str, error: str, result: Mapping[str, Any] | None = None) -> None:
-        """Mark an evaluation FAIL with ``error``, keeping what ``result`` measured before it failed (timing)."""
+        """Mark an evaluation FAILED (the work itself failed, e.g. a method refused the step) with ``error``, keeping
+        what ``result`` measured before it failed (timing); raises ``NotFoundError``."""
+        self._end_evaluation(eval_id, State.FAILED, error, result)
+
+    def interrupt_evaluation(self, eval_id: str, reason: str, result: Mapping[str, Any] | None = None) -> None:
+        """Mark an evaluation INTERRUPTED: cut short (Ctrl-C, a disk error, a dead process), not its own failure, so
+        a resumed search evaluates it again; raises ``NotFoundError``."""
+        self._end_evaluation(eval_id, State.INTERRUPTED, reason, result)
+
+    def _end_evaluation(self, eval_id: str, state: State, error: str, result: Mapping[str, Any] | None) -> None:
         self._check_eval(eval_id)
         props = {k: v for k, v in _evaluation_props(result or {}).items() if k != "steps"}
         batch = GraphBatch()
-        batch.node("Evaluation", id=eval_id, **props, state="FAIL", error=error[:2000], finished=now())
+        batch.node("Evaluation", id=eval_id, **props, state=state, error=error[:2000], finished=now())
         self.write(batch)
 
     def _check_eval(self, eval_id: str) -> None:
@@ -381,86 +385,43 @@ class Store(ABC):
             raise NotFoundError(f"no evaluation {eval_id!r} in {self.uri}")
 
     def evaluations(self, *, task: str | None = None, search_run: str | None = None,
-                    state: str | None = "COMPLETE") -> list[dict[str, Any]]:
+                    state: str | None = State.COMPLETE) -> list[dict[str, Any]]:
         """Evaluations (with their scheme text and task id), oldest first."""
         # Empty strings, not nulls: LadybugDB cannot type a null parameter.
         return self.named("evaluations", {"task": task or "", "run": search_run or "", "state": state or ""})
 
-
     def fail_stale(self, max_age_s: float = STALE_AFTER_S) -> list[str]:
-        """Mark RUNNING evaluations FAIL and RUNNING search runs INTERRUPTED when their owner is gone; their ids.
+        """Mark RUNNING evaluations and search runs INTERRUPTED when their owner is gone; their ids.
 
         Gone means: the owning process no longer exists (same host), or no heartbeat for ``max_age_s`` seconds
-        (another host, or no owner recorded). The error reads ``stale: <why>``.
+        (another host, or no owner recorded). The error reads ``stale: <why>``. Nothing else calls this: opening a
+        store writes nothing; a search sweeps once at its start, and ``automc kb stale`` on demand.
         """
-        host, t = socket.gethostname(), _dt.datetime.now(_dt.UTC)
-        stale: list[tuple[str, str, str, str]] = []
-        for label, started, new_state in (("Evaluation", "created", "FAIL"), ("SearchRun", "started", "INTERRUPTED")):
+        stale: list[tuple[str, str, str]] = []
+        for label, started in (("Evaluation", "created"), ("SearchRun", "started")):
             rows = self._run(f"MATCH (e:{label}) WHERE e.state = $s RETURN e.id AS id, e.host AS host, e.pid AS pid, "
-                             f"e.heartbeat AS heartbeat, e.{started} AS started", {"s": "RUNNING"})
+                             f"e.heartbeat AS heartbeat, e.{started} AS started", {"s": State.RUNNING})
             for r in rows:
-                why = _stale_reason(r, host, t, max_age_s)
+                why = stale_reason(r, max_age_s)
                 if why:
-                    stale.append((label, r["id"], new_state, f"stale: {why}"))
+                    stale.append((label, r["id"], f"stale: {why}"))
         if stale:
             with self.transaction():
-                for label, key, new_state, error in stale:
+                for label, key, error in stale:
                     self._run(f"MATCH (e:{label} {{id: $id}}) WHERE e.state = $old "
                               f"SET e.state = $new, e.error = $err, e.finished = $t",
-                              {"id": key, "old": "RUNNING", "new": new_state, "err": error, "t": now()})
-        return [key for _, key, _, _ in stale]
+                              {"id": key, "old": State.RUNNING, "new": State.INTERRUPTED, "err": error, "t": now()})
+        return [key for _, key, _ in stale]
 
 
 class _NeedsUpgrade(SchemaVersionError):
     """An older schema version that a read-write open upgrades in place."""
 
 
-def _stale_reason(row: Mapping[str, Any], host: str, t: _dt.datetime, max_age_s: float) -> str | None:
-    """Why a RUNNING record's owner is gone, or None while it may still be working."""
-    pid = row.get("pid")
-    if row.get("host") == host and isinstance(pid, int) and pid > 0:
-        return None if pid_alive(pid) else f"process {pid} on {host} is gone"
-    last = _parse_time(row.get("heartbeat")) or _parse_time(row.get("started"))
-    if last is None:
-        return "no owner or heartbeat recorded"
-    age = (t - last).total_seconds()
-    if age <= max_age_s:
-        return None
-    return f"no heartbeat from {row.get('host') or 'an unknown host'} for {age:.0f} s (limit {max_age_s:.0f} s)"
-
-
-def _parse_time(value: Any) -> _dt.datetime | None:
-    try:
-        parsed = _dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.UTC)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
 def _evaluation_props(result: Mapping[str, Any]) -> dict[str, Any]:
     """The Evaluation properties in ``result``, less those the store sets itself (id, state, finished, error)."""
     return {k: result[k] for k in NODE["Evaluation"].names
             if k in result and k not in ("id", "state", "finished", "error")}
-
-
-def owner() -> dict[str, Any]:
-    """Who is writing: host, process id and a fresh heartbeat (stale detection reads them)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now()}
 
 
 def content_fingerprint(triples: list[tuple[str, str, str]], experience_rows: list[dict[str, Any]]) -> str:

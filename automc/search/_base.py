@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from automc.kb.states import EVALUATED, State
+
 if TYPE_CHECKING:
     from automc.kb.records import TaskFeatures
     from automc.search.space import SearchSpace
@@ -31,7 +33,7 @@ class Observation:
     """One evaluated scheme as a strategy sees it (no test accuracy, by construction)."""
 
     scheme: SchemeKey
-    state: str  # "COMPLETE" | "FAIL"
+    state: str  # State.COMPLETE | State.FAILED
     val_accuracy: float | None = None  # on the selection split
     pr: float | None = None  # parameter reduction against the base model
     fr: float | None = None  # FLOPs reduction against the base model
@@ -47,7 +49,7 @@ class Observation:
 
     @property
     def ok(self) -> bool:
-        return self.state == "COMPLETE"
+        return self.state == State.COMPLETE
 
 
 @dataclass
@@ -94,9 +96,7 @@ class History:
 def search_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The evaluations that count as a run's steps: search fidelity, COMPLETE or FAILED (an INTERRUPTED one is
     evaluated again)."""
-    from automc.kb.states import State
-
-    return [r for r in rows if r.get("fidelity") == "search" and r.get("state") in (State.COMPLETE, State.FAILED)]
+    return [r for r in rows if r.get("fidelity") == "search" and r.get("state") in EVALUATED]
 
 
 def observation(row: Mapping[str, Any]) -> Observation:

@@ -24,6 +24,7 @@ import numpy as np
 
 from automc.catalog import scheme_key, scheme_text
 from automc.kb.records import TaskFeatures
+from automc.kb.states import State
 from automc.kb.store import Store
 from automc.search._base import Observation, SchemeKey, StepRecord
 from automc.search.pareto import front
@@ -136,7 +137,7 @@ def load_prior(store: Store, task_id: str, *, task: TaskFeatures | None = None, 
         key = scheme_key(r["scheme"])
         acc, pr, target = _finite(r.get("val_accuracy")), _finite(r.get("pr")), _finite(r.get("target_pr"))
         if key and acc is not None and pr is not None and (target is None or pr >= target):
-            by_task[str(r["task"])].append(Observation(key, "COMPLETE", acc, pr, evaluation_id=str(r["id"])))
+            by_task[str(r["task"])].append(Observation(key, State.COMPLETE, acc, pr, evaluation_id=str(r["id"])))
     if task is not None:
         current: Sequence[float] | None = task_vector(task, None)
     else:

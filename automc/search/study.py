@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import automc.search.storage  # noqa  TEMP SHIM
 from automc.errors import AutomcError, ValidationError
 from automc.kb.states import State
 from automc.search import config as conf

@@ -1,4 +1,5 @@
-"""A ``automc compress --store`` killed with SIGKILL leaves a RUNNING evaluation that the next writer marks FAIL."""
+"""A ``automc compress --store`` killed with SIGKILL leaves a RUNNING evaluation that ``automc kb stale`` marks
+INTERRUPTED; one stopped by Ctrl-C records INTERRUPTED itself."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from automc.cli.app import app
-from automc.kb import open_store
+from automc.kb import State, open_store
 from tests.conftest import automc_exe
 
 runner = CliRunner()
 
 
-@pytest.mark.slow
-def test_killed_compress_is_marked_stale(tmp_path):
+def _compress_until_training(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """``automc compress --store`` in a child process, returned once its RUNNING record is written."""
     from automc.compress.data import synthetic
 
     exe = automc_exe()
@@ -36,22 +37,49 @@ def test_killed_compress_is_marked_stale(tmp_path):
          "--batch-size", "32", "--device", "cpu", "--scheme", "NS(target_ratio_factor=1.0)",
          "--out", str(tmp_path / "out"), "--store", uri],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = child.stderr.readline()  # the first step starts after the RUNNING record is written
+    if not line.startswith("step 1/1"):
+        child.kill()
+        child.wait()
+        raise AssertionError(line + child.stderr.read())
+    return child, uri
+
+
+@pytest.mark.slow
+def test_killed_compress_is_marked_stale(tmp_path):
+    child, uri = _compress_until_training(tmp_path)
     try:
-        line = child.stderr.readline()  # the first step starts after the RUNNING record is written
-        assert line.startswith("step 1/1"), line + child.stderr.read()
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
     with open_store(uri, read_only=True) as s:
-        (running,) = s.evaluations(state="RUNNING")
+        (running,) = s.evaluations(state=State.RUNNING)
+    with open_store(uri) as s:  # a writable open marks nothing
+        assert s.evaluations(state=State.RUNNING) == [running]
     r = runner.invoke(app, ["kb", "stale", "--store", uri, "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == {"stale": [running["id"]]}
     with open_store(uri, read_only=True) as s:
-        (failed,) = s.evaluations(state="FAIL")
+        (failed,) = s.evaluations(state=State.INTERRUPTED)
         error = s.query("MATCH (e:Evaluation {id: $id}) RETURN e.error AS e", {"id": failed["id"]})[0]["e"]
     assert failed["id"] == running["id"] and error == f"stale: process {child.pid} on {os.uname().nodename} is gone"
+
+
+@pytest.mark.slow
+def test_compress_stopped_by_ctrl_c_is_interrupted_not_failed(tmp_path):
+    child, uri = _compress_until_training(tmp_path)
+    try:
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=120)
+    finally:
+        child.kill()
+        child.wait()
+    with open_store(uri, read_only=True) as s:
+        assert s.evaluations(state=State.RUNNING) == [] and s.evaluations(state=State.FAILED) == []
+        (cut,) = s.evaluations(state=State.INTERRUPTED)
+        error = s.query("MATCH (e:Evaluation {id: $id}) RETURN e.error AS e", {"id": cut["id"]})[0]["e"]
+    assert error.startswith("KeyboardInterrupt")
 
 
 def test_stale_command_rejects_bad_duration_and_missing_store(tmp_path):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from automc.cli.app import app
 from automc.kb import open_store
+from automc.kb.states import State
 from automc.search import storage
 from tests.cli.test_search_reliability import (
     assert_clean,
@@ -247,5 +248,5 @@ def test_hostile_or_missing_cache_is_rebuilt_not_blamed(inputs, tmp_path, how, m
     assert not (tmp_path / "PWNED").exists()
     with open_store(store_uri(tmp_path), read_only=True) as s:
         steps = storage.search_rows(storage.run_evaluations(s, run_id))
-    assert not [x["error"] for x in steps if x["state"] == "FAIL" and "prefix" in (x["error"] or "")]
+    assert not [x["error"] for x in steps if x["state"] == State.FAILED and "prefix" in (x["error"] or "")]
     assert_clean(tmp_path, run_id, budget)

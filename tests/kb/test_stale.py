@@ -1,4 +1,5 @@
-"""Stale RUNNING records: an evaluation or search run whose process is gone is marked on the next writable open."""
+"""Stale RUNNING records: an evaluation or search run whose process is gone is marked INTERRUPTED by the sweep
+(``Store.fail_stale``: a search's start, ``automc kb stale``), never by merely opening the store."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import subprocess
 import sys
 
 from automc.catalog import load_catalog
-from automc.kb import GraphBatch, TaskFeatures, open_store
+from automc.kb import GraphBatch, State, TaskFeatures, open_store, sweep_stale
 from automc.kb.store import owner
 
 TASK = TaskFeatures("resnet8", "synthetic", 4, 16, 3, 400, 0.9, 1234.0, 5678.0)
@@ -49,29 +50,37 @@ def test_fail_stale_marks_only_records_whose_owner_is_gone(store):
     _set(store, "SearchRun", "run-live", state="RUNNING", started=_ago(10), **owner())
 
     assert sorted(store.fail_stale(max_age_s=3600)) == sorted([dead, far_old, "run-dead"])
-    assert _state(store, "Evaluation", dead)["state"] == "FAIL"
+    assert _state(store, "Evaluation", dead)["state"] == State.INTERRUPTED  # cut short: evaluated again
     assert _state(store, "Evaluation", dead)["error"].startswith("stale: process ")
     assert "no heartbeat from other-host" in _state(store, "Evaluation", far_old)["error"]
     for key in (mine, far_fresh):
         assert _state(store, "Evaluation", key)["state"] == "RUNNING"
-    assert _state(store, "Evaluation", done)["state"] == "COMPLETE"
-    assert _state(store, "SearchRun", "run-dead") == {"state": "INTERRUPTED",
+    assert _state(store, "Evaluation", done)["state"] == State.COMPLETE
+    assert _state(store, "SearchRun", "run-dead") == {"state": State.INTERRUPTED,
                                                       "error": _state(store, "SearchRun", "run-dead")["error"]}
     assert _state(store, "SearchRun", "run-dead")["error"].startswith("stale: ")
-    assert _state(store, "SearchRun", "run-live")["state"] == "RUNNING"
+    assert _state(store, "SearchRun", "run-live")["state"] == State.RUNNING
     assert store.fail_stale(max_age_s=3600) == []  # idempotent
     assert store.fail_stale(max_age_s=30) == [far_fresh]  # a shorter limit on other hosts
 
 
-def test_writable_open_marks_stale_and_read_only_open_does_not(tmp_path):
+def test_opening_writes_nothing_and_the_sweep_marks_stale(tmp_path):
     uri = f"ladybug://{tmp_path / 'kb.lbug'}"
     with open_store(uri) as s:
         eid = s.start_evaluation(TASK, load_catalog().parse_scheme("LeGR()"))
         _set(s, "Evaluation", eid, pid=_dead_pid())
+    for kwargs in ({"read_only": True}, {}, {"create": False}):
+        with open_store(uri, **kwargs) as s:
+            assert _state(s, "Evaluation", eid)["state"] == State.RUNNING
+    assert sweep_stale(uri) == [eid]
     with open_store(uri, read_only=True) as s:
-        assert _state(s, "Evaluation", eid)["state"] == "RUNNING"
-    with open_store(uri) as s:
-        assert _state(s, "Evaluation", eid)["state"] == "FAIL"
+        assert _state(s, "Evaluation", eid)["state"] == State.INTERRUPTED
+    assert sweep_stale(uri) == []
+
+
+def test_the_sweep_creates_no_store(tmp_path):
+    assert sweep_stale(f"ladybug://{tmp_path / 'none' / 'kb.lbug'}") == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_heartbeat_refreshes(store):
@@ -92,5 +101,5 @@ def test_heartbeat_callback_forwards_progress_and_beats(tmp_path):
     beat = heartbeat_callback(uri, eid, seen.append, every_s=0.0)
     beat("step 1/1")
     assert seen == ["step 1/1"]
-    with open_store(uri, stale_after_s=None) as s:
+    with open_store(uri) as s:
         assert s.fail_stale(max_age_s=3600) == []

@@ -28,6 +28,7 @@ from automc.compress.saving import load_compressed
 from automc.errors import DiskError, StoreDiskError
 from automc.kb import open_store
 from automc.kb.records import GraphBatch
+from automc.kb.states import State
 from automc.search import SearchConfig, search, storage
 from automc.search.evaluator import ModelCache
 from tests.conftest import automc_exe
@@ -238,7 +239,7 @@ def test_cache_folder_deleted_between_steps(weights, tmp_path, reference):
 
 
 def reference_failed(reference) -> int:
-    return sum(state == "FAIL" for state, _ in reference.values())
+    return sum(state == State.FAILED for state, _ in reference.values())
 
 
 # -- 7: a full disk under the tool's own files ----------------------------------------------------------------
@@ -337,7 +338,7 @@ def _resume_finishes(run_id: str, store: str) -> list[dict]:
     assert len(counted) == BUDGET
     assert len({r["scheme"] for r in counted}) == BUDGET  # no scheme evaluated twice
     assert all(r["state"] != "RUNNING" for r in rows)
-    blamed = [r for r in counted if r["state"] == "FAIL" and any(
+    blamed = [r for r in counted if r["state"] == State.FAILED and any(
         w in str(r["error"] or "").lower() for w in ("space", "disk", "enforce fail", "ioexception", "io exception"))]
     assert not blamed, blamed
     return rows
@@ -357,8 +358,8 @@ def test_cache_disk_fills_mid_run_then_resume(weights, tmp_path):
         with open_store(store) as s:
             assert storage.load_run(s, run_id).state == "INTERRUPTED"
         assert all(r["state"] != "RUNNING" for r in rows)
-        cut = [r for r in rows if r["state"] == "FAIL" and "no space left" in str(r["error"])]
-        assert cut and all(storage.cut_short(r) for r in cut)  # the step in flight: evaluated again on resume
+        cut = [r for r in rows if "no space left" in str(r["error"])]
+        assert cut and all(r["state"] == State.INTERRUPTED for r in cut)  # the step in flight: evaluated again
         filler.unlink()
         _resume_finishes(run_id, store)
 
@@ -377,7 +378,7 @@ def test_store_disk_fills_mid_run_then_resume(weights, tmp_path):
         run_id = line.split("--resume ", 1)[1].split()[0]
         rows = _resume_finishes(run_id, store)
         # the store kept its records as they were; the step that was RUNNING is cut short ("stale") on resume
-        assert all(storage.cut_short(r) for r in rows if r["state"] == "FAIL" and "stale" in str(r["error"]))
+        assert all(r["state"] == State.INTERRUPTED for r in rows if str(r["error"]).startswith("stale"))
 
 
 def test_disk_error_is_one_line_naming_path_and_free_space():

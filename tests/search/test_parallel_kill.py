@@ -17,6 +17,7 @@ import pytest
 
 from automc.catalog import scheme_key
 from automc.kb import open_store
+from automc.kb.states import State
 from automc.search import STRATEGIES, SearchConfig, search, storage
 from automc.search._base import SearchStrategy
 
@@ -96,7 +97,7 @@ def test_sigkill_of_a_parallel_driver_keeps_every_finished_step_and_resume_ends_
         rows = storage.run_evaluations(s, run["id"])
     state = {scheme_key(r["scheme"]): r["state"] for r in rows}
     # only the step still running is RUNNING: every step that finished was written as it arrived (COMPLETE, or
-    # FAIL for a method's failure), and in the serial round's order, which a resumed run reads its history in
+    # FAILED for a method's failure), and in the serial round's order, which a resumed run reads its history in
     assert {k for k, v in state.items() if v == "RUNNING"} == set(ROUND0) - set(finished)
     serial = [k for k in ROUND0 if k in finished]
     assert [scheme_key(r["scheme"]) for r in storage.search_rows(rows)] == serial
@@ -114,4 +115,4 @@ def test_sigkill_of_a_parallel_driver_keeps_every_finished_step_and_resume_ends_
     assert all(r["state"] != "RUNNING" for r in rows)
     counted = {r["id"] for r in storage.search_rows(rows)}
     lost = [r for r in rows if r["id"] not in counted]  # the step killed in flight, marked stale, evaluated again
-    assert len(lost) == len(set(ROUND0) - set(finished)) and all(storage.cut_short(r) for r in lost)
+    assert len(lost) == len(set(ROUND0) - set(finished)) and all(r["state"] == State.INTERRUPTED for r in lost)

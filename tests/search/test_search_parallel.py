@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from automc.kb import open_store
+from automc.kb.states import State
 from automc.search import search, storage
 from tests.search.test_run import config, write_inputs
 
@@ -87,7 +88,7 @@ def test_a_worker_killed_mid_search_costs_one_evaluation_and_the_search_finishes
         run = s.query("MATCH (r:SearchRun {id: $id}) RETURN r.state AS state", {"id": res.run_id})
     assert run[0]["state"] == "COMPLETE" and len(rows) == 6 == res.evaluations  # the budget, and the search ended
     assert [o["pid"] for o in owners] == [os.getpid()]
-    lost = [r for r in rows if r["state"] == "FAIL" and "worker lost" in (r.get("error") or "")]
+    lost = [r for r in rows if r["state"] == State.FAILED and "worker lost" in (r.get("error") or "")]
     assert len(lost) <= 1  # the killed step was retried (COMPLETE) or, at worst, that one step is a FAIL
     # A retried step computes what an undisturbed one does: the serial run evaluates the same schemes alike.
     serial = search(config(inputs, tmp_path / "serial", strategy="random", budget=6, per_round=4, workers=1, seed=3,
