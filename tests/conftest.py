@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import automc.search.storage  # noqa: F401  TEMP: patches the Store run methods in until they land in kb
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BACKENDS = ["ladybug", "neo4j"]
