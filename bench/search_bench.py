@@ -114,11 +114,11 @@ def _pool_named(jobs: list[dict[str, Any]], workers: int, res: dict[str, Any], k
 
 def run_points(store_uri: str, run_id: str) -> list[dict[str, Any]]:
     """Every evaluation of a run in order: fidelity, state, validation and test accuracy, PR, seconds."""
+    import automc.search.storage  # noqa: F401  TEMP: patches the Store run methods in until they land in kb
     from automc.kb import open_store
-    from automc.search import storage
 
     with open_store(store_uri) as s:
-        rows = storage.run_evaluations(s, run_id)
+        rows = s.run_evaluations(run_id)
     keys = ("scheme", "state", "fidelity", "val_accuracy", "accuracy", "pr", "fr", "seconds", "train_seconds",
             "round")
     return [{k: r.get(k) for k in keys} for r in rows]
@@ -247,7 +247,7 @@ def run_honesty(args: argparse.Namespace, res: dict[str, Any], save) -> None:
             continue
         for i in range(1, len(scheme) + 1):
             r = ev.evaluate(tuple(scheme[:i]))
-            if r.state != "COMPLETE":
+            if not r.ok:
                 break
             model = ev.model(tuple(scheme[:i]))
             rows.append({"scheme": scheme_text(scheme[:i]), "val": r.val_accuracy, "pr": r.pr,

@@ -8,15 +8,18 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from typing import ClassVar
 
 import pytest
 import torch
 
 from automc.kb import open_store
 from automc.kb.states import State
-from automc.search._base import History, Observation, search_rows
+from automc.search import STRATEGIES, search
+from automc.search._base import History, Observation, SearchStrategy, search_rows
 from automc.search._optimize import _ready, _round, _walk
 from automc.search.executors import RayExecutor, SerialExecutor
+from automc.search.space import SearchSpace
 from automc.search.study import _open
 from tests.search.test_run import config, write_inputs
 
@@ -205,3 +208,39 @@ def test_a_round_never_passes_the_budget(inputs, tmp_path):
     assert _round(st, watched, [p(LMA)]) == []  # nothing is left
     with open_store(st.store, read_only=True) as s:
         assert len(s.run_evaluations(st.id)) == 2
+
+
+# -- the loop through ``search()`` ------------------------------------------------------------------------------
+
+class Fixed(SearchStrategy):
+    """Proposes LFB > NS, NS > SFP and LMA (those not evaluated yet nor extending a failure); records what each
+    round hands back."""
+
+    name = "fixed-rounds"
+    observed: ClassVar[list[list[tuple[str, ...]]]] = []
+
+    def propose(self, history, n, rng):
+        p = self.context.space.parse
+        failed = {o.scheme for o in history if not o.ok}
+        return [s for s in (p(f"{LFB} > {NS}"), p(f"{NS} > {SFP}"), p(LMA))
+                if s not in history and not any(s[:k] in failed for k in range(1, len(s)))][:n]
+
+    def observe(self, history, new):
+        Fixed.observed.append([o.scheme for o in new])
+
+
+def test_search_counts_a_failed_step_in_the_budget_and_the_result(inputs, tmp_path, monkeypatch):
+    monkeypatch.setitem(STRATEGIES._paths, Fixed.name, f"{__name__}:Fixed")
+    monkeypatch.setattr(Fixed, "observed", [])
+    cfg = config(inputs, tmp_path, strategy=Fixed.name, target_pr=0.9, budget=4, per_round=2)
+    result = search(cfg)
+    p = SearchSpace().parse
+    # round 0: LFB fails, so LFB > NS is dropped and NS, NS > SFP fill the round's budget; round 1: LMA
+    assert Fixed.observed == [[p(LFB), p(NS), p(f"{NS} > {SFP}")], [p(LMA)]]
+    assert result.state == State.COMPLETE and result.evaluations == 4 and result.failed == 1
+    with open_store(cfg.store, read_only=True) as s:
+        rows = search_rows(s.run_evaluations(result.run_id))
+        (listed,) = s.list_runs()
+    assert [r["state"] for r in rows] == [State.FAILED, State.COMPLETE, State.COMPLETE, State.COMPLETE]
+    assert rows[0]["error"].startswith("CompressionError: LFB can remove at most")
+    assert listed["evaluations"] == 4
