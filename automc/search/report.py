@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from automc.kb.states import State
 from automc.kb.store import Store
 from automc.search import storage
+from automc.search._base import observation, search_rows
 from automc.search.storage import RunRecord
 
 
@@ -25,7 +27,7 @@ class ReportInfo(NamedTuple):
     base: dict[str, Any]
     points: list[dict[str, Any]]  # every COMPLETE search-fidelity evaluation
     front: list[dict[str, Any]]  # front rows (``front_rows``), by PR
-    evaluations: int  # evaluated steps (COMPLETE + FAIL, not counting steps cut short by an interruption)
+    evaluations: int  # evaluated steps (COMPLETE + FAILED; a step cut short is INTERRUPTED, not one)
     failed: int
     seconds: float
     train_seconds: float
@@ -52,12 +54,12 @@ def build_report(store: Store, run_id: str) -> ReportInfo:
 
 def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]]) -> ReportInfo:
     """The data step: front, points and timing from a run and its evaluation rows."""
-    steps = storage.search_rows(rows)
-    points = [dict(r) for r in steps if r["state"] == "COMPLETE"]
-    train = sum(float(r.get("train_seconds") or 0.0) for r in rows if r.get("state") in ("COMPLETE", "FAIL"))
+    steps = search_rows(rows)
+    points = [dict(r) for r in steps if r["state"] == State.COMPLETE]
+    train = sum(float(r.get("train_seconds") or 0.0) for r in rows if r.get("state") in (State.COMPLETE, State.FAILED))
     return ReportInfo(run, run.target_pr, dict(run.config.get("base") or {}), points,
                       front_rows(points, rows, run.target_pr), len(steps),
-                      sum(r["state"] == "FAIL" for r in steps), run.seconds, train,
+                      sum(r["state"] == State.FAILED for r in steps), run.seconds, train,
                       float(run.config.get("setup_seconds") or 0.0), anytime_curve(steps, run.target_pr),
                       anytime_best(steps, run.target_pr))
 
@@ -66,14 +68,14 @@ def anytime_curve(steps: Sequence[Mapping[str, Any]], gamma: float) -> list[floa
     """The hypervolume after each evaluated step, in evaluation order (``indicators.anytime_hypervolume``)."""
     from automc.search.indicators import anytime_hypervolume
 
-    return anytime_hypervolume([storage.observation(r) for r in steps], gamma)
+    return anytime_hypervolume([observation(r) for r in steps], gamma)
 
 
 def anytime_best(steps: Sequence[Mapping[str, Any]], gamma: float) -> list[float]:
     """The best validation accuracy at PR >= gamma after each evaluated step (``indicators.anytime_best_at_target``)."""
     from automc.search.indicators import anytime_best_at_target
 
-    return anytime_best_at_target([storage.observation(r) for r in steps], gamma)
+    return anytime_best_at_target([observation(r) for r in steps], gamma)
 
 
 def front_rows(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
@@ -84,7 +86,7 @@ def front_rows(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, 
     by_id = {r["id"]: r for r in points}
     final = {r["scheme"]: r for r in rows if r.get("fidelity") == "final" and r["state"] == "COMPLETE"}
     out = []
-    for o in front([storage.observation(r) for r in points], gamma):
+    for o in front([observation(r) for r in points], gamma):
         search = by_id[o.evaluation_id]
         shown = final.get(search["scheme"], search)
         out.append({"scheme": search["scheme"], "scheme_id": search["scheme_id"], "evaluation_id": shown["id"],
