@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from automc.cli.app import app
 from automc.compress.data import synthetic
 from automc.compress.models import build_model
+from automc.kb.states import State
 
 runner = CliRunner()
 SCHEME = "NS(target_ratio_factor=1.0, finetune_epochs_factor=0.4, max_layer_prune_ratio=0.9)"
@@ -103,7 +104,7 @@ def test_record_in_store(inputs, tmp_path):
 
 
 def test_failed_compression_is_recorded_as_fail(inputs, tmp_path):
-    """A method that cannot reach its target leaves a FAIL evaluation with the reason, not a RUNNING one."""
+    """A method that cannot reach its target leaves a FAILED evaluation with the reason, not a RUNNING one."""
     from automc.kb import open_store
 
     uri = f"ladybug://{tmp_path / 'kb.lbug'}"
@@ -113,6 +114,6 @@ def test_failed_compression_is_recorded_as_fail(inputs, tmp_path):
     assert r.exit_code == 1 and "error: " in r.stderr and "max_layer_prune_ratio" in r.stderr
     with open_store(uri) as s:
         assert s.evaluations(state="RUNNING") == [] and s.evaluations(state="COMPLETE") == []
-        (failed,) = s.evaluations(state="FAIL")
+        (failed,) = s.evaluations(state=State.FAILED)
         assert failed["scheme"].startswith("NS(")
         assert s.query("MATCH (e:Evaluation {id: $id}) RETURN e.error AS error", {"id": failed["id"]})[0]["error"]

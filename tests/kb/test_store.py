@@ -10,6 +10,7 @@ from automc.catalog import load_catalog
 from automc.errors import NotFoundError, SchemaVersionError, StoreError, ValidationError
 from automc.kb import GraphBatch, TaskFeatures, open_store, queries
 from automc.kb.schema import KG_RELATIONS, NODES, RELS, SCHEMA_VERSION
+from automc.kb.states import State
 
 TASK = TaskFeatures("resnet8", "synthetic", 4, 16, 3, 400, 0.9, 1234.0, 5678.0)
 
@@ -99,7 +100,7 @@ def test_evaluation_lifecycle(store):
     assert len(store.strategies("LFB", in_catalog=False)) == 61
     eid2 = store.start_evaluation(TASK, scheme)
     store.fail_evaluation(eid2, "out of memory")
-    assert [e["id"] for e in store.evaluations(state="FAIL")] == [eid2]
+    assert [e["id"] for e in store.evaluations(state=State.FAILED)] == [eid2]
     with pytest.raises(NotFoundError):
         store.finish_evaluation("missing", {})
 
