@@ -40,9 +40,10 @@ from automc.compress.base import Task, TrainBudget
 from automc.compress.data import load_data
 from automc.compress.metrics import count_params
 from automc.compress.models import build_model, load_weights
-from automc.search.evaluator import Evaluator, StepResult
-from automc.search.parallel import RayExecutor, SerialExecutor, WorkerContext, evaluate_batch
+from automc.search.evaluator import Evaluator
+from automc.search.executors import RayExecutor, SerialExecutor
 from automc.search.space import SearchSpace
+from automc.search.step import EvalResult
 
 
 def round_schemes(space: SearchSpace, n: int, seed: int) -> list[tuple[str, ...]]:
@@ -55,6 +56,29 @@ def round_schemes(space: SearchSpace, n: int, seed: int) -> list[tuple[str, ...]
     methods = sorted(by_method)
     return [(by_method[m][int(rng.integers(len(by_method[m])))],) for m in (methods[i % len(methods)]
                                                                            for i in range(n))]
+
+
+def run_round(ev: Evaluator, schemes: list[tuple[str, ...]], ex: SerialExecutor | RayExecutor) -> list[EvalResult]:
+    """The round's independent steps through ``ex``, at most ``ex.workers`` in flight, each absorbed into the
+    evaluator's cache as it arrives (the search's round without the store); results in the order of ``schemes``."""
+    results: list[EvalResult | None] = [None] * len(schemes)
+    slots: dict[tuple[str, ...], list[int]] = {}
+    pending, running = list(enumerate(schemes)), 0
+    while pending or running:
+        while pending and running < ex.workers:
+            i, scheme = pending.pop(0)
+            job = ev.prepare(scheme)
+            if isinstance(job, EvalResult):  # refused before it ran
+                results[i] = job
+                continue
+            slots.setdefault(job.scheme, []).append(i)
+            ex.submit(job)
+            running += 1
+        if running:
+            outcome = ex.wait()
+            running -= 1
+            results[slots[outcome.result.scheme].pop(0)] = ev.absorb(outcome)
+    return [r for r in results if r is not None]
 
 
 @contextlib.contextmanager
@@ -84,19 +108,18 @@ def gpu_sampler(enabled: bool) -> Iterator[dict[str, Any]]:
 
 
 def run_config(workers: int, args: argparse.Namespace, base: torch.nn.Module, task: Task, space: SearchSpace,
-               schemes: list[tuple[str, ...]], cache: Path) -> tuple[dict[str, Any], list[StepResult]]:
+               schemes: list[tuple[str, ...]], cache: Path) -> tuple[dict[str, Any], list[EvalResult]]:
     """One configuration: start its executor, warm it up, time one round."""
     ev = Evaluator(base, task, cache_dir=cache / f"w{workers}", space=space, seed=args.seed)
     ev.base()
     t0 = time.perf_counter()
     if workers == 1:
         threads = args.serial_threads or (os.cpu_count() if task.device.type == "cpu" else torch.get_num_threads())
-        ex: SerialExecutor | RayExecutor = SerialExecutor(WorkerContext.from_evaluator(ev, portable=False),
-                                                          threads=threads)
+        ex: SerialExecutor | RayExecutor = SerialExecutor(ev.context(portable=False), threads=threads)
         desc = f"1 worker (this process, {threads} torch threads)"
     else:
         threads = max(1, int(args.cpus_per_worker))
-        ex = RayExecutor(WorkerContext.from_evaluator(ev), workers=workers, cpus_per_worker=args.cpus_per_worker,
+        ex = RayExecutor(ev.context(), workers=workers, cpus_per_worker=args.cpus_per_worker,
                          gpus_per_worker=args.gpus_per_worker if task.device.type == "cuda" else 0.0,
                          address=args.ray_address, threads=threads)
         ex.warm_up()
@@ -107,11 +130,10 @@ def run_config(workers: int, args: argparse.Namespace, base: torch.nn.Module, ta
     try:
         with gpu_sampler(task.device.type == "cuda") as gpu:
             t = time.perf_counter()
-            got = dict(evaluate_batch(ev, schemes, ex))
+            results = run_round(ev, schemes, ex)
             wall = time.perf_counter() - t
     finally:
         ex.close()
-    results = [got[i] for i in range(len(schemes))]
     row = {"workers": workers, "config": desc, "threads_per_worker": threads, "start_s": start_s,
            "round_wall_s": wall, "evaluations": len(results), "evaluations_per_hour": len(results) / wall * 3600,
            "fails": sum(not r.ok for r in results), "step_seconds_sum": sum(r.seconds for r in results),
@@ -121,7 +143,7 @@ def run_config(workers: int, args: argparse.Namespace, base: torch.nn.Module, ta
     return row, results
 
 
-def same_answers(a: list[StepResult], b: list[StepResult]) -> bool:
+def same_answers(a: list[EvalResult], b: list[EvalResult]) -> bool:
     drop = {"seconds": 0.0, "train_seconds": 0.0, "device": ""}
     return all(dataclasses.replace(x, **drop) == dataclasses.replace(y, **drop) for x, y in zip(a, b, strict=True))
 

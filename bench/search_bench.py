@@ -246,7 +246,7 @@ def run_honesty(args: argparse.Namespace, res: dict[str, Any], save) -> None:
             continue
         for i in range(1, len(scheme) + 1):
             r = ev.evaluate(tuple(scheme[:i]))
-            if r.state != "COMPLETE":
+            if not r.ok:
                 break
             model = ev.model(tuple(scheme[:i]))
             rows.append({"scheme": scheme_text(scheme[:i]), "val": r.val_accuracy, "pr": r.pr,

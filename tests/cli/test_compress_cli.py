@@ -104,7 +104,7 @@ def test_record_in_store(inputs, tmp_path):
 
 
 def test_failed_compression_is_recorded_as_fail(inputs, tmp_path):
-    """A method that cannot reach its target leaves a FAIL evaluation with the reason, not a RUNNING one."""
+    """A method that cannot reach its target leaves a FAILED evaluation with the reason, not a RUNNING one."""
     from automc.kb import open_store
 
     uri = f"ladybug://{tmp_path / 'kb.lbug'}"

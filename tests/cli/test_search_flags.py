@@ -22,10 +22,10 @@ from automc.compress.builtin import digits_arrays
 from automc.compress.data import load_data
 from automc.errors import ValidationError
 from automc.kb import open_store
-from automc.search import SearchConfig, search, storage
+from automc.search import SearchConfig, search
 from automc.search.config import MAX_BUDGET, MAX_LENGTH, MAX_SEED
 from tests.conftest import automc_exe
-from tests.search.test_run import write_inputs
+from tests.search.test_study import write_inputs
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -47,7 +47,7 @@ def _args(inputs, tmp_path, *extra, cache: bool = True):
 
 def _runs(tmp_path):
     with open_store(f"ladybug://{tmp_path / 'kb'}") as s:
-        return storage.list_runs(s)
+        return s.list_runs()
 
 
 def _one_error(r, prefix: str) -> str:
@@ -275,7 +275,7 @@ def test_search_on_digits_selects_on_the_given_val_data(tmp_path):
     assert r.exit_code == 0, r.output
     run_id = json.loads(r.stdout)["run_id"]
     with open_store(f"ladybug://{tmp_path / 'kb'}") as s:
-        rows = storage.run_evaluations(s, run_id)
+        rows = s.run_evaluations(run_id)
     assert rows and all(x["val_source"] == "x_val of val.npz" for x in rows)
 
 
@@ -351,4 +351,4 @@ def test_the_resume_command_after_ctrl_c_is_one_line_that_resumes_the_run(inputs
 
 def _runs_at(store: str) -> list[dict]:
     with open_store(store) as s:
-        return storage.list_runs(s)
+        return s.list_runs()

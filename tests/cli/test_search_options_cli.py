@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from automc.cli.app import app
 from tests.cli.test_search_cli import _args, _runs
-from tests.search.test_run import write_inputs
+from tests.search.test_study import write_inputs
 
 torch.set_num_threads(1)
 runner = CliRunner()

@@ -21,8 +21,8 @@ from automc.compress.saving import load_compressed, load_standalone
 from automc.compress.train import evaluate
 from automc.kb import open_store
 from automc.kb.states import State
-from automc.search import storage
-from tests.search.test_run import write_inputs
+from automc.search._base import search_rows
+from tests.search.test_study import write_inputs
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -75,24 +75,24 @@ def wait_for(cond, proc: subprocess.Popen | None = None, limit: float = 300) -> 
 
 def rows(tmp_path: Path, run_id: str) -> list[dict]:
     with open_store(store_uri(tmp_path), read_only=True) as s:
-        return storage.run_evaluations(s, run_id)
+        return s.run_evaluations(run_id)
 
 
-def run_record(tmp_path: Path, run_id: str) -> storage.RunRecord:
+def run_record(tmp_path: Path, run_id: str):
     with open_store(store_uri(tmp_path), read_only=True) as s:
-        return storage.load_run(s, run_id)
+        return s.load_run(run_id)
 
 
 def one_run(tmp_path: Path) -> str:
     with open_store(store_uri(tmp_path), read_only=True) as s:
-        (run,) = storage.list_runs(s)
+        (run,) = s.list_runs()
     return run["id"]
 
 
 def assert_clean(tmp_path: Path, run_id: str, budget: int) -> None:
     """Exactly the budget of counted steps, no scheme counted twice, nothing left RUNNING."""
     all_rows = rows(tmp_path, run_id)
-    steps = storage.search_rows(all_rows)
+    steps = search_rows(all_rows)
     assert len(steps) == budget
     assert len({r["scheme"] for r in steps}) == budget
     assert all(r["state"] != "RUNNING" for r in all_rows)
@@ -149,20 +149,20 @@ def test_claim_is_atomic_in_the_store(inputs, tmp_path):
     r = cli(*search_args(inputs, tmp_path, "--budget", "1", "--json"))
     run_id = json.loads(r.stdout)["run_id"]
     holder = subprocess.Popen([sys.executable, "-c", "import sys; "
-                               "from automc.kb import open_store; from automc.search import storage; "
-                               f"s = open_store({store_uri(tmp_path)!r}); storage.claim_run(s, {run_id!r}); "
+                               "from automc.kb import open_store; "
+                               f"s = open_store({store_uri(tmp_path)!r}); s.claim_run({run_id!r}); "
                                "s.close(); print('claimed', flush=True); sys.stdin.read()"],
                               env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "claimed"
         with open_store(store_uri(tmp_path)) as s, pytest.raises(ValueError, match="in use by process"):
-            storage.claim_run(s, run_id)
+            s.claim_run(run_id)
     finally:
         holder.stdin.close()
         holder.wait()
     with open_store(store_uri(tmp_path)) as s:  # the holder is gone: its claim is stale
-        storage.claim_run(s, run_id)
-        assert storage.load_run(s, run_id).pid == os.getpid()
+        s.claim_run(run_id)
+        assert s.load_run(run_id).pid == os.getpid()
 
 
 # -- budgets and time ----------------------------------------------------------------------------------------
@@ -257,8 +257,9 @@ def test_ctrl_c_inside_torch_pruning_tracing_stops_the_run(inputs, tmp_path):
     run_id = one_run(tmp_path)
     assert run_record(tmp_path, run_id).state == "INTERRUPTED"
     all_rows = rows(tmp_path, run_id)
-    assert len(storage.search_rows(all_rows)) < budget
-    assert any(x["state"] == State.INTERRUPTED for x in all_rows)  # the step it landed in: evaluated again
+    assert len(search_rows(all_rows)) < budget
+    # the step it landed in is INTERRUPTED: evaluated again on resume
+    assert any(x["state"] == State.INTERRUPTED for x in all_rows)
     r = cli("search", "--resume", run_id, "--store", store_uri(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     assert_clean(tmp_path, run_id, budget)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from automc.cli.app import app
 from automc.kb import open_store
 from automc.kb.states import State
-from automc.search import storage
+from automc.search._base import search_rows
 from tests.cli.test_search_reliability import (
     assert_clean,
     cli,
@@ -30,7 +30,7 @@ from tests.cli.test_search_reliability import (
     store_uri,
     wait_for,
 )
-from tests.search.test_run import write_inputs
+from tests.search.test_study import write_inputs
 
 runner = CliRunner()
 
@@ -59,7 +59,7 @@ def _runs(tmp_path: Path) -> list[dict]:
     if not (tmp_path / "kb").exists():
         return []
     with open_store(store_uri(tmp_path), read_only=True) as s:
-        return storage.list_runs(s)
+        return s.list_runs()
 
 
 def _one_error_line(stderr: str) -> str:
@@ -247,6 +247,6 @@ def test_hostile_or_missing_cache_is_rebuilt_not_blamed(inputs, tmp_path, how, m
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "PWNED").exists()
     with open_store(store_uri(tmp_path), read_only=True) as s:
-        steps = storage.search_rows(storage.run_evaluations(s, run_id))
+        steps = search_rows(s.run_evaluations(run_id))
     assert not [x["error"] for x in steps if x["state"] == State.FAILED and "prefix" in (x["error"] or "")]
     assert_clean(tmp_path, run_id, budget)

@@ -20,7 +20,7 @@ from automc.cli.app import app
 from automc.errors import NotFoundError, ValidationError
 from automc.kb import GraphBatch, State, TaskFeatures, open_store
 from automc.kb.schema import NODE, NODES, RELS, SCHEMA_VERSION
-from automc.search.storage import search_rows
+from automc.search._base import search_rows
 from tests.conftest import automc_exe
 
 TASK = TaskFeatures("resnet8", "syn.npz", 4, 16, 3, 192, 0.9, 5000.0, 1e6)

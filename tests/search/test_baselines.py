@@ -8,7 +8,9 @@ import zlib
 import numpy as np
 import pytest
 
+from automc.kb.states import State
 from automc.search._base import Context, History, Observation, SchemeKey, round_rng
+from automc.search._optimize import _walk
 from automc.search._optuna import SchemeEncoding, build_study, repair
 from automc.search.evolution import EvolutionStrategy
 from automc.search.rl import RLStrategy
@@ -28,7 +30,7 @@ def fake_observation(space: SearchSpace, scheme: SchemeKey, round_: int) -> Obse
     """A made-up evaluation: PR grows with each step's target ratio, accuracy falls with PR, a few schemes fail."""
     digest = zlib.crc32(" > ".join(scheme).encode())
     if digest % 23 == 0:
-        return Observation(scheme, "FAIL", round=round_, error="synthetic failure")
+        return Observation(scheme, State.FAILED, round=round_, error="synthetic failure")
     keep = 1.0
     for sid in scheme:
         keep *= 1.0 - 0.5 * float(space.strategy(sid).params.get("target_ratio_factor", 0.5))
@@ -42,15 +44,13 @@ def base_history() -> History:
 
 
 def run_round(strategy, space, history: History, r: int, n: int = 8, seed: int = 0) -> list[SchemeKey]:
-    """One round as the loop runs it: propose, evaluate each missing prefix, observe."""
+    """One round as the loop runs it: propose, evaluate the round walk's steps one at a time, observe."""
     proposed = strategy.propose(history, n, round_rng(seed, r))
     new = []
-    for scheme in proposed:
-        for i in range(1, len(scheme) + 1):
-            if scheme[:i] not in history:
-                obs = fake_observation(space, scheme[:i], r)
-                history.add(obs)
-                new.append(obs)
+    while (key := next(_walk(proposed, history), None)) is not None:  # a failure ends its proposal
+        obs = fake_observation(space, key, r)
+        history.add(obs)
+        new.append(obs)
     strategy.observe(history, new)
     return proposed
 
@@ -139,7 +139,7 @@ def test_rl_reward_penalises_pr_below_target(space):
     hit = strategy.reward(Observation(("x",), "COMPLETE", val_accuracy=0.9, pr=GAMMA), 0.9)
     below = strategy.reward(Observation(("x",), "COMPLETE", val_accuracy=0.9, pr=GAMMA / 2), 0.9)
     beyond = strategy.reward(Observation(("x",), "COMPLETE", val_accuracy=0.9, pr=0.9), 0.9)
-    failed = strategy.reward(Observation(("x",), "FAIL"), 0.9)
+    failed = strategy.reward(Observation(("x",), State.FAILED), 0.9)
     assert failed < below < hit == beyond
 
 

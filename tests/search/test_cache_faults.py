@@ -29,8 +29,9 @@ from automc.errors import DiskError, StoreDiskError
 from automc.kb import open_store
 from automc.kb.records import GraphBatch
 from automc.kb.states import State
-from automc.search import SearchConfig, search, storage
-from automc.search.evaluator import ModelCache
+from automc.search import SearchConfig, search
+from automc.search._base import search_rows
+from automc.search.cache import ModelCache
 from tests.conftest import automc_exe
 
 torch.set_num_threads(1)
@@ -69,13 +70,13 @@ def _cli_args(weights: Path, store: str, cache_dir: Path) -> list[str]:
 
 def _rows(store: str, run_id: str | None = None) -> tuple[str, list[dict]]:
     with open_store(store) as s:
-        run_id = run_id or storage.list_runs(s)[0]["id"]
-        return run_id, storage.run_evaluations(s, run_id)
+        run_id = run_id or s.list_runs()[0]["id"]
+        return run_id, s.run_evaluations(run_id)
 
 
 def _outcomes(rows: list[dict]) -> dict[str, tuple[str, float | None]]:
     """Counted steps by scheme: state and validation accuracy (a scheme's model depends on seed and scheme only)."""
-    return {r["scheme"]: (r["state"], r["val_accuracy"]) for r in storage.search_rows(rows)}
+    return {r["scheme"]: (r["state"], r["val_accuracy"]) for r in search_rows(rows)}
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +214,7 @@ def test_resume_of_a_complete_run_with_poisoned_entries(poisoned):
     assert not marker.exists()
     assert any("does not load" in r.getMessage() for r in logs)
     with open_store(cfg.store) as s:
-        assert storage.load_run(s, result.run_id).state == "COMPLETE"
+        assert s.load_run(result.run_id).state == "COMPLETE"
     model = load_compressed(out / "model")
     assert sum(p.numel() for p in model.parameters()) == best["params"]
 
@@ -333,8 +334,8 @@ def _resume_finishes(run_id: str, store: str) -> list[dict]:
     assert json.loads(out.stdout)["evaluations"] == BUDGET
     _, rows = _rows(store, run_id)
     with open_store(store) as s:
-        assert storage.load_run(s, run_id).state == "COMPLETE"
-    counted = storage.search_rows(rows)
+        assert s.load_run(run_id).state == "COMPLETE"
+    counted = search_rows(rows)
     assert len(counted) == BUDGET
     assert len({r["scheme"] for r in counted}) == BUDGET  # no scheme evaluated twice
     assert all(r["state"] != "RUNNING" for r in rows)
@@ -356,10 +357,11 @@ def test_cache_disk_fills_mid_run_then_resume(weights, tmp_path):
         assert f"writing {mnt / 'run' / 'cache'}/" in line
         assert line.endswith(f"free space and resume with: automc search --resume {run_id} --store {store}")
         with open_store(store) as s:
-            assert storage.load_run(s, run_id).state == "INTERRUPTED"
+            assert s.load_run(run_id).state == "INTERRUPTED"
         assert all(r["state"] != "RUNNING" for r in rows)
         cut = [r for r in rows if "no space left" in str(r["error"])]
-        assert cut and all(r["state"] == State.INTERRUPTED for r in cut)  # the step in flight: evaluated again
+        # the step in flight: INTERRUPTED (evaluated again on resume), never FAILED
+        assert cut and all(r["state"] == State.INTERRUPTED for r in cut)
         filler.unlink()
         _resume_finishes(run_id, store)
 
@@ -378,7 +380,8 @@ def test_store_disk_fills_mid_run_then_resume(weights, tmp_path):
         run_id = line.split("--resume ", 1)[1].split()[0]
         rows = _resume_finishes(run_id, store)
         # the store kept its records as they were; the step that was RUNNING is cut short ("stale") on resume
-        assert all(r["state"] == State.INTERRUPTED for r in rows if str(r["error"]).startswith("stale"))
+        stale = [r for r in rows if "stale" in str(r["error"])]
+        assert stale and all(r["state"] == State.INTERRUPTED for r in stale)
 
 
 def test_disk_error_is_one_line_naming_path_and_free_space():
@@ -389,13 +392,13 @@ def test_disk_error_is_one_line_naming_path_and_free_space():
     assert type(again) is StoreDiskError and str(again) == str(e)
 
 
-def test_evaluator_and_parallel_driver_let_a_cache_disk_error_through(data, space, tmp_path):
-    """A full cache disk is never a step's FAIL ("its prefix cannot be built", a .fail marker): it propagates from
-    ``Evaluator.evaluate`` and from the parallel driver's ``prepare`` and ``absorb``."""
+def test_evaluator_lets_a_cache_disk_error_through(data, space, tmp_path):
+    """A full cache disk is never a step's failure ("its prefix cannot be built", a .fail marker): it propagates
+    from ``Evaluator.evaluate``, ``prepare`` and ``absorb``."""
     from automc.compress.base import Task, TrainBudget
     from automc.compress.models import build_model
     from automc.search.evaluator import Evaluator
-    from automc.search.parallel import WorkerContext, absorb, execute, prepare
+    from automc.search.step import execute
 
     torch.manual_seed(0)
     base = build_model("resnet8", data.num_classes, width=4)
@@ -409,12 +412,12 @@ def test_evaluator_and_parallel_driver_let_a_cache_disk_error_through(data, spac
         with pytest.raises(DiskError):
             ev.evaluate((a, b))  # the parent's entry, written while replaying it
         with pytest.raises(DiskError):
-            prepare(ev, (a, b))
-        job = prepare(ev, (a,))  # its parent is the base model: nothing to write yet
-        outcome = execute(job, WorkerContext.from_evaluator(ev, portable=False))
+            ev.prepare((a, b))
+        job = ev.prepare((a,))  # its parent is the base model: nothing to write yet
+        outcome = execute(job, ev.context(portable=False))
         assert outcome.result.ok
         with pytest.raises(DiskError):
-            absorb(ev, outcome)
+            ev.absorb(outcome)
         assert not list((mnt / "cache").glob("*.fail"))  # nothing remembered as failed
         filler.unlink()
         assert ev.evaluate((a, b)).ok
@@ -460,8 +463,8 @@ def test_out_disk_full_at_the_report_then_resume(weights, tmp_path):
             search(cfg, progress=fill_at_the_end)
         assert fillers, "the search ended before its last round"
         with open_store(cfg.store) as s:
-            (run,) = storage.list_runs(s)
-            assert storage.load_run(s, run["id"]).state == "INTERRUPTED"
+            (run,) = s.list_runs()
+            assert s.load_run(run["id"]).state == "INTERRUPTED"
         text = str(e.value)
         assert "\n" not in text and text.startswith(f"no space left on {mnt} (") and f"writing {mnt}" in text
         assert text.endswith(f"free space and resume with: automc search --resume {run['id']} --store {cfg.store}")

@@ -1,9 +1,9 @@
-"""The evaluator: parent caching, LRU eviction and replay, FAIL results, determinism, no test data for strategies."""
+"""The evaluator: parent caching and replay, FAILED results, determinism, no test data for strategies (the model
+cache itself: ``test_cache.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 from typing import ClassVar
 
@@ -15,11 +15,14 @@ from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
 from automc.compress.models import build_model
 from automc.compress.ns import NetworkSlimming
+from automc.compress.scheme import apply_step
 from automc.compress.train import finetune, predict
 from automc.errors import ValidationError
 from automc.kb.schema import NODE
+from automc.kb.states import State
 from automc.search._base import Observation
-from automc.search.evaluator import Evaluator, ModelCache, StepResult, run_step, step_seed
+from automc.search.evaluator import Evaluator
+from automc.search.step import EvalResult, step_seed
 
 torch.set_num_threads(1)
 
@@ -55,7 +58,7 @@ def make(base, task, space, tmp_path, name="cache", **kw):
     return Evaluator(base, task, cache_dir=tmp_path / name, space=space, **kw)
 
 
-def same(a: StepResult, b: StepResult) -> bool:
+def same(a: EvalResult, b: EvalResult) -> bool:
     drop = {"seconds": 0.0, "train_seconds": 0.0}
     return dataclasses.replace(a, **drop) == dataclasses.replace(b, **drop)
 
@@ -105,8 +108,8 @@ def test_eviction_and_replay_give_the_uncached_model(base, task, space, tmp_path
     assert torch.equal(outputs(cached.model(key[:1]), task.data), outputs(tiny.model(key[:1]), task.data))
     assert r1.ok
     # Without any cache: the pure step on the base model gives the same child as the cached path.
-    child, _ = run_step(base, space.strategy(key[0]), task, base_params=cached.base().params,
-                        seed=step_seed(0, key[:1]), methods=METHODS)
+    child, _ = apply_step(base, space.strategy(key[0]), task, params_original=cached.base().params,
+                          seed=step_seed(0, key[:1]), methods=METHODS)
     assert torch.equal(outputs(child, task.data), outputs(cached.model(key[:1]), task.data))
 
 
@@ -128,12 +131,12 @@ def test_impossible_steps_fail_with_a_reason(base, data, space, tmp_path):
     ev = make(base, hard, space, tmp_path)
     lfb = space.parse("LFB")
     r = ev.evaluate(lfb)
-    assert r.state == "FAIL" and r.error.startswith("CompressionError: LFB can remove at most")
+    assert r.state == State.FAILED and r.error.startswith("CompressionError: LFB can remove at most")
     assert r.params is None and r.val_accuracy is None and not r.ok
     assert lfb not in ev.cache and ev.cache.failure(lfb) == r.error
     assert same(ev.evaluate(lfb), r)  # remembered: never retried
     child = ev.evaluate((*lfb, space.parse("NS")[0]))
-    assert child.state == "FAIL" and "prefix cannot be built" in child.error and "LFB can remove" in child.error
+    assert child.state == State.FAILED and "prefix cannot be built" in child.error and "LFB can remove" in child.error
     too_long = space.parse(" > ".join(["NS(finetune_epochs_factor=0.2)"] * 6))
     assert "not allowed: 6 steps" in ev.evaluate(too_long).error
     no_impl = make(base, hard, space, tmp_path, "x", methods={"NS": NetworkSlimming})
@@ -156,7 +159,7 @@ def test_observation_and_record_keep_test_accuracy_apart(base, task, space, tmp_
     assert rec["steps"].startswith('["NS(') and rec["fidelity"] == "search" and rec["state"] == "COMPLETE"
 
 
-def no_test_value(obs: Observation, r: StepResult) -> bool:
+def no_test_value(obs: Observation, r: EvalResult) -> bool:
     """The test accuracy is nowhere in the observation (unless it equals the validation accuracy)."""
     values = dataclasses.astuple(obs)
     return r.test_accuracy == r.val_accuracy or r.test_accuracy not in values
@@ -171,26 +174,6 @@ def test_final_replays_the_whole_scheme_at_another_fidelity(base, task, space, t
     longer = dataclasses.replace(task, budget=TrainBudget(epochs=2, batch_size=32, lr=0.05))
     final, model = ev.final(key, longer, data_fraction=1.0)
     assert final.ok and final.epochs == 2.0 and final.params == sum(p.numel() for p in model.parameters())
-
-
-def test_cache_lru_and_crash_safety(base, tmp_path):
-    cache = ModelCache(tmp_path / "c", max_bytes=10**9)
-    cache.put(("a",), base)
-    size = cache.size()
-    cache = ModelCache(tmp_path / "c", max_bytes=int(2.5 * size))
-    cache.put(("b",), base)
-    os.utime(cache.path(("a",)), (1, 1))
-    os.utime(cache.path(("b",)), (2, 2))
-    assert cache.get(("a",)) is not None  # touching a makes b the least recently used
-    cache.put(("c",), base)
-    assert ("a",) in cache and ("c",) in cache and ("b",) not in cache
-    assert torch.equal(outputs(cache.get(("c",)), synthetic(num_classes=4, per_class=4, size=16)),
-                       outputs(base, synthetic(num_classes=4, per_class=4, size=16)))
-    # A half-written entry (a crash mid-write) reads as missing and is removed; temp files are not entries.
-    cache.path(("a",)).write_bytes(cache.path(("a",)).read_bytes()[:100])
-    (cache.directory / ".tmp-123.pt").write_bytes(b"partial")
-    assert cache.get(("a",)) is None and ("a",) not in cache
-    assert [p.name for _, _, p in cache.entries()] == [cache.path(("c",)).name]
 
 
 def test_evaluator_pickles_for_workers(base, task, space, tmp_path):

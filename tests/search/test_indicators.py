@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from automc.kb.states import State
 from automc.search._base import Observation
 from automc.search.indicators import anytime_best_at_target, anytime_hypervolume, hypervolume
 
@@ -30,7 +31,7 @@ def test_hypervolume_of_a_known_front():
 
 def test_anytime_curve_follows_the_evaluations():
     pytest.importorskip("pymoo")
-    sequence = [obs(0.9, 0.3), obs(None, None, "FAIL"), obs(0.9, 0.5), obs(0.8, 0.7), obs(0.7, 0.6)]
+    sequence = [obs(0.9, 0.3), obs(None, None, State.FAILED), obs(0.9, 0.5), obs(0.8, 0.7), obs(0.7, 0.6)]
     curve = anytime_hypervolume(sequence, 0.4)
     assert curve == pytest.approx([0.0, 0.0, 0.09, 0.25, 0.25])
     assert anytime_hypervolume([], 0.4) == []
@@ -38,6 +39,6 @@ def test_anytime_curve_follows_the_evaluations():
 
 def test_best_accuracy_at_the_target_counts_only_reached_targets():
     obs = [Observation(("a",), "COMPLETE", 0.9, 0.2), Observation(("b",), "COMPLETE", 0.6, 0.4),
-           Observation(("c",), "FAIL"), Observation(("d",), "COMPLETE", 0.5, 0.45),
+           Observation(("c",), State.FAILED), Observation(("d",), "COMPLETE", 0.5, 0.45),
            Observation(("e",), "COMPLETE", 0.7, 0.41)]
     assert anytime_best_at_target(obs, 0.4) == [0.0, 0.6, 0.6, 0.6, 0.7]

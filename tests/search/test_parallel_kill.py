@@ -1,6 +1,6 @@
 """SIGKILL of a parallel search's driver mid-round (``workers=2``, a real subprocess, Ray and store): every step
-that finished is in the store, in the serial round's order, and the resumed run reads that history and ends
-with exactly the budget."""
+that finished is in the store, in the round walk's order whatever order the steps finished in, only the step in
+flight is lost, and the resumed run reads that history and ends with exactly the budget."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 from automc.catalog import scheme_key
 from automc.kb import open_store
 from automc.kb.states import State
-from automc.search import STRATEGIES, SearchConfig, search, storage
-from automc.search._base import SearchStrategy
+from automc.search import STRATEGIES, SearchConfig, search
+from automc.search._base import SearchStrategy, search_rows
 
 pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[2]
@@ -31,13 +31,14 @@ D = "NS(finetune_epochs_factor=0.2,target_ratio_factor=0.1,max_layer_prune_ratio
 E = "NS(finetune_epochs_factor=0.2,target_ratio_factor=0.3,max_layer_prune_ratio=0.7)"
 F = "SFP(target_ratio_factor=0.1,sfp_epochs_factor=0.2,sfp_update_every=5)"
 G = "NS(finetune_epochs_factor=0.2,target_ratio_factor=0.3,max_layer_prune_ratio=0.9)"
-# Round 0 proposes A > B, C > D, E: the serial round walks A, A > B, C, C > D, E; the parallel one runs the waves
-# [A, C, E] then [A > B, C > D], so a step of the second wave finishes out of the serial order.
+# Round 0 proposes A > B, C > D, E: the round walks A, A > B, C, C > D, E. Two workers start A and C; each arrival
+# starts the walk's next ready step (A > B after A, C > D after C), so steps begin and finish out of the walk's order
+# (A, C, A > B), and E has not begun when the first two-step scheme finishes.
 SCHEMES = ((A, B), (C, D), (E,), (F,), (G,), (A, F), (C, B))
 ROUND0 = [(A,), (A, B), (C,), (C, D), (E,)]
 BUDGET = 7
 
-# The driver: a search whose progress hook logs each finished step and, at the first step of the second wave,
+# The driver: a search whose progress hook logs each finished step and, at the first two-step scheme to finish,
 # tells the test and waits there (after that step's write, before the round's end) to be killed.
 DRIVER = """
 import json, sys, time
@@ -89,30 +90,33 @@ def test_sigkill_of_a_parallel_driver_keeps_every_finished_step_and_resume_ends_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray services it started (their workers end with them)
         proc.wait()
-    finished = [scheme_key(x) for x in log.read_text().splitlines()]
-    assert len(finished) == 4 and len(finished[-1]) == 2  # the first wave's three steps, one of the second
+    finished = [scheme_key(x) for x in log.read_text().splitlines()]  # in the order they arrived
+    assert 2 <= len(finished) <= 3 and len(finished[-1]) == 2 and all(len(k) == 1 for k in finished[:-1])
 
     with open_store(store, read_only=True) as s:  # read-only: as the kill left it (no stale marking)
-        (run,) = storage.list_runs(s)
-        rows = storage.run_evaluations(s, run["id"])
+        (run,) = s.list_runs()
+        rows = s.run_evaluations(run["id"])
     state = {scheme_key(r["scheme"]): r["state"] for r in rows}
-    # only the step still running is RUNNING: every step that finished was written as it arrived (COMPLETE, or
-    # FAILED for a method's failure), and in the serial round's order, which a resumed run reads its history in
-    assert {k for k, v in state.items() if v == "RUNNING"} == set(ROUND0) - set(finished)
+    # one step is still in flight (two workers), nothing else began; every step that finished was written as it
+    # arrived (COMPLETE, or FAILED for a method's failure), in the walk's order, which a resumed run reads its
+    # history in
+    running = {k for k, v in state.items() if v == "RUNNING"}
+    assert len(running) == 1 and running <= set(ROUND0) - set(finished)
+    assert set(state) == set(finished) | running
     serial = [k for k in ROUND0 if k in finished]
-    assert [scheme_key(r["scheme"]) for r in storage.search_rows(rows)] == serial
+    assert [scheme_key(r["scheme"]) for r in search_rows(rows)] == serial
 
     monkeypatch.setitem(STRATEGIES._paths, "fixed", f"{__name__}:Fixed")
     monkeypatch.setattr(Fixed, "seen", [])
     result = search(SearchConfig(resume=run["id"], store=store, device="cpu"))
     assert Fixed.seen[0] == serial  # the resumed run's first proposal sees the serial history
     with open_store(store) as s:
-        rows = storage.run_evaluations(s, run["id"])
-        assert storage.load_run(s, run["id"]).state == "COMPLETE"
-    steps = [scheme_key(r["scheme"]) for r in storage.search_rows(rows)]
+        rows = s.run_evaluations(run["id"])
+        assert s.load_run(run["id"]).state == "COMPLETE"
+    steps = [scheme_key(r["scheme"]) for r in search_rows(rows)]
     assert result.evaluations == BUDGET == len(steps) == len(set(steps))  # the budget, no scheme twice
-    assert steps[:4] == serial
+    assert steps[:len(serial)] == serial
     assert all(r["state"] != "RUNNING" for r in rows)
-    counted = {r["id"] for r in storage.search_rows(rows)}
+    counted = {r["id"] for r in search_rows(rows)}
     lost = [r for r in rows if r["id"] not in counted]  # the step killed in flight, marked stale, evaluated again
-    assert len(lost) == len(set(ROUND0) - set(finished)) and all(r["state"] == State.INTERRUPTED for r in lost)
+    assert len(lost) == 1 and all(r["state"] == State.INTERRUPTED for r in lost)

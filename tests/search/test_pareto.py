@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from automc.kb.states import State
 from automc.search._base import Observation
 from automc.search.pareto import front, non_dominated
 
@@ -34,7 +35,7 @@ def obs(scheme, acc, pr, state="COMPLETE"):
 
 def test_front_of_complete_observations_sorted_by_pr():
     data = [obs("a", 0.90, 0.2), obs("b", 0.85, 0.5), obs("c", 0.80, 0.45), obs("d", 0.70, 0.7),
-            obs("e", 0.99, 0.9, state="FAIL"), Observation(("f",), "COMPLETE"), obs("g", float("nan"), 0.9)]
+            obs("e", 0.99, 0.9, state=State.FAILED), Observation(("f",), "COMPLETE"), obs("g", float("nan"), 0.9)]
     assert [o.scheme for o in front(data)] == [("a",), ("b",), ("d",)]
     assert [o.scheme for o in front(data, target_pr=0.4)] == [("b",), ("d",)]
     # a scheme dominated overall can be on the front above the target

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from automc.catalog import load_catalog
+from automc.kb.states import State
 from automc.search._base import Context, History, Observation, StepRecord, round_rng
+from automc.search._optimize import _walk
 from automc.search.pareto import front
 from automc.search.progressive import ProgressiveStrategy, step_records
 
@@ -77,15 +79,13 @@ def new_history(space) -> History:
 
 
 def run_round(strategy, history, space, seed, r, n=10):
-    """What the loop does: propose, evaluate each missing prefix then the scheme, observe."""
+    """What the loop does: propose, evaluate the round walk's steps (every missing prefix), observe."""
     proposals = strategy.propose(history, n, round_rng(seed, r))
     new = []
-    for scheme in proposals:
-        for i in range(1, len(scheme) + 1):
-            if scheme[:i] not in history:
-                obs = observe(space, scheme[:i], r)
-                history.add(obs)
-                new.append(obs)
+    for key in _walk(proposals, history):  # every step succeeds here: one pass of the walk is the round
+        obs = observe(space, key, r)
+        history.add(obs)
+        new.append(obs)
     strategy.observe(history, new)
     return proposals
 
@@ -104,10 +104,8 @@ def test_proposals_are_valid_new_and_distinct(space):
         assert 0 < len(proposals) <= 10
         assert len(set(proposals)) == len(proposals)
         assert all(space.allowed(p) and p not in before and p for p in proposals)
-        for p in proposals:
-            for i in range(1, len(p) + 1):
-                if p[:i] not in history:
-                    history.add(observe(space, p[:i], r))
+        for key in _walk(proposals, history):
+            history.add(observe(space, key, r))
         s.observe(history, [])
     assert s.trained_on == {"this-task": len(step_records(history, "this-task", TASK))}
     assert s.propose(history, 0, round_rng(0, 9)) == []
@@ -194,13 +192,11 @@ def test_on_the_real_catalogue_space():
         proposals = s.propose(h, 10, round_rng(3, r))
         assert time.perf_counter() - started < 5
         assert len(proposals) == 10 and all(real.allowed(p) and p not in h for p in proposals)
-        for p in proposals:
-            for i in range(1, len(p) + 1):
-                if p[:i] not in h:
-                    parent = h.get(p[:i - 1])
-                    params = parent.params * float(rng.uniform(0.3, 0.95))
-                    h.add(Observation(p[:i], "COMPLETE", parent.val_accuracy * float(rng.uniform(0.9, 1.0)),
-                                      1 - params / BASE_PARAMS, params=params, round=r))
+        for key in _walk(proposals, h):
+            parent = h.get(key[:-1])
+            params = parent.params * float(rng.uniform(0.3, 0.95))
+            h.add(Observation(key, "COMPLETE", parent.val_accuracy * float(rng.uniform(0.9, 1.0)),
+                              1 - params / BASE_PARAMS, params=params, round=r))
         s.observe(h, [])
     assert s.state_dict()["fitted_through"] == 2
     assert max(len(o.scheme) for o in h) >= 2  # it extends evaluated schemes
@@ -211,7 +207,7 @@ def test_steps_from_pr_when_params_are_unknown(space):
     h = History(Observation((), "COMPLETE", 0.9, 0.0))
     h.add(Observation((ids[0],), "COMPLETE", 0.8, 0.5, round=0))
     h.add(Observation((ids[0], ids[1]), "COMPLETE", 0.6, 0.75, round=1))
-    h.add(Observation((ids[2],), "FAIL", round=1))
+    h.add(Observation((ids[2],), State.FAILED, round=1))
     (r0, a), (r1, b) = step_records(h, "t", TASK)
     assert (r0, a.parent, a.strategy) == (0, (), ids[0]) and (a.step_ar, a.step_pr) == pytest.approx((-1 / 9, 0.5))
     assert (r1, b.parent) == (1, (ids[0],)) and (b.step_ar, b.step_pr) == pytest.approx((-0.25, 0.5))

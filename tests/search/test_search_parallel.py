@@ -12,8 +12,8 @@ import pytest
 
 from automc.kb import open_store
 from automc.kb.states import State
-from automc.search import search, storage
-from tests.search.test_run import config, write_inputs
+from automc.search import search
+from tests.search.test_study import config, write_inputs
 
 pytest.importorskip("ray")
 
@@ -32,7 +32,7 @@ def test_two_workers_find_what_one_finds_and_only_the_driver_writes(inputs, tmp_
         cfg = config(inputs, d, strategy=strategy, budget=6, per_round=4, workers=workers, seed=3)
         res = search(cfg)
         with open_store(cfg.store) as s:
-            rows = storage.run_evaluations(s, res.run_id)
+            rows = s.run_evaluations(res.run_id)
             owners = s.query("MATCH (e:Evaluation) RETURN DISTINCT e.pid AS pid")
         runs[workers] = (res, rows, owners)
     (r1, rows1, _), (r2, rows2, owners2) = runs[1], runs[2]
@@ -83,18 +83,18 @@ def test_a_worker_killed_mid_search_costs_one_evaluation_and_the_search_finishes
     thread.join(timeout=5)
     assert len(killed) == 1
     with open_store(cfg.store) as s:
-        rows = storage.run_evaluations(s, res.run_id)
+        rows = s.run_evaluations(res.run_id)
         owners = s.query("MATCH (e:Evaluation) RETURN DISTINCT e.pid AS pid")
         run = s.query("MATCH (r:SearchRun {id: $id}) RETURN r.state AS state", {"id": res.run_id})
     assert run[0]["state"] == "COMPLETE" and len(rows) == 6 == res.evaluations  # the budget, and the search ended
     assert [o["pid"] for o in owners] == [os.getpid()]
     lost = [r for r in rows if r["state"] == State.FAILED and "worker lost" in (r.get("error") or "")]
-    assert len(lost) <= 1  # the killed step was retried (COMPLETE) or, at worst, that one step is a FAIL
+    assert len(lost) <= 1  # the killed step was retried (COMPLETE) or, at worst, that one step is FAILED
     # A retried step computes what an undisturbed one does: the serial run evaluates the same schemes alike.
     serial = search(config(inputs, tmp_path / "serial", strategy="random", budget=6, per_round=4, workers=1, seed=3,
                            epochs=1.0))
     with open_store(serial.store) as s:
-        expected = storage.run_evaluations(s, serial.run_id)
+        expected = s.run_evaluations(serial.run_id)
     assert [r["scheme"] for r in rows] == [r["scheme"] for r in expected]
     if not lost:
         assert [(r["state"], r["params"]) for r in rows] == [(r["state"], r["params"]) for r in expected]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from automc.kb import open_store
-from automc.search import STRATEGIES, search, storage
-from tests.search.test_run import config, write_inputs
+from automc.search import STRATEGIES, search
+from tests.search.test_study import config, write_inputs
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_strategy_spends_exactly_its_budget_and_repeats_for_a_seed(inputs, tmp_p
         cfg = config(inputs, tmp_path / str(i), strategy=strategy, budget=4, per_round=3, seed=5, epochs=0.1)
         res = search(cfg)
         with open_store(cfg.store) as s:
-            rows = storage.run_evaluations(s, res.run_id)
+            rows = s.run_evaluations(res.run_id)
         assert res.evaluations == len(rows) == 4
         schemes.append([r["scheme"] for r in rows])
     assert schemes[0] == schemes[1]

@@ -11,9 +11,9 @@ import torch
 
 from automc.errors import ValidationError
 from automc.kb import open_store
-from automc.search import STRATEGIES, SearchConfig, SearchInterrupted, search, storage
-from automc.search._base import Option
-from tests.search.test_run import config, write_inputs
+from automc.search import STRATEGIES, SearchConfig, SearchInterrupted, search
+from automc.search._base import Option, search_rows
+from tests.search.test_study import config, write_inputs
 
 torch.set_num_threads(1)
 
@@ -87,13 +87,13 @@ def test_bad_options_are_refused_before_any_work(inputs, tmp_path, options, mess
     with pytest.raises(ValidationError, match=re.escape(message)):
         search(cfg)
     with open_store(cfg.store) as s:
-        assert storage.list_runs(s) == []
+        assert s.list_runs() == []
     assert not (tmp_path / "cache").exists()
 
 
 def _steps_per_round(cfg: SearchConfig, run_id: str) -> list[int]:
     with open_store(cfg.store) as s:
-        rows = storage.search_rows(storage.run_evaluations(s, run_id))
+        rows = search_rows(s.run_evaluations(run_id))
     rounds = [int(r["round"]) for r in rows]
     return [rounds.count(r) for r in sorted(set(rounds))]
 
@@ -108,8 +108,8 @@ def test_an_option_reaches_the_strategy_stored_with_the_run(inputs, tmp_path):
     assert _steps_per_round(capped_cfg, plain.run_id) == [3]
     assert _steps_per_round(capped_cfg, capped.run_id) == [1, 1, 1]
     with open_store(capped_cfg.store) as s:
-        runs = {r["id"]: r for r in storage.list_runs(s)}
-        stored = storage.load_run(s, capped.run_id).config
+        runs = {r["id"]: r for r in s.list_runs()}
+        stored = s.load_run(capped.run_id).config
     assert runs[capped.run_id]["options"] == {"candidates": 1} and runs[plain.run_id]["options"] == {}
     assert stored["config"]["strategy_options"] == {"candidates": 1}  # typed, as declared
     assert stored["identity"]["strategy_options"] == {"candidates": 1}
@@ -143,6 +143,6 @@ def test_resume_keeps_the_stored_options_and_refuses_other_ones(inputs, tmp_path
     assert result.evaluations == 4
     assert _steps_per_round(cfg, run_id) == [1, 1, 1, 1]
     with open_store(cfg.store) as s:
-        run = storage.load_run(s, run_id)
+        run = s.load_run(run_id)
         assert run.state == "COMPLETE" and run.config["config"]["strategy_options"] == {"candidates": 1}
-        assert [r["options"] for r in storage.list_runs(s)] == [{"candidates": 1}]
+        assert [r["options"] for r in s.list_runs()] == [{"candidates": 1}]

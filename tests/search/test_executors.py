@@ -1,12 +1,12 @@
-"""Parallel evaluation: batches through the serial and the Ray executor give ``Evaluator.evaluate``'s results; a
-killed worker costs one retry, then a FAIL; leaving a batch early cancels what still runs."""
+"""The executors: jobs through ``SerialExecutor`` and ``RayExecutor`` (``submit``/``wait``) give
+``Evaluator.evaluate``'s results; jobs and contexts are plain data; a killed worker costs one retry, then a FAILED
+step; ``cancel`` (Ctrl-C) stops what still runs. The round around them: ``test_optimize.py``."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import pickle
-import random
 import signal
 import threading
 import time
@@ -22,21 +22,10 @@ from automc.compress.models import build_model
 from automc.compress.ns import NetworkSlimming
 from automc.compress.sfp import SoftFilterPruning
 from automc.compress.train import finetune
-from automc.search._base import History, Observation
-from automc.search.evaluator import Evaluator, StepResult, step_seed
-from automc.search.parallel import (
-    RayExecutor,
-    SerialExecutor,
-    StepJob,
-    WorkerContext,
-    evaluate_batch,
-    evaluate_round,
-    make_executor,
-    prepare,
-    ready,
-    round_plan,
-    serial_positions,
-)
+from automc.kb.states import State
+from automc.search.evaluator import PREFIX_FAILED, Evaluator
+from automc.search.executors import RayExecutor, SerialExecutor, make_executor
+from automc.search.step import EvalResult, StepJob, execute, step_seed
 
 torch.set_num_threads(1)
 ANNOUNCE = "AUTOMC_TEST_ANNOUNCE"  # a directory: each step writes "<seed>.<pid>" there and waits on "<seed>.hold"
@@ -96,31 +85,64 @@ def evaluator(base, task, space, directory, **kw):
     return Evaluator(base, task, cache_dir=directory, space=space, **kw)
 
 
-def same(a: StepResult, b: StepResult) -> bool:
+def same(a: EvalResult, b: EvalResult) -> bool:
     drop = {"seconds": 0.0, "train_seconds": 0.0}
     return dataclasses.replace(a, **drop) == dataclasses.replace(b, **drop)
 
 
-def test_serial_batch_gives_the_evaluators_results(base, task, space, tmp_path):
+
+
+def run_jobs(ev: Evaluator, keys, executor) -> list[EvalResult]:
+    """Prepare, submit and absorb ``keys`` in order, at most ``executor.workers`` in flight (what the loop's
+    round does, without its walk); returns the results in the order of ``keys``."""
+    pending, results, in_flight = list(keys), {}, 0
+    while pending or in_flight:
+        while pending and in_flight < executor.workers:
+            job = ev.prepare(pending.pop(0))
+            if isinstance(job, EvalResult):  # nothing to run: refused or failed before
+                results[job.scheme] = job
+            else:
+                executor.submit(job)
+                in_flight += 1
+        if in_flight:
+            outcome = executor.wait()
+            in_flight -= 1
+            results[outcome.result.scheme] = ev.absorb(outcome)
+    return [results[tuple(k)] for k in keys]
+
+
+def test_serial_executor_gives_the_evaluators_results(base, task, space, tmp_path):
     keys = [space.parse(t) for t in SCHEMES]
-    keys.insert(0, keys[-1][:1])  # the parent of the last scheme, in the same batch: it runs first
+    keys.insert(0, keys[-1][:1])  # the parent of the last scheme first: its child's job starts from its model
     one = evaluator(base, task, space, tmp_path / "one")
     expected = [one.evaluate(k) for k in keys]
     two = evaluator(base, task, space, tmp_path / "two")
     with make_executor(two) as ex:
-        assert isinstance(ex, SerialExecutor)
-        order = list(evaluate_batch(two, keys, ex))
-    got = dict(order)
-    assert sorted(got) == list(range(len(keys)))
-    assert order.index((0, got[0])) < order.index((len(keys) - 1, got[len(keys) - 1]))
+        assert isinstance(ex, SerialExecutor) and ex.workers == 1
+        got = run_jobs(two, keys, ex)
     assert all(r.ok for r in expected)
-    assert all(same(got[i], expected[i]) for i in range(len(keys)))
+    assert all(same(g, e) for g, e in zip(got, expected, strict=True))
     assert all(k in two.cache for k in keys)  # children went into the driver's cache, as evaluate puts them
-    # A job is plain data: tensors, dicts and the frozen strategy, no module.
-    job = prepare(two, (*keys[-1], space.parse("NS")[0]))
+
+
+def test_jobs_and_contexts_are_plain_data(base, task, space, tmp_path):
+    ev = evaluator(base, task, space, tmp_path)
+    parent = space.parse("NS(target_ratio_factor=0.5)")
+    assert ev.evaluate(parent).ok
+    job = ev.prepare((*parent, space.parse("SFP(target_ratio_factor=0.5)")[0]))
+    # A job is tensors, dicts and the frozen strategy, no module; its seed is the step's.
     assert isinstance(job, StepJob) and job.seed == step_seed(0, job.scheme)
     assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in job.parent_state.values())
     assert b"torch.nn" not in pickle.dumps((job.parent_arch, job.strategy, job.parent))
+    # What a worker process gets (the job and the run's context, pickled) computes what this process computes.
+    ctx = ev.context()
+    assert ctx.task.device.type == "cpu" and ctx.task.data.device.type == "cpu"
+    here = execute(job, ev.context(portable=False))
+    there = execute(pickle.loads(pickle.dumps(job)), pickle.loads(pickle.dumps(ctx)))
+    assert here.result.ok and same(there.result, here.result)
+    assert there.child_arch == here.child_arch
+    assert all(torch.equal(there.child_state[k], v) for k, v in here.child_state.items())
+    assert same(ev.absorb(there), ev.evaluate(job.scheme))  # absorbed: evaluate finds it known
 
 
 def test_failures_match_the_evaluators(base, data, space, tmp_path):
@@ -130,101 +152,25 @@ def test_failures_match_the_evaluators(base, data, space, tmp_path):
     one = evaluator(base, hard, space, tmp_path / "one")
     expected = [one.evaluate(k) for k in keys]
     two = evaluator(base, hard, space, tmp_path / "two")
-    got = dict(evaluate_batch(two, keys, make_executor(two)))
-    assert [r.state for r in expected] == ["FAIL"] * 3
-    assert [got[i].error for i in range(3)] == [r.error for r in expected]
-    assert got[1].error.startswith("its prefix cannot be built: StepFailed") and "CompressionError" in got[1].error
-    assert all(same(got[i], expected[i]) for i in range(3))
+    got = run_jobs(two, keys, make_executor(two))
+    assert [r.state for r in expected] == [State.FAILED] * 3
+    assert [g.error for g in got] == [r.error for r in expected]
+    assert got[0].error.startswith("CompressionError: LFB can remove at most")
+    assert got[1].error.startswith(PREFIX_FAILED) and "CompressionError: LFB can remove" in got[1].error
+    assert got[2].error.startswith("not allowed: 6 steps")
+    assert all(same(g, e) for g, e in zip(got, expected, strict=True))
 
 
-def serial_round(proposals, fails, history, budget):
-    """The serial search loop's round (``run._round``): each proposal's missing prefixes in order, a FAIL ends
-    the proposal, the budget is checked before each step."""
-    done = []
-    for scheme in proposals:
-        for k in range(1, len(scheme) + 1):
-            prefix = scheme[:k]
-            seen = history.get(prefix)
-            if seen is not None:
-                if not seen.ok:
-                    break
-                continue
-            if len(done) >= budget:
-                return done
-            history.add(Observation(prefix, "FAIL" if prefix in fails else "COMPLETE"))
-            done.append(prefix)
-            if prefix in fails:
-                break
-    return done
-
-
-def planned_round(proposals, fails, history, budget):
-    """The same round in waves: run every ready step of the plan side by side, plan again."""
-    done = []
-    while batch := ready(round_plan(proposals, history, budget - len(done)), history):
-        for prefix in batch:
-            history.add(Observation(prefix, "FAIL" if prefix in fails else "COMPLETE"))
-        done += batch
-    return done
-
-
-def test_a_round_in_waves_evaluates_what_the_serial_round_does():
-    rng = random.Random(0)
-    for _ in range(300):
-        def scheme():
-            return tuple(rng.choice("abc") for _ in range(rng.randint(1, 3)))
-        known = {scheme() for _ in range(rng.randint(0, 4))}
-        proposals = [scheme() for _ in range(rng.randint(1, 6))]
-        fails = {s for s in {p[:k] for p in proposals + list(known) for k in range(1, len(p) + 1)}
-                 if rng.random() < 0.3}
-        budget = rng.randint(1, 8)
-        histories = []
-        for _ in range(2):
-            h = History(Observation((), "COMPLETE"))
-            for s in sorted(known, key=len):  # a history holds a scheme's prefixes before it
-                if all(h.get(s[:k]) is not None and h.get(s[:k]).ok for k in range(len(s))):
-                    h.add(Observation(s, "FAIL" if s in fails else "COMPLETE"))
-            histories.append(h)
-        serial = serial_round(proposals, fails, histories[0], budget)
-        waves = planned_round(proposals, fails, histories[1], budget)
-        assert sorted(serial) == sorted(waves) and len(waves) == len(set(waves)) <= budget
-        # the serial order follows from the proposals alone: what a parallel round stamps each step with as it
-        # arrives, so that any part of the round in the store reads back in the serial order
-        assert sorted(waves, key=serial_positions(proposals).__getitem__) == serial
-
-
-def test_evaluate_round_matches_the_serial_loop(base, task, space, tmp_path):
-    proposals = [space.parse(t) for t in ("NS(target_ratio_factor=0.5) > LFB", "SFP(target_ratio_factor=0.5)",
-                                          "NS(target_ratio_factor=0.5)", "LMA(target_ratio_factor=0.5)")]
-    one = evaluator(base, task, space, tmp_path / "one")
-    h1 = History(one.base().observation(-1, "base"))
-    serial = serial_round(proposals, set(), History(Observation((), "COMPLETE")), 3)
-    expected = []
-    for scheme in serial:
-        r = one.evaluate(scheme)
-        h1.add(r.observation(0, f"id-{len(expected)}"))
-        expected.append(r)
-    two = evaluator(base, task, space, tmp_path / "two")
-    h2 = History(two.base().observation(-1, "base"))
-    calls: list[tuple[str, object]] = []
-
-    def started(scheme):
-        calls.append(("started", scheme))
-        return f"id-{len(calls) - 1}"
-
-    def finished(result, token):
-        calls.append(("finished", token))
-        return result.observation(0, token)
-
-    new = evaluate_round(two, SerialExecutor(WorkerContext.from_evaluator(two)), proposals, h2, 3,
-                         started=started, finished=finished)
-    assert [o.scheme for o in new] == [o.scheme for o in h1] == serial  # the serial order, budget 3 of 4 steps
-    assert [o.scheme for o in h2] == serial and all(o.ok for o in new)
-    begun = [k for kind, k in calls if kind == "started"]  # in waves: (a,) and (b,) before (a, c)
-    assert sorted(begun) == sorted(serial) and all(begun.index(k[:-1]) < begun.index(k) for k in begun if k[:-1])
-    assert sorted(o.evaluation_id for o in new) == sorted(t for kind, t in calls if kind == "finished")
-    assert [dataclasses.replace(o, evaluation_id="") for o in new] == [dataclasses.replace(o, evaluation_id="")
-                                                                         for o in h1]
+def test_a_step_that_raises_is_a_failed_outcome(base, data, space, tmp_path):
+    hard = Task(data, 0.95, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+    ev = evaluator(base, hard, space, tmp_path)
+    job = ev.prepare(space.parse("LFB"))
+    out = SerialExecutor(ev.context(portable=False))
+    out.submit(job)
+    outcome = out.wait()
+    assert outcome.result.state == State.FAILED and outcome.child_state is None and outcome.measured is None
+    assert outcome.result.seed == job.seed and outcome.worker.endswith(f":{os.getpid()}")
+    assert ev.absorb(outcome) is outcome.result and ev.cache.failure(job.scheme) == outcome.result.error
 
 
 # -- Ray (one local instance for the module: starting one costs seconds) ---------------------------------------
@@ -243,7 +189,7 @@ def ray_run(base, task, space, tmp_path_factory, announce_dir):
     ev = evaluator(base, task, space, tmp_path_factory.mktemp("ray-cache"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ANNOUNCE, str(announce_dir))  # before Ray starts: its workers inherit the environment
-        ex = RayExecutor(WorkerContext.from_evaluator(ev), workers=2, cpus_per_worker=1, threads=1)
+        ex = RayExecutor(ev.context(), workers=2, cpus_per_worker=1, threads=1)
     try:
         assert ray.is_initialized()
         yield ev, ex
@@ -260,16 +206,16 @@ def pids(directory: Path, seed: int) -> list[int]:
 def test_ray_gives_the_serial_results(ray_run, base, task, space, tmp_path):
     ev, ex = ray_run
     keys = [space.parse(t) for t in SCHEMES]
-    got = dict(evaluate_batch(ev, keys, ex))
+    got = run_jobs(ev, keys, ex)
     serial = evaluator(base, task, space, tmp_path / "serial")
-    expected = dict(evaluate_batch(serial, keys, SerialExecutor(WorkerContext.from_evaluator(serial), threads=1)))
-    assert all(expected[i].ok for i in range(len(keys)))
-    assert all(same(got[i], expected[i]) for i in range(len(keys)))
+    expected = run_jobs(serial, keys, SerialExecutor(serial.context(portable=False), threads=1))
+    assert all(r.ok for r in expected)
+    assert all(same(g, e) for g, e in zip(got, expected, strict=True))
     assert all(k in ev.cache for k in keys)
 
 
 @pytest.mark.slow
-def test_a_killed_worker_costs_one_retry_then_a_fail(ray_run, space, announce_dir, tmp_path):
+def test_a_killed_worker_costs_one_retry_then_a_failed_step(ray_run, space, announce_dir, tmp_path):
     ev, ex = ray_run
     keys = [space.parse(t) for t in ("NS(target_ratio_factor=0.7)", "SFP(target_ratio_factor=0.9)",
                                      "NS(target_ratio_factor=0.3)")]
@@ -298,7 +244,7 @@ def test_a_killed_worker_costs_one_retry_then_a_fail(ray_run, space, announce_di
             a = attempt(twice, [])
             os.kill(a, signal.SIGKILL)
             b = attempt(twice, [a])
-            os.kill(b, signal.SIGKILL)  # the retry dies too: that step is a FAIL
+            os.kill(b, signal.SIGKILL)  # the retry dies too: that step is FAILED
             killed.extend([a, b])
         except Exception as e:  # noqa: BLE001 - reported by the test below
             problems.append(repr(e))
@@ -308,11 +254,11 @@ def test_a_killed_worker_costs_one_retry_then_a_fail(ray_run, space, announce_di
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    got = dict(evaluate_batch(ev, keys, ex))
+    got = run_jobs(ev, keys, ex)
     thread.join(timeout=120)
     assert not problems and len(killed) == 3
     assert got[0].ok and len(pids(announce_dir, once)) == 2  # retried once, on a new worker process
-    assert got[1].state == "FAIL" and got[1].error.startswith("worker lost on 2 attempts: ")
+    assert got[1].state == State.FAILED and got[1].error.startswith("worker lost on 2 attempts: ")
     assert len(pids(announce_dir, twice)) == 2 and got[2].ok and len(pids(announce_dir, free)) == 1
     # The retried step computed what an undisturbed one computes.
     serial = evaluator(ev.base_model, ev.task, space, tmp_path / "serial")
@@ -321,13 +267,13 @@ def test_a_killed_worker_costs_one_retry_then_a_fail(ray_run, space, announce_di
 
 
 @pytest.mark.slow
-def test_a_failing_step_is_a_fail_at_once_on_a_worker(ray_run, base, data, space, announce_dir, tmp_path):
+def test_a_failing_step_is_failed_at_once_on_a_worker(ray_run, base, data, space, announce_dir, tmp_path):
     hard = Task(data, 0.95, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
     ev = evaluator(base, hard, space, tmp_path / "hard")
     lfb = space.parse("LFB")
-    with RayExecutor(WorkerContext.from_evaluator(ev), workers=2) as ex:  # joins the module's Ray, leaves it up
-        (_, got), = evaluate_batch(ev, [lfb], ex)
-    assert got.state == "FAIL" and got.error.startswith("CompressionError: LFB can remove at most")
+    with RayExecutor(ev.context(), workers=2) as ex:  # joins the module's Ray, leaves it up
+        (got,) = run_jobs(ev, [lfb], ex)
+    assert got.state == State.FAILED and got.error.startswith("CompressionError: LFB can remove at most")
     assert len(pids(announce_dir, step_seed(0, lfb))) == 1  # not retried
     assert same(got, evaluator(base, hard, space, tmp_path / "serial").evaluate(lfb))
 
@@ -357,8 +303,12 @@ def test_ctrl_c_cancels_the_running_steps(ray_run, space, announce_dir):
     try:
         threading.Thread(target=interrupt, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
-            list(evaluate_batch(ev, keys, ex))
-            assert not problems, problems[0]
+            try:
+                run_jobs(ev, keys, ex)
+            except BaseException:
+                ex.cancel()  # what the loop's round does on any error
+                raise
+        assert not problems, problems[0]
         running = [p for s in seeds for p in pids(announce_dir, s)]
         assert len(running) == 2
         deadline = time.monotonic() + 30

@@ -16,8 +16,8 @@ from automc.compress.models import build_model
 from automc.compress.train import finetune
 from automc.errors import NotFoundError, ValidationError
 from automc.kb import open_store
-from automc.search import STRATEGIES, SearchConfig, SearchInterrupted, search, storage
-from automc.search._base import Context, History, Observation
+from automc.search import STRATEGIES, SearchConfig, SearchInterrupted, search
+from automc.search._base import Context, History, Observation, search_rows
 from automc.search.random import RandomStrategy
 from automc.search.report import build_report
 
@@ -63,13 +63,13 @@ def finished(inputs, tmp_path_factory):
 
 def _rows(cfg, run_id):
     with open_store(cfg.store) as s:
-        return storage.run_evaluations(s, run_id)
+        return s.run_evaluations(run_id)
 
 
 def test_budget_counts_steps_all_linked_to_run_and_parent(finished):
     cfg, result, events = finished
     rows = _rows(cfg, result.run_id)
-    steps = storage.search_rows(rows)
+    steps = search_rows(rows)
     assert len(steps) == cfg.budget == result.evaluations
     assert [e.done for e in events if e.kind == "step"] == list(range(1, cfg.budget + 1))
     # the store gives the steps back in evaluation order (what a resumed run rebuilds its history from)
@@ -78,7 +78,7 @@ def test_budget_counts_steps_all_linked_to_run_and_parent(finished):
         linked = s.query("MATCH (e:Evaluation)-[:EVAL_IN_RUN]->(:SearchRun {id: $r}) MATCH (e)-[:EVAL_OF_SCHEME]->"
                          "(x:Scheme) MATCH (x)-[:EXTENDS]->(p:Scheme) RETURN e.id AS e, e.parent AS parent, "
                          "p.id AS p, p.text AS ptext, x.text AS text", {"r": result.run_id})
-        run = storage.load_run(s, result.run_id)
+        run = s.load_run(result.run_id)
     assert {r["e"] for r in linked} == {r["id"] for r in rows}
     for r in linked:
         assert r["parent"] == r["p"]
@@ -95,7 +95,7 @@ def test_budget_counts_steps_all_linked_to_run_and_parent(finished):
 
 def test_front_reaches_gamma_and_is_non_dominated(finished):
     cfg, result, _ = finished
-    points = [r for r in storage.search_rows(_rows(cfg, result.run_id)) if r["state"] == "COMPLETE"]
+    points = [r for r in search_rows(_rows(cfg, result.run_id)) if r["state"] == "COMPLETE"]
     assert result.front, "a 5-step search on this task reaches PR 0.4"
     for row in result.front:
         assert row["search_pr"] >= cfg.target_pr and row["pr"] >= cfg.target_pr - 0.03
@@ -112,7 +112,7 @@ def test_report_from_the_store_reproduces_the_front(finished, tmp_path):
     cfg, result, _ = finished
     with open_store(cfg.store) as s:
         info = build_report(s, result.run_id)
-        stored = storage.load_run(s, result.run_id).front
+        stored = s.load_run(result.run_id).front
     assert info.front == result.front == stored
     assert info.evaluations == result.evaluations
     out = Path(cfg.out)
@@ -128,7 +128,7 @@ def test_final_fine_tune_is_stored_at_its_own_fidelity(finished):
     rows = _rows(cfg, result.run_id)
     finals = [r for r in rows if r["fidelity"] == "final"]
     assert len(finals) == 1 and finals[0]["data_fraction"] == 1.0 and finals[0]["epochs"] == cfg.final_epochs
-    steps = storage.search_rows(rows)
+    steps = search_rows(rows)
     assert {(r["data_fraction"], r["epochs"]) for r in steps} == {(0.5, cfg.epochs)}
     # every step selected on the same validation images, which are none of the test images
     assert len({r["val_source"] for r in rows}) == 1 and "half 1 of 2" in rows[0]["val_source"]
@@ -185,7 +185,7 @@ def test_bad_input_writes_nothing(inputs, tmp_path, change, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(")):
         search(cfg)
     with open_store(cfg.store) as s:
-        assert storage.list_runs(s) == []
+        assert s.list_runs() == []
     assert not (tmp_path / "cache").exists()
 
 
@@ -198,19 +198,19 @@ def test_validation_data_with_other_classes_is_refused(inputs, tmp_path):
     with pytest.raises(ValidationError, match="class"):
         search(cfg)
     with open_store(cfg.store) as s:
-        assert storage.list_runs(s) == []
+        assert s.list_runs() == []
 
 
 def test_resume_of_a_run_on_other_data_is_refused(finished, inputs, tmp_path_factory):
     cfg, result, _ = finished
     other, _ = write_inputs(tmp_path_factory.mktemp("other"), seed=1)
     with open_store(cfg.store) as s:
-        before = storage.list_runs(s)
+        before = s.list_runs()
     for change in ({"data": str(other)}, {"target_pr": 0.5}, {"model": "resnet14"}):
         with pytest.raises(ValidationError, match="was started with another"):
             search(dataclasses.replace(cfg, resume=result.run_id, **change))
     with open_store(cfg.store) as s:
-        assert storage.list_runs(s) == before
+        assert s.list_runs() == before
 
 
 @pytest.mark.slow
@@ -225,15 +225,15 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_the_budget(inputs,
         search(cfg, progress=stop)
     run_id = info.value.run_id
     with open_store(cfg.store) as s:
-        run = storage.load_run(s, run_id)
+        run = s.load_run(run_id)
         assert run.state == "INTERRUPTED"
-        assert len(storage.search_rows(storage.run_evaluations(s, run_id))) == 2
+        assert len(search_rows(s.run_evaluations(run_id))) == 2
     result = search(SearchConfig(resume=run_id, store=cfg.store, device="cpu"))
     rows = _rows(cfg, run_id)
-    assert result.run_id == run_id and result.evaluations == 4 == len(storage.search_rows(rows))
+    assert result.run_id == run_id and result.evaluations == 4 == len(search_rows(rows))
     assert all(r["state"] != "RUNNING" for r in rows)
     with open_store(cfg.store) as s:
-        assert storage.load_run(s, run_id).state == "COMPLETE"
+        assert s.load_run(run_id).state == "COMPLETE"
 
 
 def test_resume_in_a_missing_store_creates_none(inputs, tmp_path):
@@ -254,7 +254,7 @@ def test_a_search_on_another_task_learns_from_the_first_only_with_reuse(inputs, 
     learnt = search(config(other, tmp_path, strategy="progressive", reuse=True, budget=2, per_round=2,
                            cache_dir=str(tmp_path / "cache2")))
     assert learnt.task != first.task
-    steps = len([r for r in storage.search_rows(_rows(config(inputs, tmp_path), first.run_id))
+    steps = len([r for r in search_rows(_rows(config(inputs, tmp_path), first.run_id))
                  if r["state"] == "COMPLETE"])
     assert learnt.reuse["evaluations"] == steps and learnt.reuse["tasks"] == 1
     assert learnt.learnt["trained_on"].get(first.task, 0) > 0  # F_mo was warm-started on the first task's steps
