@@ -9,7 +9,7 @@ locality for TPE (neighbouring values share the method and its leading hyperpara
 in product order). NSGA-II's uniform crossover and resampling mutation work on either kind of gene.
 
 Stateless across rounds: each ``propose`` rebuilds an in-memory study from the history (every COMPLETE
-observation a trial with values (val accuracy, PR) and the constraint ``gamma - pr``; FAIL ones FAIL trials),
+observation a trial with values (val accuracy, PR) and the constraint ``gamma - pr``; FAILED ones FAIL trials),
 asks trials from a sampler seeded from the round's random stream, and never tells them.
 """
 

@@ -2,7 +2,7 @@
 
 One LSTM step per scheme position: a softmax over the methods and END, then one softmax per hyperparameter of
 the chosen method; the next step reads the embedding of the strategy just chosen. Reward of an evaluated scheme:
-``val_acc / base_acc + lam * min(pr, gamma) / gamma - penalty * max(0, gamma - pr) / gamma`` (a FAIL scores as
+``val_acc / base_acc + lam * min(pr, gamma) / gamma - penalty * max(0, gamma - pr) / gamma`` (a FAILED step scores as
 accuracy 0 and PR 0). The controller learns from every evaluated scheme once (prefixes the loop evaluated
 included), with the log-probability of that scheme under the controller and a moving-average baseline.
 """
