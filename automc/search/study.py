@@ -229,17 +229,20 @@ def search(config: SearchConfig, *, progress: Callable[[SearchEvent], None] | No
     from automc.search._optimize import optimize
 
     t0 = time.monotonic()
-    conf.check(config)
-    conf.check_gpus(config)  # workers and their GPUs are per session: what is given is what is used
     with catching():  # a Ctrl-C that a library swallows still stops the run (``_interrupt.check``)
-        study = _open(config, progress, t0)
+        study = open_study(config, progress, t0)
         return optimize(study)
 
 
-def _open(config: SearchConfig, progress: Callable[[SearchEvent], None] | None, t0: float) -> Study:
-    """Resolve and check the configuration, sweep stale records, claim or create the run, and set it up."""
+def open_study(config: SearchConfig, progress: Callable[[SearchEvent], None] | None = None,
+               t0: float | None = None) -> Study:
+    """Resolve and check the configuration, sweep stale records, claim or create the run, and set it up (data,
+    model, evaluator, history); ``search()`` then runs it. Raises ``ValidationError`` before anything is written."""
     from automc.kb import default_store_uri, open_store
 
+    t0 = time.monotonic() if t0 is None else t0
+    conf.check(config)
+    conf.check_gpus(config)  # workers and their GPUs are per session: what is given is what is used
     store_uri = config.store or default_store_uri()
     stored, done = None, 0
     if config.resume:
@@ -256,10 +259,10 @@ def _open(config: SearchConfig, progress: Callable[[SearchEvent], None] | None, 
         conf.compare_identity(stored.id, stored.config.get("identity", {}), ident)
     run_id = stored.id if stored else uuid.uuid4().hex[:12]
     conf.check_paths(cfg, conf.run_dir(cfg, run_id))
-    with _opened(store_uri) as s:
-        s.fail_stale()  # records of processes that died since the store was last used
-        if stored is not None:  # atomic: of two resumes of one run, the second is refused here
-            s.claim_run(stored.id)
+    if stored is not None:
+        with _opened(store_uri) as s:
+            s.fail_stale()  # records of processes that died since the store was last used
+            s.claim_run(stored.id)  # atomic: of two resumes of one run, the second is refused here
     try:
         return _start(run_id, cfg, ident, store_uri, stored, progress, t0)
     except BaseException:
@@ -341,6 +344,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
                    "setup_seconds": float(stored.config.get("setup_seconds") or 0.0) if stored else 0.0}
     with _opened(store_uri) as s:
         if stored is None:
+            s.fail_stale()  # records of processes that died since the store was last used
             s.create_run(run_id=run_id, algorithm=str(cfg.strategy), task=features, seed=int(cfg.seed),
                          target_pr=float(cfg.target_pr), budget=int(cfg.budget), config=config_json,
                          fingerprint=conf.fingerprint(ident))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
 from typing import ClassVar
 
 import pytest
@@ -20,7 +19,7 @@ from automc.search._base import History, Observation, SearchStrategy, search_row
 from automc.search._optimize import _ready, _round, _walk
 from automc.search.executors import RayExecutor, SerialExecutor
 from automc.search.space import SearchSpace
-from automc.search.study import _open
+from automc.search.study import open_study
 from tests.search.test_study import config, write_inputs
 
 torch.set_num_threads(1)
@@ -134,7 +133,7 @@ def inputs(tmp_path_factory):
 
 def study(inputs, d, budget=5):
     """A real study (store, run, evaluator), as ``search()`` sets it up."""
-    return _open(config(inputs, d, target_pr=0.9, budget=budget), None, time.monotonic())
+    return open_study(config(inputs, d, target_pr=0.9, budget=budget))
 
 
 def two_rounds(st, executor):
