@@ -139,7 +139,8 @@ def search_cmd(
     if json_out:
         print_json(result.to_dict())
         return
-    title = f"Pareto front of run {result.run_id} (PR ≥ γ; validation accuracy selects, test is reported)"
+    title = (f"Pareto front of run {result.run_id} (PR ≥ γ; validation accuracy selects; test accuracy of "
+             f"final models only)")
     if result.front:
         _print_front(result.front, title)
     else:

@@ -94,24 +94,36 @@ class Measurement:
     test_correct: int = 0
     val_total: int = 0
     val_correct: int = 0
+    # per-image correctness on the test split (``compress.paired``: packed bits) and the test images' hash
+    test_bits: str | None = None
+    test_ids: str | None = None
 
     def to_dict(self) -> dict[str, float | int]:
         d = asdict(self)
+        del d["test_bits"], d["test_ids"]
         lo, hi = wilson_interval(self.test_correct, self.test_total)
         d.update(acc_test_ci95_low=lo, acc_test_ci95_high=hi)
         return d
 
 
-def evaluation_record(after: Measurement, base: Measurement, parent: Measurement | None = None) -> dict[str, float]:
+def evaluation_record(after: Measurement, base: Measurement,
+                      parent: Measurement | None = None) -> dict[str, float | str | None]:
     """``after``'s measurements under the knowledge base's Evaluation property names, with its ratios against the
-    base model (PR, FR, AR on test) and, given ``parent``, against the step's input (step AR on validation, step PR)."""
+    base model (PR, FR, AR on test) and, given ``parent``, against the step's input (step AR on validation, step PR).
+
+    Test accuracy, its interval and AR are None when ``after``'s test split was not measured (``test_total == 0``:
+    a search step); the per-image test correctness comes along when it was kept."""
+    tested = after.test_total > 0
     lo, hi = wilson_interval(after.test_correct, after.test_total)
     vlo, vhi = wilson_interval(after.val_correct, after.val_total)
-    out = {"params": float(after.params), "flops": float(after.flops), "accuracy": after.acc_test,
-           "accuracy_low": lo, "accuracy_high": hi, "val_accuracy": after.acc_val,
-           "val_accuracy_low": vlo if after.val_total else None, "val_accuracy_high": vhi if after.val_total else None,
-           "pr": param_reduction(base.params, after.params), "fr": flops_reduction(base.flops, after.flops),
-           "ar": accuracy_change(base.acc_test, after.acc_test)}
+    out: dict[str, float | str | None] = {
+        "params": float(after.params), "flops": float(after.flops), "accuracy": after.acc_test if tested else None,
+        "accuracy_low": lo if tested else None, "accuracy_high": hi if tested else None, "val_accuracy": after.acc_val,
+        "val_accuracy_low": vlo if after.val_total else None, "val_accuracy_high": vhi if after.val_total else None,
+        "pr": param_reduction(base.params, after.params), "fr": flops_reduction(base.flops, after.flops),
+        "ar": accuracy_change(base.acc_test, after.acc_test) if tested and base.test_total else None}
+    if tested and after.test_bits is not None:
+        out.update(test_correct_bits=after.test_bits, test_ids_hash=after.test_ids)
     if parent is not None:
         out.update(step_ar=accuracy_change(parent.acc_val, after.acc_val),
                    step_pr=param_reduction(parent.params, after.params))

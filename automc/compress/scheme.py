@@ -18,6 +18,7 @@ from automc._interrupt import check as check_interrupt
 from automc.catalog import Scheme, Strategy
 from automc.compress.base import Method, Task, step_ratio
 from automc.compress.metrics import (
+    Accuracy,
     Measurement,
     accuracy_change,
     count_flops,
@@ -85,15 +86,21 @@ class SchemeResult:
 
 
 def measure(model: nn.Module, task: Task, *, test: bool = True) -> Measurement:
-    """Parameters, FLOPs (2 per MAC) and validation/test accuracy of ``model`` on ``task`` (``test=False``: the
-    test split is not touched, its fields stay 0)."""
+    """Parameters, FLOPs (2 per MAC) and validation/test accuracy of ``model`` on ``task``, with the per-image test
+    correctness (``compress.paired``) for paired tests (``test=False``: the test split is not touched, its fields
+    stay 0 and None: a search step)."""
+    from automc.compress.paired import encode_bits, images_hash, per_image_correct
+
     model.to(task.device)
-    t = evaluate(model, task.data, "test", device=task.device) if test else None
+    correct = per_image_correct(model, task.data, "test", device=task.device) if test else None
+    t = Accuracy(int(correct.sum()), int(correct.size)) if correct is not None else None
     v = evaluate(model, task.data, "val", device=task.device) if task.data.size("val") else t
     if v is None:
         raise ValueError("the task has neither a validation nor a measured test split")
     return Measurement(count_params(model), count_flops(model, task.data.example_input()), v.top1,
-                       t.top1 if t else 0.0, t.total if t else 0, t.correct if t else 0, v.total, v.correct)
+                       t.top1 if t else 0.0, t.total if t else 0, t.correct if t else 0, v.total, v.correct,
+                       encode_bits(correct) if correct is not None else None,
+                       images_hash(task.data, "test") if correct is not None else None)
 
 
 def seed_everything(seed: int) -> None:

@@ -101,12 +101,20 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "e.val_accuracy AS val_accuracy, e.ar AS ar, e.pr AS pr, e.fr AS fr, e.seconds AS seconds, "
           "e.device AS device, e.created AS created ORDER BY created, id",
           (Param("task", str, ""), Param("run", str, ""), Param("state", str, State.COMPLETE.value))),
-    Query("best-evaluations", "the most accurate complete evaluations on a task reaching a parameter reduction",
+    Query("best-evaluations", "the most accurate complete evaluations on a task reaching a parameter reduction "
+          "(by test accuracy; search steps, whose test accuracy is never measured, after the others)",
           f"MATCH (e:Evaluation {{state: '{State.COMPLETE}'}})-[:EVAL_ON_TASK]->(t:Task {{id: $task}}) "
           "MATCH (e)-[:EVAL_OF_SCHEME]->(s:Scheme) WHERE e.pr >= $min_pr "
           "RETURN s.text AS scheme, e.pr AS pr, e.fr AS fr, e.accuracy AS accuracy, e.ar AS ar "
-          "ORDER BY accuracy DESC LIMIT $limit",
+          "ORDER BY e.accuracy IS NULL, accuracy DESC, e.val_accuracy DESC, scheme LIMIT $limit",
           (Param("task"), Param("min_pr", float, 0.0), Param("limit", int, 10))),
+    Query("test-records", "per-image test correctness of complete evaluations (final models and compress runs) for "
+          "paired tests (automc.compress.paired), of one search run and/or one evaluation id (empty = any)",
+          f"MATCH (e:Evaluation {{state: '{State.COMPLETE}'}})-[:EVAL_OF_SCHEME]->(s:Scheme) "
+          "WHERE e.test_correct_bits IS NOT NULL AND ($run = '' OR e.search_run = $run) AND ($id = '' OR e.id = $id) "
+          "RETURN e.id AS id, s.text AS scheme, e.search_run AS search_run, e.fidelity AS fidelity, "
+          "e.accuracy AS accuracy, e.test_ids_hash AS test_ids_hash, e.test_correct_bits AS test_correct_bits, "
+          "e.created AS created ORDER BY created, id", (Param("run", str, ""), Param("id", str, ""))),
     Query("scheme-steps", "the ordered strategies of one scheme",
           "MATCH (s:Scheme {id: $scheme})-[r:STEP]->(x:Strategy) RETURN r.position AS position, x.id AS strategy "
           "ORDER BY position", (Param("scheme"),)),
@@ -136,13 +144,13 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "e.seed AS seed, e.val_source AS val_source, e.seconds AS seconds, e.train_seconds AS train_seconds, "
           "e.device AS device, e.error AS error, e.created AS created, e.finished AS finished, e.step AS step "
           "ORDER BY step, round, created, length, scheme, id", (Param("run"),)),
-    Query("best-schemes", "the most accurate complete schemes reaching a parameter reduction on one model's tasks, "
-          "e.g. model=resnet56 min_pr=0.4",
+    Query("best-schemes", "the most accurate complete schemes reaching a parameter reduction on one model's tasks "
+          "(final models by test accuracy first, then search steps), e.g. model=resnet56 min_pr=0.4",
           f"MATCH (e:Evaluation {{state: '{State.COMPLETE}'}})-[:EVAL_ON_TASK]->(t:Task {{model: $model}}) "
           "MATCH (e)-[:EVAL_OF_SCHEME]->(s:Scheme) WHERE e.pr >= $min_pr AND s.length > 0 "
           "RETURN s.text AS scheme, t.id AS task, e.fidelity AS fidelity, e.pr AS pr, e.fr AS fr, "
           "e.val_accuracy AS val_accuracy, e.accuracy AS accuracy, e.search_run AS search_run, e.id AS evaluation "
-          "ORDER BY accuracy DESC, val_accuracy DESC, evaluation LIMIT $limit",
+          "ORDER BY e.accuracy IS NULL, accuracy DESC, val_accuracy DESC, evaluation LIMIT $limit",
           (Param("model"), Param("min_pr", float, 0.0), Param("limit", int, 10))),
     # -- search reuse (automc.search.reuse) ------------------------------------------------------------------
     Query("search-steps", "complete search evaluations with their scheme, step effect and task features, "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Property types, in LadybugDB's spelling; Neo4j is schemaless for properties and only gets key constraints.
 STRING, DOUBLE, INT64, BOOLEAN, DOUBLE_LIST = "STRING", "DOUBLE", "INT64", "BOOLEAN", "DOUBLE[]"
@@ -80,7 +80,9 @@ NODES: tuple[NodeType, ...] = (
         "val_accuracy_high:DOUBLE", "step_ar:DOUBLE", "step_pr:DOUBLE", "epochs:DOUBLE", "data_fraction:DOUBLE",
         "seed:INT64", "val_source", "train_seconds:DOUBLE",
         # v3: its index in its search run's order (search steps and final fine-tunes alike); states are ``State``s
-        "step:INT64")),
+        "step:INT64",
+        # v4: a final model's per-image test correctness (``compress.paired``: packed bits) and its test images' hash
+        "test_correct_bits", "test_ids_hash")),
     NodeType("SearchRun", "id", _props(
         "id", "algorithm", "config", "state", "started", "finished",
         # v2: what resume and reports need

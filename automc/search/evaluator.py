@@ -49,8 +49,8 @@ PREFIX_FAILED = "its prefix cannot be built: "
 class Evaluator:
     """Prepares and absorbs the steps of one task's search, with its model cache (see the module docstring).
 
-    Validation accuracy (the task's ``"val"`` split) is what search strategies select on; test accuracy is
-    measured and recorded but reaches them only through ``EvalResult``, never through ``Observation``.
+    Validation accuracy (the task's ``"val"`` split) is what search strategies select on; test accuracy is measured
+    only for the base model and final models (``final``), never for a search step, and never reaches a strategy.
     """
 
     def __init__(self, base_model: nn.Module, task: Task, *, cache_dir: str | Path, cache_bytes: int = 2 * 2**30,
@@ -207,7 +207,7 @@ class Evaluator:
         for i in range(1, len(key) + 1):
             try:
                 if i == len(key) and i > 1:
-                    parent_m = measure(model, task)
+                    parent_m = measure(model, task, test=False)  # an intermediate model: no test
                 t = time.perf_counter()
                 model = self._step(model, key[:i], task)
                 train_s += time.perf_counter() - t

@@ -2,7 +2,8 @@
 steps (markdown, ``pareto.png``, ``search.json``); the CLI renders the same rows as a Rich table.
 
 The front is recomputed from the run's search-fidelity evaluations (non-dominated on validation accuracy and
-PR, PR >= gamma); a front scheme that was fine-tuned again at full fidelity shows that final evaluation.
+PR, PR >= gamma); a front scheme that was fine-tuned again at full fidelity shows that final evaluation. Test
+accuracy is measured for final models (and the base) only: a search-fidelity row shows None / "—".
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ def render_markdown(info: ReportInfo) -> str:
     else:
         lines.append(f"No evaluated scheme reached PR >= {info.gamma}.")
     per = info.seconds / info.evaluations if info.evaluations else 0.0
-    lines += ["", "Selection uses validation accuracy only; test accuracy (95% Wilson interval) is reported, never "
-              "used to choose.", "",
+    lines += ["", "Selection uses validation accuracy only; test accuracy (95% Wilson interval) is measured for final "
+              "models only (— for a search-fidelity row) and never used to choose.", "",
               f"Hypervolume of (validation accuracy, PR) above (0, gamma) after the {info.evaluations} steps: "
               f"{info.hypervolume:.4f}; best validation accuracy at PR >= gamma: "
               f"{info.best_curve[-1] if info.best_curve else 0.0:.2%} (their curves: `hypervolume.png`).", "",

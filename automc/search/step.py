@@ -37,12 +37,13 @@ def step_seed(run_seed: int, scheme: Sequence[str]) -> int:
 @dataclass(frozen=True)
 class EvalResult:
     """One evaluated scheme: ``measured`` holds its Evaluation properties (``compress.metrics.evaluation_record``:
-    validation and test accuracy with Wilson 95% intervals, size, ratios to the base model and to its parent)."""
+    validation accuracy with its Wilson 95% interval, size, ratios to the base model and to its parent; test accuracy
+    and the per-image test record only for a final model and the base, None for a search step)."""
 
     scheme: SchemeKey
     state: str  # State.COMPLETE | State.FAILED
     error: str = ""
-    measured: Mapping[str, float | None] = field(default_factory=dict)
+    measured: Mapping[str, float | str | None] = field(default_factory=dict)
     seconds: float = 0.0  # the whole step, measuring included
     train_seconds: float = 0.0  # inside the method's compress call
     device: str = "cpu"
@@ -177,7 +178,7 @@ def execute(job: StepJob, ctx: WorkerContext) -> StepOutcome:
         child, _ = apply_step(parent, job.strategy, ctx.task, params_original=ctx.base.params, seed=job.seed,
                               methods=ctx.methods)
         train_s = time.perf_counter() - t
-        m = measure(child, ctx.task)
+        m = measure(child, ctx.task, test=False)  # test accuracy is for final models only
     except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
         return ctx.failed(job.scheme, reason(e), time.perf_counter() - t0, train_s)
     result = completed(job.scheme, m, job.parent, ctx.base, ctx.task, run_seed=ctx.run_seed,
