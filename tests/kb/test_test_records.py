@@ -34,8 +34,8 @@ def _v3_store(path) -> str:
 
 def _store_final(s, scheme: str, correct: np.ndarray, ids: str) -> str:
     eid = s.start_evaluation(TASK, load_catalog().parse_scheme(scheme), search_run="r", extra={"fidelity": "final"})
-    s.finish_evaluation(eid, {"accuracy": float(correct.mean()), "test_correct_bits": encode_bits(correct),
-                              "test_ids_hash": ids})
+    s.finish_evaluation(eid, {"accuracy": float(correct.mean()), "val_accuracy": 0.5, "pr": 0.5,
+                              "test_correct_bits": encode_bits(correct), "test_ids_hash": ids})
     return eid
 
 
@@ -52,10 +52,16 @@ def test_a_v3_store_takes_per_image_test_records(tmp_path, read_only):
         ids = [_store_final(s, "LFB", a, "h1"), _store_final(s, "SFP", b, "h1")]
         search_step = s.start_evaluation(TASK, load_catalog().parse_scheme("NS"), search_run="r",
                                          extra={"fidelity": "search"})
-        s.finish_evaluation(search_step, {"val_accuracy": 0.5})  # no test record: not listed
+        s.finish_evaluation(search_step, {"val_accuracy": 0.99, "pr": 0.5})  # no test record: not listed
     with open_store(uri, read_only=True) as s:
         rows = s.named("test-records", {"run": "r"})
         one = s.named("test-records", {"id": ids[1]})
+        (task,) = [t["task"] for t in s.named("tasks")]
+        best = s.named("best-evaluations", {"task": task, "min_pr": 0.4})
+        schemes = s.named("best-schemes", {"model": "resnet8", "min_pr": 0.4})
+    # measured test accuracy first; a search step (never tested) after, whatever its validation accuracy
+    assert [r["accuracy"] is None for r in best] == [False, False, True] and best[0]["accuracy"] == a.mean()
+    assert [r["accuracy"] is None for r in schemes] == [False, False, True]
     by_id = {r["id"]: r for r in rows}
     assert set(by_id) == set(ids) and [r["id"] for r in one] == ids[1:]
     assert np.array_equal(decode_bits(by_id[ids[0]]["test_correct_bits"]), a)
