@@ -74,6 +74,7 @@ class ExperienceSet:
     bags: tuple[tuple[int, ...], ...]
     features: Tensor  # (n, len(FEATURES)) float, before standardisation; NaN where unknown
     targets: Tensor  # (n, 3) float, NaN where unknown
+    weights: Tensor | None = None  # (n,) how much each counts in NN_exp's loss (its source's agreement); None: 1
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,7 +84,8 @@ class ExperienceSet:
         pick = torch.tensor(idx, dtype=torch.long)
         return ExperienceSet(tuple(self.ids[i] for i in idx), tuple(self.methods[i] for i in idx),
                              tuple(self.levels[i] for i in idx), tuple(self.bags[i] for i in idx),
-                             self.features[pick], self.targets[pick])
+                             self.features[pick], self.targets[pick],
+                             None if self.weights is None else self.weights[pick])
 
     def bag_tensors(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
         """``(flat entity ids, offsets)`` for ``F.embedding_bag``."""
@@ -133,9 +135,10 @@ def _setting_entity(hp: str, value: Any, factory: TriplesFactory) -> int | None:
     return None
 
 
-def experience_set(rows: Sequence[Mapping[str, Any]], factory: TriplesFactory) -> tuple[ExperienceSet, dict]:
-    """Turn ``experience-rows`` into an ``ExperienceSet`` over ``factory``'s entity ids; also return counts of
-    what was used and skipped (by reason)."""
+def experience_set(rows: Sequence[Mapping[str, Any]], factory: TriplesFactory,
+                   weights: Mapping[str, float] | None = None) -> tuple[ExperienceSet, dict]:
+    """Turn ``experience-rows`` into an ``ExperienceSet`` over ``factory``'s entity ids, each weighted by
+    ``weights[id]`` (1 where absent); also return counts of what was used and skipped (by reason)."""
     by_method, settings_of, hps_of = _strategy_index(factory)
     ids, methods, levels, bags, feats, targets = [], [], [], [], [], []
     info: dict[str, int] = defaultdict(int)
@@ -177,8 +180,9 @@ def experience_set(rows: Sequence[Mapping[str, Any]], factory: TriplesFactory) -
         targets.append([float("nan") if v is None else v for v in (ar, pr, fr)])
     if not ids:
         return ExperienceSet.empty(), dict(info)
+    w = None if weights is None else torch.tensor([float(weights.get(i, 1.0)) for i in ids], dtype=torch.float32)
     return (ExperienceSet(tuple(ids), tuple(methods), tuple(levels), tuple(bags),
-                          torch.tensor(feats, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32)),
+                          torch.tensor(feats, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32), w),
             dict(info))
 
 
@@ -236,12 +240,15 @@ class NNExp(nn.Module):
             self.train(was)
 
     def loss(self, strategy_embedding: Tensor, features: Tensor, targets: Tensor,
-             weights: Sequence[float] = (1.0, 1.0, 0.5)) -> Tensor:
-        """Masked Huber loss in standardised units: unknown targets (NaN) do not count."""
+             weights: Sequence[float] = (1.0, 1.0, 0.5), row_weights: Tensor | None = None) -> Tensor:
+        """Masked Huber loss in standardised units: unknown targets (NaN) do not count; ``row_weights`` (n,)
+        scale each experience (a source that disagrees with measured results counts less)."""
         pred = self(strategy_embedding, features)
         y = (targets - self.target_mean) / self.target_std
         known = ~torch.isnan(y)
         w = torch.tensor(weights, device=pred.device, dtype=pred.dtype).expand_as(pred) * known
+        if row_weights is not None:
+            w = w * row_weights.to(pred.device, pred.dtype)[:, None]
         err = F.smooth_l1_loss(pred, torch.nan_to_num(y), reduction="none", beta=0.5)
         return (err * w).sum() / w.sum().clamp_min(1e-8)
 

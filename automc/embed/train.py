@@ -166,6 +166,7 @@ def train(factory: TriplesFactory, experiences: ExperienceSet | None = None, con
                  "weight_decay": 0.0, "lr": config.exp_embedding_lr},
             ])
             feats, targets = experiences.features.to(device), experiences.targets.to(device)
+            row_weights = None if experiences.weights is None else experiences.weights.to(device)
             bags = experiences.bag_tensors(device)
         for epoch in range(config.epochs):
             model.train()
@@ -187,7 +188,7 @@ def train(factory: TriplesFactory, experiences: ExperienceSet | None = None, con
                 for _ in range(config.exp_steps):
                     exp_opt.zero_grad()
                     pooled = pool_strategies(entity_matrix(model), experiences, device, bags=bags)
-                    loss = nn_exp.loss(pooled, feats, targets)
+                    loss = nn_exp.loss(pooled, feats, targets, row_weights=row_weights)
                     loss.backward()
                     exp_opt.step()
                     if hasattr(model, "apply_constraints"):
@@ -254,6 +255,8 @@ def fit(store: Store, config: EmbedConfig | None = None, *, progress: Progress |
         write: bool = True) -> EmbedResult:
     """Train embeddings on the store's R1-R5 triples and experiences; with ``write``, store them on the E1-E5
     nodes (property ``embedding``) with an EmbeddingRun recording the KB version, config and metrics."""
+    from automc.search.reuse import experience_weights
+
     config = config or EmbedConfig()
     # Read once: the KB version fingerprints exactly the triples and experiences trained on.
     triples, rows = store.kg_triples(), store.named("experience-rows")
@@ -261,7 +264,8 @@ def fit(store: Store, config: EmbedConfig | None = None, *, progress: Progress |
     factory = TriplesFactory.from_kg_triples(triples)
     if not len(factory):
         raise ValidationError(f"store {store.uri} has no R1-R5 triples: run 'automc kb init' first")
-    experiences, info = experience_set(rows, factory) if config.use_experience else (None, {})
+    by_id, by_source = experience_weights(store) if config.use_experience else ({}, {})
+    experiences, info = experience_set(rows, factory, by_id) if config.use_experience else (None, {})
     trained = train(factory, experiences, config, progress=progress)
     last = trained.history[-1] if trained.history else {}
     metrics: dict[str, Any] = {
@@ -269,6 +273,7 @@ def fit(store: Store, config: EmbedConfig | None = None, *, progress: Progress |
         "device": trained.device, "num_triples": len(factory), "num_entities": factory.num_entities,
         "num_relations": factory.num_relations, "num_experiences": len(experiences) if experiences else 0,
         "experiences": info, "features": list(FEATURES), "targets": list(TARGETS),
+        "source_weights": by_source,  # published experience counts by its agreement with measured results
     }
     result = EmbedResult(config, factory.id_to_entity, trained.entity_embeddings(),
                          sorted(factory.relation_to_id, key=factory.relation_to_id.get),

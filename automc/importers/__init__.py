@@ -13,7 +13,7 @@ from automc.importers._common import read_rows
 from automc.kb.backup import is_backup, read_backup
 from automc.kb.store import Store
 
-__all__ = ["ImportReport", "builtin_papers", "import_file", "init_kb"]
+__all__ = ["ImportReport", "builtin_measured", "builtin_papers", "import_file", "init_kb"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class ImportReport:
 def builtin_papers() -> Path:
     """The AutoMC paper's Tables 2-3, shipped with the package."""
     return Path(str(resources.files("automc.importers").joinpath("data/papers.csv")))
+
+
+def builtin_measured() -> Path:
+    """The project's own measured experience of its methods (``bench/measured_experience.py``), with provenance."""
+    return Path(str(resources.files("automc.importers").joinpath("data/automc-measured.csv")))
 
 
 def import_file(store: Store, path: str | Path, *, catalog: Catalog | None = None) -> ImportReport:
@@ -59,12 +64,13 @@ def import_file(store: Store, path: str | Path, *, catalog: Catalog | None = Non
 
 
 def init_kb(store: Store, *, catalog: Catalog | None = None) -> ImportReport:
-    """Write the catalogue and the built-in paper results (idempotent)."""
+    """Write the catalogue, the built-in paper results and the project's measured experience (idempotent)."""
     catalog = catalog or load_catalog()
     before = store.stats()
     store.write_catalog(catalog)
-    report = import_file(store, builtin_papers(), catalog=catalog)
-    return ImportReport("catalog + " + report.path, "init", report.rows, _added(before, store.stats()))
+    reports = [import_file(store, p, catalog=catalog) for p in (builtin_papers(), builtin_measured())]
+    return ImportReport("catalog + " + " + ".join(r.path for r in reports), "init", sum(r.rows for r in reports),
+                        _added(before, store.stats()))
 
 
 def _added(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, int]:

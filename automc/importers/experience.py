@@ -1,7 +1,8 @@
 """Importer of strategy-level experience records from the methods' own papers.
 
 Columns: method, model, dataset, hyperparameters (JSON), flops_reduction, accuracy_change (relative),
-base_top1, base_params_m, base_flops_m, num_classes, num_images, image_size, image_channels.
+base_top1, base_params_m, base_flops_m, num_classes, num_images, image_size, image_channels; optionally ``source``
+(the row's provenance: where and how it was measured), else the file's name is every row's source.
 ``hyperparameters.reduction_ratio`` is the parameter reduction reported; the other keys map onto the catalogue.
 A value outside the grid (but inside the hyperparameter's domain) becomes an extra setting and strategy.
 """
@@ -41,7 +42,7 @@ def parse(path: Path, catalog: Catalog) -> tuple[GraphBatch, int, list[Validatio
     return batch, n, errors
 
 
-def _add_row(batch: GraphBatch, catalog: Catalog, c: RowChecker, source: str) -> None:
+def _add_row(batch: GraphBatch, catalog: Catalog, c: RowChecker, file_name: str) -> None:
     method_name = c.text("method")
     if method_name not in catalog.methods:
         raise c.fail("method", f"unknown method {method_name!r}; known: {', '.join(catalog.methods)}")
@@ -78,7 +79,9 @@ def _add_row(batch: GraphBatch, catalog: Catalog, c: RowChecker, source: str) ->
            "target_pr": float(reduction), "pr": float(reduction), "fr": fr, "ar": ar,
            "accuracy": task.base_accuracy * (1 + ar), "params": task.params * (1 - reduction),
            "flops": task.flops * (1 - fr) if fr is not None else None}
-    exp_id = content_id(task.model, task.dataset, exp)
+    # A row's own source is part of its identity: one result measured on two machines is two experiences.
+    source = c.row.get("source") or file_name
+    exp_id = content_id(task.model, task.dataset, exp, *([source] if c.row.get("source") else []))
     task_key = batch.task(task)
     batch.node("Experience", id=exp_id, source=source, **exp)
     batch.rel("EXP_ON_TASK", exp_id, task_key)

@@ -88,6 +88,12 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "e.target_pr AS target_pr, e.ar AS ar, e.pr AS pr, e.fr AS fr, t.id AS task, t.num_classes AS num_classes, "
           "t.image_size AS image_size, t.image_channels AS image_channels, t.num_images AS num_images, "
           "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY id", bulk=True),
+    Query("experience-sources", "method-level results per source, for weighting sources by their agreement with "
+          "measured results (automc.search.reuse.source_weights)",
+          "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task) WHERE e.level <> 'algorithm' "
+          "RETURN e.id AS id, e.source AS source, e.algorithm AS method, t.model AS model, t.dataset AS dataset, "
+          "e.target_pr AS target_pr, e.accuracy AS accuracy, e.ar AS ar ORDER BY source, model, dataset, method, "
+          "target_pr, accuracy, id", bulk=True),
     Query("tasks", "tasks known to the knowledge base",
           "MATCH (t:Task) RETURN t.id AS task, t.model AS model, t.dataset AS dataset, t.num_images AS images, "
           "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY task"),

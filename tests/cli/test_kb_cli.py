@@ -8,6 +8,7 @@ import subprocess
 from typer.testing import CliRunner
 
 from automc.cli.app import app
+from automc.importers import builtin_measured
 from tests.conftest import automc_exe
 
 runner = CliRunner()
@@ -51,7 +52,8 @@ def test_init_export_import_round_trip(tmp_path):
     a, b = f"ladybug://{tmp_path / 'a.lbug'}", f"ladybug://{tmp_path / 'b.lbug'}"
     res = _invoke("kb", "init", "--store", a, "--json")
     assert res.exit_code == 0
-    assert json.loads(res.stdout)["added"]["Experience"] == 80
+    measured = builtin_measured().read_text().count("\n") - 1  # the project's own measured experience
+    assert json.loads(res.stdout)["added"]["Experience"] == 80 + measured
     assert _invoke("kb", "export", str(tmp_path / "dump"), "--store", a).exit_code == 0
     assert _invoke("kb", "import", str(tmp_path / "dump"), "--store", b).exit_code == 0
     sa = json.loads(_invoke("kb", "stats", "--store", a, "--json").stdout)

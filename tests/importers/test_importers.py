@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from automc.errors import ValidationError, ValidationErrors
-from automc.importers import import_file, init_kb
+from automc.importers import builtin_measured, import_file, init_kb
 from automc.kb import open_store
 from automc.kb.backup import export_store
 
+MEASURED = builtin_measured().read_text().count("\n") - 1  # rows of the shipped measured experience
 HEADER = ("method,model,dataset,hyperparameters,flops_reduction,accuracy_change,base_top1,base_params_m,"
           "base_flops_m,num_classes,num_images,image_size,image_channels\n")
 
@@ -36,9 +37,9 @@ def test_init_writes_catalog_and_paper_results(kb_copy):
     with open_store(f"ladybug://{kb_copy}") as s:
         stats = s.stats()
         assert stats["nodes"]["Method"] == 6 and stats["nodes"]["Strategy"] == 8934
-        # 80 distinct results in Tables 2-3: 48 of the six methods, 32 of the AutoML baselines
-        assert stats["nodes"]["Experience"] == 80
-        assert stats["relationships"]["EXP_OF_METHOD"] == 48
+        # 80 distinct results in Tables 2-3 (48 of the six methods, 32 of the AutoML baselines) and our measured ones
+        assert stats["nodes"]["Experience"] == 80 + MEASURED
+        assert stats["relationships"]["EXP_OF_METHOD"] == 48 + MEASURED
         ns = s.named("experiences-of-method", {"method": "NS"})
         r56 = [r for r in ns if r["model"] == "resnet56" and r["target_pr"] == 0.4]
         assert len(r56) == 1 and r56[0]["ar"] == pytest.approx(-0.0203)
@@ -87,9 +88,10 @@ def test_unrecognised_file_is_refused(tmp_path, kb_copy):
 def test_shared_experience_records(shared_dir, kb_copy):
     path = shared_dir / "kb-sources" / "method-papers-experience.csv"
     with open_store(f"ladybug://{kb_copy}") as s:
+        before = s.stats()["relationships"]["EXP_OF_STRATEGY"]  # measured runs with every setting known
         assert import_file(s, path).added["Experience"] == 102
         assert import_file(s, path).added == {}
-        assert s.stats()["relationships"]["EXP_OF_STRATEGY"] == 102
+        assert s.stats()["relationships"]["EXP_OF_STRATEGY"] == before + 102
 
 
 def test_export_then_import_into_fresh_store_reproduces_stats(kb_copy, tmp_path):
@@ -145,7 +147,7 @@ def test_two_processes_importing_at_once(kb_copy, tmp_path):
         if "error" in o:  # the only acceptable failure is a clear lock error
             assert o["error"] == "StoreLockedError" and "locked" in o["msg"]
     with open_store(uri) as s:
-        assert s.stats()["nodes"]["Experience"] == 80 + 9 * len(ok)
+        assert s.stats()["nodes"]["Experience"] == 80 + MEASURED + 9 * len(ok)
     assert ok, "at least one import must succeed"
 
 
