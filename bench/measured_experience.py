@@ -53,7 +53,7 @@ def _row(method: str, model: str, hps: dict, fr: float | None, ar: float, base: 
 
 def _source(name: str, machine: str, epochs: float, date: str, data: str) -> str:
     """``automc-measured [conditions]: file``; rows with the same text before ``: `` were measured alike, so the
-    prior ranks methods within them (``automc.search.reuse.source_weights``)."""
+    prior ranks methods within them (``automc.embed.agreement.source_weights``)."""
     return f"{SOURCE} [{machine}; {epochs:g} epochs; {data}; {date}]: bench/results/{name}"
 
 

@@ -255,7 +255,7 @@ def fit(store: Store, config: EmbedConfig | None = None, *, progress: Progress |
         write: bool = True) -> EmbedResult:
     """Train embeddings on the store's R1-R5 triples and experiences; with ``write``, store them on the E1-E5
     nodes (property ``embedding``) with an EmbeddingRun recording the KB version, config and metrics."""
-    from automc.search.reuse import experience_weights
+    from automc.embed.agreement import experience_weights
 
     config = config or EmbedConfig()
     # Read once: the KB version fingerprints exactly the triples and experiences trained on.

@@ -89,7 +89,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "t.image_size AS image_size, t.image_channels AS image_channels, t.num_images AS num_images, "
           "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY id", bulk=True),
     Query("experience-sources", "method-level results per source, for weighting sources by their agreement with "
-          "measured results (automc.search.reuse.source_weights)",
+          "measured results (automc.embed.agreement.source_weights)",
           "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task) WHERE e.level <> 'algorithm' "
           "RETURN e.id AS id, e.source AS source, e.algorithm AS method, t.model AS model, t.dataset AS dataset, "
           "e.target_pr AS target_pr, e.accuracy AS accuracy, e.ar AS ar ORDER BY source, model, dataset, method, "

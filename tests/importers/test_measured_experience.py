@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from automc.embed.agreement import MEASURED, experience_weight, source_weights, store_source_weights
 from automc.importers import builtin_measured, init_kb
 from automc.kb import open_store
-from automc.search.reuse import MEASURED, experience_weight, source_weights, store_source_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "bench" / "measured_experience.py"
