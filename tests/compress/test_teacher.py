@@ -104,3 +104,13 @@ def test_a_scheme_distils_every_step_from_its_input_model(original, syn_task):
     in_step2 = sum(1 for step, is_original in calls if step == 2 and is_original)
     # HOS in step 2 distils from the scheme's input (KD phase and plain phase), not from step 1's output
     assert in_step2 == distilling_steps("HOS", scheme.strategies[1].params, syn_task) > 0
+
+
+def test_a_one_step_scheme_fine_tunes_as_before(original, syn_task):
+    # one step: no task teacher, so HOS's plain phase stays label-only, exactly as ``apply_step`` without a teacher
+    scheme = load_catalog().parse_scheme(SECOND["HOS"])
+    result = apply_scheme(original, scheme, syn_task)
+    alone, _ = apply_step(original, scheme.strategies[0], syn_task, params_original=count_params(original))
+    x = syn_task.data.example_input(8)
+    with torch.no_grad():
+        assert torch.equal(result.model.eval()(x), alone.eval()(x))
