@@ -1,4 +1,4 @@
-"""Small helpers the methods share: catalogue parameters with defaults, and the reduction check."""
+"""Small helpers the methods share: catalogue parameters with defaults, the reduction check, the teacher."""
 
 from __future__ import annotations
 
@@ -38,3 +38,15 @@ def distillation(task: Task, teacher: nn.Module) -> dict[str, Any]:
     if b.distill_alpha <= 0:
         return {}
     return {"teacher": teacher, "kd_alpha": b.distill_alpha, "kd_temperature": b.distill_temperature}
+
+
+def task_teacher(task: Task) -> nn.Module | None:
+    """``task.teacher`` in eval mode on the task's device (moved in place, never copied); None when unset."""
+    t = task.teacher
+    return None if t is None else t.to(task.device).eval()
+
+
+def task_distillation(task: Task) -> dict[str, Any]:
+    """``distillation`` from ``task.teacher``, for a fine-tune that distils only when the task has a teacher."""
+    t = task_teacher(task)
+    return {} if t is None else distillation(task, t)

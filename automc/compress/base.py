@@ -23,8 +23,8 @@ class TrainBudget:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    # Fine-tuning after pruning distils from the step's input model with this weight (0: labels only); with a
-    # 10% data sample this recovers several points over label-only fine-tuning at the same budget.
+    # Fine-tuning after pruning distils from the teacher (``Task.teacher``, else the step's input model) with this
+    # weight (0: labels only); with a 10% data sample this recovers several points over label-only fine-tuning.
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
 
@@ -34,7 +34,11 @@ class TrainBudget:
 
 @dataclass
 class Task:
-    """A compression task: data, the parameter-reduction target gamma, the budget and where to run."""
+    """A compression task: data, the parameter-reduction target gamma, the budget and where to run.
+
+    ``teacher``: the model every fine-tune distils from (a scheme's or search's original, unpruned model), used
+    as it is (never copied, only run in eval mode under ``torch.no_grad``); None: each step's input model.
+    """
 
     data: Data
     target_pr: float
@@ -42,6 +46,7 @@ class Task:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    teacher: nn.Module | None = field(default=None, repr=False, compare=False)
 
 
 def step_ratio(task_target_pr: float, params_original: int, params_current: int, factor: float) -> float:

@@ -21,9 +21,10 @@ scores (block-internal channels only, at most ``MAX_LAYER_PRUNE_RATIO`` of a lay
 until the surgery can reach it, and is 0 on a model with no prunable layer); (2) replace the plain k x k
 convs by Tucker-2 layers (``lowrank.Tucker2Conv``: 1x1 -> r_in x r_out k x k core -> 1x1, HOOI) with one
 common rank share chosen so the total reduction hits the target; (3) fine-tune for
-``kd_finetune_epochs_factor`` x budget with distillation from the input model (T = 4, alpha = 0.5) plus
-``aux_mse_factor`` x the MSE between student and teacher stage outputs (``FeatureMSE``); (4) plain
-fine-tune for ``finetune_epochs_factor`` x budget.
+``kd_finetune_epochs_factor`` x budget with distillation from the teacher (``Task.teacher``, else the input
+model; T = 4, alpha = 0.5) plus ``aux_mse_factor`` x the MSE between student and teacher stage outputs
+(``FeatureMSE``); (4) plain fine-tune for ``finetune_epochs_factor`` x budget, which distils from ``Task.teacher``
+too when the task has one (``TrainBudget.distill_alpha``, as the other methods).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import lowrank, surgery
-from automc.compress._common import check_reduction, resolve_params
+from automc.compress._common import check_reduction, resolve_params, task_distillation, task_teacher
 from automc.compress.base import Method, Task
 from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.lma import put_back_activations, take_out_activations
@@ -152,7 +153,7 @@ def hos_scores(model: nn.Module, inputs: Iterable[torch.Tensor], convs: Iterable
 STAT_BATCHES = 4  # training batches whose responses give the statistics
 PRUNE_SHARE = 0.5  # share of the step's parameter reduction taken by pruning; Tucker-2 does the rest
 MAX_LAYER_PRUNE_RATIO = 0.8  # HOS has no such hyperparameter in the catalogue
-KD_TEMPERATURE, KD_ALPHA = 4.0, 0.5  # distillation from the input model during the KD fine-tune
+KD_TEMPERATURE, KD_ALPHA = 4.0, 0.5  # distillation from the teacher during the KD fine-tune
 
 
 def feature_points(model: nn.Module) -> list[str]:
@@ -252,7 +253,9 @@ class HOS(Method):
         check_reduction(self.name, p0, count_params(student), ratio)
         recalibrate_bn(student, train_inputs(task))
         budget = task.budget
-        teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
+        teacher = task_teacher(task)
+        if teacher is None:
+            teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
         names = dict(teacher.named_modules())
         aux = FeatureMSE(student, teacher, [n for n in feature_points(student) if n in names])
         factor = float(p["aux_mse_factor"])
@@ -262,5 +265,5 @@ class HOS(Method):
                      hooks=Hooks(extra_loss=lambda *_: factor * aux.loss()) if factor > 0 else None)
         finally:
             aux.close()
-        finetune(student, task, budget.epochs_for(p["finetune_epochs_factor"]))
+        finetune(student, task, budget.epochs_for(p["finetune_epochs_factor"]), **task_distillation(task))
         return student

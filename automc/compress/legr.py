@@ -11,7 +11,8 @@ batches (as in EagleEye, Li et al. 2020: without it a few fine-tune steps rank c
 fine-tuned for ``ea_finetune_epochs_factor × budget`` epochs. The search spends about
 ``ea_epochs_factor × budget`` epochs: it evaluates ``ea_steps / (candidate_steps + eval cost)`` candidates,
 clamped to ``[min_candidates, max_candidates]``. Finally the model is pruned with the best ranking, its BN
-statistics re-estimated, and fine-tuned for ``finetune_epochs_factor × budget``.
+statistics re-estimated, and fine-tuned for ``finetune_epochs_factor × budget``, distilling from ``Task.teacher``
+(else the input model). The candidates' short fine-tunes are label-only, with or without a teacher.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from automc.compress._common import check_reduction, distillation, resolve_params
+from automc.compress._common import check_reduction, distillation, resolve_params, task_distillation, task_teacher
 from automc.compress.base import Method, Task
 from automc.compress.criteria import CRITERIA
 from automc.compress.layers import recalibrate_bn, train_inputs
@@ -69,7 +70,7 @@ class LearnedGlobalRanking(Method):
         example = task.data.example_input()
         ft_epochs = task.budget.epochs_for(p["finetune_epochs_factor"])
         if ratio <= 0:
-            finetune(model, task, ft_epochs)
+            finetune(model, task, ft_epochs, **task_distillation(task))
             return model
         base = CRITERIA[p["filter_criterion"]](prunable_layers(model, example))
         max_layer = p["max_layer_prune_ratio"]
@@ -84,6 +85,8 @@ class LearnedGlobalRanking(Method):
         def fitness(cand: Candidate) -> float:
             pruned, _ = prune_by_scores(model, transformed_scores(base, cand), ratio, max_layer, example)
             recalibrate_bn(pruned, bn_inputs)
+            # No distillation here, even with a task teacher: this fine-tune only ranks candidates (LeGR's fitness,
+            # as in the paper); it never reaches the returned model, and a teacher would slow every candidate.
             finetune(pruned, task, cand_epochs)
             acc = evaluate(pruned, task.data, "val", batch_size=self.eval_batch_size,
                            max_batches=self.eval_batches)
@@ -106,7 +109,8 @@ class LearnedGlobalRanking(Method):
         self.best_ = best
         pruned, _ = prune_by_scores(model, transformed_scores(base, best), ratio, max_layer, example)
         recalibrate_bn(pruned, train_inputs(task))
-        finetune(pruned, task, ft_epochs, **distillation(task, model))
+        teacher = task_teacher(task)
+        finetune(pruned, task, ft_epochs, **distillation(task, model if teacher is None else teacher))
         check_reduction(self.name, p0, count_params(pruned), ratio)
         return pruned
 

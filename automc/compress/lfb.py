@@ -10,8 +10,8 @@ factorisation would not save parameters stay as they are. Convs that are already
 filter-basis layers of an earlier step), grouped or 1x1 convs are left alone.
 
 Then the basis and the combinations are learned by fine-tuning (``finetune_epochs_factor`` x the budget)
-with the loss ``CE(labels) + aux_loss_factor * aux`` where ``aux`` compares the student with the input
-model (the teacher) on the same batch:
+with the loss ``CE(labels) + aux_loss_factor * aux`` where ``aux`` compares the student with the teacher
+(``Task.teacher``, else the input model) on the same batch; this auxiliary loss is LFB's distillation:
 
 - ``aux_loss="CE"``: soft-target cross-entropy, -sum softmax(teacher) * log softmax(student);
 - ``aux_loss="NLL"``: negative log-likelihood of the teacher's predicted class (hard pseudo-labels).
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import lowrank
-from automc.compress._common import check_reduction, resolve_params
+from automc.compress._common import check_reduction, resolve_params, task_teacher
 from automc.compress.base import Method, Task
 from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.metrics import count_params
@@ -78,7 +78,9 @@ class LFB(Method):
         student, _ = factorize(copy.deepcopy(model).to(task.device), ratio)
         check_reduction(self.name, p0, count_params(student), ratio)
         recalibrate_bn(student, train_inputs(task))
-        teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
+        teacher = task_teacher(task)
+        if teacher is None:
+            teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
 
         def extra_loss(_model: nn.Module, x: torch.Tensor, _y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import surgery
-from automc.compress._common import check_reduction, resolve_params
+from automc.compress._common import check_reduction, resolve_params, task_teacher
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l1_weight
 from automc.compress.layers import recalibrate_bn, replacement_layer, set_module, train_inputs
@@ -283,7 +283,8 @@ class LMA(Method):
     that with its activations it has ``(1 - ratio)`` of the input's parameters; it keeps the surviving
     weights as initialisation. Every ReLU becomes a ``MultiSegmentActivation`` with ``lma_segments``
     segments (ReLU at the start). Trained for ``finetune_epochs_factor`` x the budget on
-    ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL`` against the input model at temperature ``kd_temperature``.
+    ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL`` against the teacher (``Task.teacher``, else the input model) at
+    temperature ``kd_temperature``.
     """
 
     name: ClassVar[str] = "LMA"
@@ -311,7 +312,9 @@ class LMA(Method):
         student.to(task.device)  # the new activations are created on the CPU
         check_reduction(self.name, p0, count_params(student), ratio)
         recalibrate_bn(student, train_inputs(task))
-        teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
+        teacher = task_teacher(task)
+        if teacher is None:
+            teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
         finetune(student, task, task.budget.epochs_for(p["finetune_epochs_factor"]), teacher=teacher,
                  kd_temperature=float(p["kd_temperature"]), kd_alpha=float(p["kd_alpha"]))
         return student

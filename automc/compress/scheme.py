@@ -1,4 +1,5 @@
-"""Apply a compression scheme: its strategies in order, each on the previous step's output.
+"""Apply a compression scheme: its strategies in order, each on the previous step's output, every fine-tune
+distilling from the scheme's input model (``Task.teacher``), not from the previous step's output.
 
 Step ``i`` removes ``step_ratio(gamma, P0, P_current, target_ratio_factor_i)`` of the current model's
 parameters; after each step the model is measured (parameters, FLOPs, validation and test accuracy).
@@ -146,6 +147,7 @@ def apply_scheme(model: nn.Module, scheme: Scheme, task: Task, *,
 
     ``methods`` defaults to the registry ``automc.compress.METHODS``; raises ``NotFoundError`` for a method
     without an implementation and whatever the methods raise (``CompressionError``, ``ValidationError``).
+    Unless ``task`` has a teacher, ``model`` is every step's teacher (in eval mode, moved to the task's device).
     """
     if methods is None:
         from automc.compress import METHODS
@@ -155,6 +157,10 @@ def apply_scheme(model: nn.Module, scheme: Scheme, task: Task, *,
         if s.method not in methods:
             raise NotFoundError(f"no implementation of method {s.method!r}; available: {', '.join(methods)}")
     t0 = time.perf_counter()
+    if task.teacher is None and len(scheme.strategies) > 1:
+        # later steps distil from the unpruned model, not the previous step's output; with one step the input is
+        # the teacher anyway, and a task without one keeps a single method's fine-tunes exactly as they were
+        task = dataclasses.replace(task, teacher=model)
     before = before or measure(model, task)
     current, steps = model, []
     for i, strategy in enumerate(scheme.strategies, 1):

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from automc.compress._common import check_reduction, distillation, resolve_params
+from automc.compress._common import check_reduction, distillation, resolve_params, task_teacher
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l2_weight
 from automc.compress.metrics import count_params
@@ -43,7 +43,8 @@ class SoftFilterPruning(Method):
 
     def compress(self, model: nn.Module, task: Task, params: Mapping[str, Any], ratio: float) -> nn.Module:
         p = resolve_params(self.name, params)
-        teacher, model = model, copy.deepcopy(model).to(task.device)
+        teacher = task_teacher(task)  # the scheme's original model; else the input model, as one step distils
+        teacher, model = model if teacher is None else teacher, copy.deepcopy(model).to(task.device)
         p0 = count_params(model)
         example = task.data.example_input()
         an = analyse(model, example)

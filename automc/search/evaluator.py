@@ -2,9 +2,10 @@
 (``search.step.execute``) wherever it runs, and ``absorb`` takes the outcome into the run's model cache.
 
 A scheme's model is its parent's model with one more strategy applied (``compress.scheme.apply_step``), measured by
-``compress.scheme.measure``. The parent comes from the model cache (``search.cache``) or is replayed from its
-nearest cached ancestor with the same per-step seeds, so a scheme's model depends only on (run seed, scheme), never
-on the order of evaluation or on the executor: the steps of one round are independent and may run side by side.
+``compress.scheme.measure``; every step distils from the base model (``Task.teacher``), never from its parent.
+The parent comes from the model cache (``search.cache``) or is replayed from its nearest cached ancestor with the
+same per-step seeds, so a scheme's model depends only on (run seed, scheme), never on the order of evaluation or on
+the executor: the steps of one round are independent and may run side by side.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Evaluator:
         if not task.data.size("val"):
             raise ValidationError("the task has no validation split: the search selects on it", field="val")
         self.base_model = base_model
-        self.task = task
+        # the base model is every step's teacher (replay and final included): distillation from the unpruned model
+        self.task = task if task.teacher is not None else dataclasses.replace(task, teacher=base_model)
         self.seed = int(seed)
         self.space = space
         self.methods = methods
@@ -94,9 +96,12 @@ class Evaluator:
 
         task, cpu = self.task, torch.device("cpu")
         base = self.base_measurement()
+        base_model = copy.deepcopy(self.base_model).to(cpu)
         if portable:
-            task = dataclasses.replace(task, data=task.data.to(cpu), device=cpu)
-        return WorkerContext(task, copy.deepcopy(self.base_model).to(cpu), base, self.seed, self.data_fraction,
+            # the copy of the base model is the workers' template and teacher: one object, so it travels once
+            teacher = base_model if task.teacher is self.base_model else task.teacher
+            task = dataclasses.replace(task, data=task.data.to(cpu), device=cpu, teacher=teacher)
+        return WorkerContext(task, base_model, base, self.seed, self.data_fraction,
                              torch.device(self.task.device).type, self.methods)
 
     def _failed(self, scheme: SchemeKey, error: str, seconds: float, *, task: Task | None = None,
@@ -202,6 +207,8 @@ class Evaluator:
         from automc.compress.scheme import measure
 
         key, t0 = tuple(scheme), time.perf_counter()
+        if task.teacher is None:
+            task = dataclasses.replace(task, teacher=self.base_model)
         base_m = self.base_measurement(task)
         model, parent_m, train_s = self._fresh(), base_m, 0.0
         for i in range(1, len(key) + 1):

@@ -116,7 +116,8 @@ class StepOutcome:
 @dataclass(frozen=True)
 class WorkerContext:
     """What every step of a run shares, sent to each worker once: the task (data on the CPU for another process;
-    ``device`` is where steps run), the base model as the template parents are rebuilt into, its measurement."""
+    ``device`` is where steps run), the base model as the template parents are rebuilt into and as every step's
+    teacher (``Task.teacher``), its measurement."""
 
     task: Task
     base_model: nn.Module
@@ -127,13 +128,19 @@ class WorkerContext:
     methods: Mapping[str, type[Method]] | None = None
 
     def on_device(self) -> WorkerContext:
-        """This context with the task's data on ``device`` (the first CUDA device this process sees)."""
+        """This context with the task's data and teacher (the base model unless the task has another) on ``device``
+        (the first CUDA device this process sees); once per worker process."""
         import torch
 
         dev = torch.device(self.device)
-        if self.task.device == dev and self.task.data.device == dev:
-            return self
-        return dataclasses.replace(self, task=dataclasses.replace(self.task, data=self.task.data.to(dev), device=dev))
+        task = self.task
+        if task.device != dev or task.data.device != dev:
+            task = dataclasses.replace(task, data=task.data.to(dev), device=dev)
+        # moved in place, never copied: the teacher is normally the base model itself, the parents' template
+        teacher = (self.base_model if task.teacher is None else task.teacher).to(dev).eval()
+        if task.teacher is not teacher:
+            task = dataclasses.replace(task, teacher=teacher)
+        return self if task is self.task else dataclasses.replace(self, task=task)
 
     def failed(self, scheme: SchemeKey, error: str, seconds: float = 0.0, train_seconds: float = 0.0) -> StepOutcome:
         """A FAILED outcome of ``scheme`` (the step raised, or its worker was lost)."""

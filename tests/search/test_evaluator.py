@@ -11,18 +11,19 @@ import pytest
 import torch
 
 from automc.compress import METHODS
+from automc.compress._common import resolve_params
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
 from automc.compress.models import build_model
 from automc.compress.ns import NetworkSlimming
 from automc.compress.scheme import apply_step
-from automc.compress.train import finetune, predict
+from automc.compress.train import finetune, predict, steps_for
 from automc.errors import ValidationError
 from automc.kb.schema import NODE
 from automc.kb.states import State
 from automc.search._base import Observation
 from automc.search.evaluator import Evaluator
-from automc.search.step import EvalResult, step_seed
+from automc.search.step import EvalResult, execute, step_seed
 
 torch.set_num_threads(1)
 
@@ -106,8 +107,9 @@ def test_eviction_and_replay_give_the_uncached_model(base, task, space, tmp_path
     assert torch.equal(outputs(cached.model(key), task.data), outputs(tiny.model(key), task.data))
     assert torch.equal(outputs(cached.model(key[:1]), task.data), outputs(tiny.model(key[:1]), task.data))
     assert r1.ok
-    # Without any cache: the pure step on the base model gives the same child as the cached path.
-    child, _ = apply_step(base, space.strategy(key[0]), task, params_original=cached.base().params,
+    # Without any cache: the pure step on the base model (its own teacher) gives the same child as the cached path.
+    child, _ = apply_step(base, space.strategy(key[0]), dataclasses.replace(task, teacher=base),
+                          params_original=cached.base().params,
                           seed=step_seed(0, key[:1]), methods=METHODS)
     assert torch.equal(outputs(child, task.data), outputs(cached.model(key[:1]), task.data))
 
@@ -180,6 +182,57 @@ def test_final_replays_the_whole_scheme_at_another_fidelity(base, task, space, t
     longer = dataclasses.replace(task, budget=TrainBudget(epochs=2, batch_size=32, lr=0.05))
     final, model = ev.final(key, longer, data_fraction=1.0)
     assert final.ok and final.epochs == 2.0 and final.params == sum(p.numel() for p in model.parameters())
+
+
+def ns_distilling_steps(strategy, task) -> int:
+    """Teacher forwards of one NS step: one per optimiser step of its sparsity phase and of its final fine-tune."""
+    e = task.budget.epochs_for(resolve_params("NS", strategy.params)["finetune_epochs_factor"])
+    share = NetworkSlimming.sparsity_share
+    return steps_for(task, e * share) + steps_for(task, e * (1 - share))
+
+
+def forwards_of(model, run):
+    """How many times ``model`` itself ran forward during ``run()`` (copies of it carry the hook but do not count),
+    and what ``run`` returned."""
+    calls = []
+    handle = model.register_forward_hook(lambda m, _i, _o: calls.append(m is model))
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return sum(calls), out
+
+
+def test_every_search_step_distils_from_the_base_model(base, task, space, tmp_path):
+    key = space.parse("NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4) > NS(finetune_epochs_factor=0.4)")
+    one, two = (ns_distilling_steps(space.strategy(k), task) for k in key)
+    ev = make(base, task, space, tmp_path)
+    assert ev.evaluate(key[:1]).ok
+    # step 2 runs on its cached parent, and its teacher is the base model, not that parent
+    n, r = forwards_of(base, lambda: ev.evaluate(key))
+    assert r.ok and n == two > 0
+    # a cache of one entry: the parent is replayed from the base model first, and distils from it too
+    tiny = make(base, task, space, tmp_path, "tiny", cache_bytes=1)
+    tiny.base()  # the base model's own measurement is not a teacher's forward
+    n, r = forwards_of(base, lambda: tiny.evaluate(key))
+    assert r.ok and n == one + two
+    # the final fine-tune re-applies both steps from the base model, on a task without a teacher of its own
+    n, (final, _) = forwards_of(base, lambda: ev.final(key, task))
+    assert final.ok and task.teacher is None and n == one + two
+
+
+def test_a_worker_teaches_with_the_base_model_it_was_sent(base, task, space, tmp_path):
+    ev = make(base, task, space, tmp_path)
+    key = space.parse("NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4) > NS(finetune_epochs_factor=0.4)")
+    assert ev.evaluate(key[:1]).ok
+    assert ev.context(portable=False).task.teacher is base
+    ctx = pickle.loads(pickle.dumps(ev.context()))  # as Ray sends it: the base model travels once
+    assert ctx.task.teacher is ctx.base_model and ctx.base_model is not base
+    worker = ctx.on_device()
+    assert worker.task.teacher is worker.base_model and not worker.base_model.training
+    n, out = forwards_of(worker.base_model, lambda: execute(ev.prepare(key), worker))
+    assert out.result.ok and n == ns_distilling_steps(space.strategy(key[1]), task) > 0
+    assert same(ev.absorb(out), ev.evaluate(key))
 
 
 def test_evaluator_pickles_for_workers(base, task, space, tmp_path):
