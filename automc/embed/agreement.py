@@ -10,16 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from automc._num import finite
+
 if TYPE_CHECKING:
     from automc.kb.store import Store
-
-
-def _finite(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 MEASURED = "automc-measured"  # source prefix of the project's own measured experience (bench/measured_experience.py)
@@ -39,9 +33,9 @@ def source_agreement(rows: Sequence[Mapping[str, Any]], *, min_methods: int = 3)
 
     groups: dict[tuple[str, tuple], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        value = _finite(r.get("accuracy"))
-        value = _finite(r.get("ar")) if value is None else value
-        target = _finite(r.get("target_pr"))
+        value = finite(r.get("accuracy"))
+        value = finite(r.get("ar")) if value is None else value
+        target = finite(r.get("target_pr"))
         if value is None or target is None or not r.get("method"):
             continue
         task = (str(r.get("model")), str(r.get("dataset")), round(target, 2))

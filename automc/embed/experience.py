@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from automc._num import finite
 from automc.catalog import setting_id
 from automc.embed.triples import TriplesFactory, entity_label, split_label
 from automc.kb.store import Store
@@ -30,16 +31,8 @@ FEATURES = ("log_num_classes", "log_image_size", "image_channels", "log_images_p
 TARGETS = ("ar", "pr", "fr")
 
 
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _log(x: Any) -> float:
-    v = _num(x)
+    v = finite(x)
     return math.log(v) if v and v > 0 else math.nan
 
 
@@ -50,15 +43,15 @@ def task_feature_vector(row: Mapping[str, Any], settings: Mapping[str, Any] | No
     """
     settings = settings or {}
     nan = math.nan
-    classes = _num(row.get("num_classes"))
-    images = _num(row.get("num_images"))
+    classes = finite(row.get("num_classes"))
+    images = finite(row.get("num_images"))
     per_class = images / classes if images and classes else None
-    target = _num(row.get("target_pr"))
+    target = finite(row.get("target_pr"))
     if target is None:
-        target = _num(settings.get("reduction_ratio"))
+        target = finite(settings.get("reduction_ratio"))
     if target is None:
-        target = _num(row.get("pr"))
-    channels, accuracy = _num(row.get("image_channels")), _num(row.get("base_accuracy"))
+        target = finite(row.get("pr"))
+    channels, accuracy = finite(row.get("image_channels")), finite(row.get("base_accuracy"))
     return [_log(classes), _log(row.get("image_size")), nan if channels is None else channels, _log(per_class),
             nan if accuracy is None else accuracy, _log(row.get("params")), _log(row.get("flops")),
             nan if target is None else target]
@@ -147,7 +140,7 @@ def experience_set(rows: Sequence[Mapping[str, Any]], factory: TriplesFactory,
         if level not in ("strategy", "method"):
             info["skipped_not_a_method"] += 1
             continue
-        ar, pr, fr = (_num(row.get(k)) for k in TARGETS)
+        ar, pr, fr = (finite(row.get(k)) for k in TARGETS)
         if ar is None and pr is None and fr is None:
             info["skipped_no_target"] += 1
             continue

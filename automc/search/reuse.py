@@ -13,7 +13,6 @@ search through F_mo instead, which is trained on them directly.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from automc._num import finite
 from automc.catalog import scheme_key, scheme_text
 from automc.kb.records import TaskFeatures
 from automc.kb.states import State
@@ -57,14 +57,6 @@ def task_vector(task: TaskFeatures, target_pr: float | None) -> tuple[float, ...
     return tuple(task_feature_vector({**row, "target_pr": target_pr}))
 
 
-def _finite(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _row_vector(row: Mapping[str, Any]) -> tuple[float, ...]:
     """The task features of a ``search-steps`` row with the run's target (never the reached PR)."""
     from automc.embed.experience import task_feature_vector
@@ -81,16 +73,16 @@ def _steps(rows: Sequence[Mapping[str, Any]], skipped: dict[str, int]) -> list[S
         key = scheme_key(r["scheme"])
         if not key:
             continue  # the base model: no step
-        ar, pr = _finite(r.get("step_ar")), _finite(r.get("step_pr"))
+        ar, pr = finite(r.get("step_ar")), finite(r.get("step_pr"))
         if ar is None or pr is None:
             parent = by_run.get((r["task"], r["search_run"], scheme_text(key[:-1])))
-            pa, pp = (_finite(parent.get("val_accuracy")), _finite(parent.get("eval_params"))) if parent else (None,
+            pa, pp = (finite(parent.get("val_accuracy")), finite(parent.get("eval_params"))) if parent else (None,
                                                                                                             None)
-            ca, cp = _finite(r.get("val_accuracy")), _finite(r.get("eval_params"))
+            ca, cp = finite(r.get("val_accuracy")), finite(r.get("eval_params"))
             if pa and pp and ca is not None and cp is not None:
                 ar, pr = ca / pa - 1.0, 1.0 - cp / pp
-            elif len(key) == 1 and pr is None and _finite(r.get("pr")) is not None:
-                pr = _finite(r.get("pr"))  # the base model's reduction is 0, so the step's is the scheme's
+            elif len(key) == 1 and pr is None and finite(r.get("pr")) is not None:
+                pr = finite(r.get("pr"))  # the base model's reduction is 0, so the step's is the scheme's
         if ar is None or pr is None:
             skipped["no_step_effect"] = skipped.get("no_step_effect", 0) + 1
             continue
@@ -135,7 +127,7 @@ def load_prior(store: Store, task_id: str, *, task: TaskFeatures | None = None, 
     for r in rows:
         features.setdefault(str(r["task"]), _row_vector(r))
         key = scheme_key(r["scheme"])
-        acc, pr, target = _finite(r.get("val_accuracy")), _finite(r.get("pr")), _finite(r.get("target_pr"))
+        acc, pr, target = finite(r.get("val_accuracy")), finite(r.get("pr")), finite(r.get("target_pr"))
         if key and acc is not None and pr is not None and (target is None or pr >= target):
             by_task[str(r["task"])].append(Observation(key, State.COMPLETE, acc, pr, evaluation_id=str(r["id"])))
     if task is not None:
