@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,12 @@ def task_teacher(task: Task) -> nn.Module | None:
     """``task.teacher`` in eval mode on the task's device (moved in place, never copied); None when unset."""
     t = task.teacher
     return None if t is None else t.to(task.device).eval()
+
+
+def frozen_teacher(task: Task, model: nn.Module) -> nn.Module:
+    """``task_teacher``, else a frozen copy of ``model`` (a step's input) on the task's device, in eval mode."""
+    t = task_teacher(task)
+    return copy.deepcopy(model).to(task.device).eval().requires_grad_(False) if t is None else t
 
 
 def task_distillation(task: Task) -> dict[str, Any]:

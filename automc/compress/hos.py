@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import lowrank, surgery
-from automc.compress._common import check_reduction, resolve_params, task_distillation, task_teacher
+from automc.compress._common import check_reduction, frozen_teacher, resolve_params, task_distillation
 from automc.compress.base import Method, Task
 from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.lma import put_back_activations, take_out_activations
@@ -253,9 +253,7 @@ class HOS(Method):
         check_reduction(self.name, p0, count_params(student), ratio)
         recalibrate_bn(student, train_inputs(task))
         budget = task.budget
-        teacher = task_teacher(task)
-        if teacher is None:
-            teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
+        teacher = frozen_teacher(task, model)
         names = dict(teacher.named_modules())
         aux = FeatureMSE(student, teacher, [n for n in feature_points(student) if n in names])
         factor = float(p["aux_mse_factor"])

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import lowrank
-from automc.compress._common import check_reduction, resolve_params, task_teacher
+from automc.compress._common import check_reduction, frozen_teacher, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.metrics import count_params
@@ -78,9 +78,7 @@ class LFB(Method):
         student, _ = factorize(copy.deepcopy(model).to(task.device), ratio)
         check_reduction(self.name, p0, count_params(student), ratio)
         recalibrate_bn(student, train_inputs(task))
-        teacher = task_teacher(task)
-        if teacher is None:
-            teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
+        teacher = frozen_teacher(task, model)
 
         def extra_loss(_model: nn.Module, x: torch.Tensor, _y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():

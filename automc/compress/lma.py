@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automc.compress import surgery
-from automc.compress._common import check_reduction, resolve_params, task_teacher
+from automc.compress._common import check_reduction, frozen_teacher, resolve_params
 from automc.compress.base import Method, Task
 from automc.compress.criteria import l1_weight
 from automc.compress.layers import recalibrate_bn, replacement_layer, set_module, train_inputs
@@ -312,9 +312,7 @@ class LMA(Method):
         student.to(task.device)  # the new activations are created on the CPU
         check_reduction(self.name, p0, count_params(student), ratio)
         recalibrate_bn(student, train_inputs(task))
-        teacher = task_teacher(task)
-        if teacher is None:
-            teacher = copy.deepcopy(model).to(task.device).eval().requires_grad_(False)
+        teacher = frozen_teacher(task, model)
         finetune(student, task, task.budget.epochs_for(p["finetune_epochs_factor"]), teacher=teacher,
                  kd_temperature=float(p["kd_temperature"]), kd_alpha=float(p["kd_alpha"]))
         return student
