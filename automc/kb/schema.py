@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Property types, in LadybugDB's spelling; Neo4j is schemaless for properties and only gets key constraints.
 STRING, DOUBLE, INT64, BOOLEAN, DOUBLE_LIST = "STRING", "DOUBLE", "INT64", "BOOLEAN", "DOUBLE[]"
@@ -82,7 +82,10 @@ NODES: tuple[NodeType, ...] = (
         # v3: its index in its search run's order (search steps and final fine-tunes alike); states are ``State``s
         "step:INT64",
         # v4: a final model's per-image test correctness (``compress.paired``: packed bits) and its test images' hash
-        "test_correct_bits", "test_ids_hash")),
+        "test_correct_bits", "test_ids_hash",
+        # v5: training compute in epoch-equivalents of the training split (``compress.compute``), the strategy's
+        # prediction for the step (JSON, e.g. F_mo's predicted accuracy change) and a search step's rung
+        "compute:DOUBLE", "prediction", "rung:INT64")),
     NodeType("SearchRun", "id", _props(
         "id", "algorithm", "config", "state", "started", "finished",
         # v2: what resume and reports need

@@ -28,8 +28,8 @@ from automc.kb.states import State
 _BATCH = 5000
 # Schema versions ensure_schema upgrades in place: new columns and tables (nothing removed), then the records'
 # own upgrade (``RunStore.upgrade_records``: version 2's FAIL state split into FAILED and INTERRUPTED, step numbers).
-# Version 4 only adds columns: a version-3 store gets them the same way (at an unchanged version it would not).
-UPGRADABLE = (1, 2, 3)
+# Versions 4 and 5 only add columns: an older store gets them the same way (at an unchanged version it would not).
+UPGRADABLE = (1, 2, 3, 4)
 # Statements that read or write host files, fetch extensions or touch engine state rather than the graph. A
 # read-only engine still runs some of them (LadybugDB: COPY ... TO, LOAD FROM, EXPORT DATABASE, INSTALL; Neo4j:
 # LOAD CSV, apoc.load.*), so read-only queries refuse them; the words are matched outside strings and comments.
