@@ -26,13 +26,14 @@ def _print_front(front: Sequence[Mapping[str, Any]], title: str) -> None:
 
 
 class _Live:
-    """Rich progress on stderr: round, steps done/budget, best validation accuracy at PR >= gamma, front, ETA."""
+    """Rich progress on stderr: round, steps done/budget, best validation accuracy at PR >= gamma, how many schemes
+    reach it, ETA."""
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(TextColumn("[bold]round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("best val@γ {task.fields[best]}  front {task.fields[front]}  "
+                                 TextColumn("best val@γ {task.fields[best]}  reaching γ {task.fields[front]}  "
                                             "ETA {task.fields[eta]}"), TimeElapsedColumn(),
                                  console=err_console, transient=False)
         self.task: Any = None
@@ -67,6 +68,8 @@ def search_cmd(
     model: str | None = typer.Option(None, "--model", help="resnet20/32/44/56/110/164, vgg11/13/16/19, ..."),
     data: str | None = typer.Option(None, "--data", help=".npz, CIFAR batches, train/+test/ folders, or 'digits'"),
     target_pr: float | None = typer.Option(None, "--target-pr", help="parameter-reduction target gamma [0.4]"),
+    target_fr: float | None = typer.Option(None, "--target-fr", help="FLOPs-reduction target, a second constraint "
+                                           "[none]"),
     budget: int | None = typer.Option(None, "--budget", help="evaluated strategy steps, 1 to 100000 [60]"),
     weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict; without it a base model "
                                         "is trained first (--train-epochs)"),
@@ -117,8 +120,8 @@ def search_cmd(
     if val_from == "train" and val_data is None and not json_out:  # with --val-data, the search refuses it
         err_console.print("warning: a validation split from the training data is biased for a model trained on "
                           "those images", style="yellow", highlight=False, soft_wrap=True)
-    cfg = SearchConfig(model=model, data=data, target_pr=target_pr, budget=budget, weights=_s(weights),
-                       epochs=epochs, final_epochs=final_epochs, data_fraction=data_fraction,
+    cfg = SearchConfig(model=model, data=data, target_pr=target_pr, target_fr=target_fr, budget=budget,
+                       weights=_s(weights), epochs=epochs, final_epochs=final_epochs, data_fraction=data_fraction,
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,
@@ -139,12 +142,12 @@ def search_cmd(
     if json_out:
         print_json(result.to_dict())
         return
-    title = (f"Pareto front of run {result.run_id} (PR ≥ γ; validation accuracy selects; test accuracy of "
-             f"final models only)")
-    if result.front:
-        _print_front(result.front, title)
+    if result.best:
+        _print_front(result.best, f"Best schemes of run {result.run_id} (reaching the targets; validation accuracy "
+                                  f"ranks them; test accuracy of final models only)")
+        _print_front(result.front, f"Pareto front of run {result.run_id} (validation accuracy vs PR, PR ≥ γ)")
     else:
-        console.print(f"no evaluated scheme reached the target PR in run {result.run_id}")
+        console.print(f"no evaluated scheme reached the targets in run {result.run_id}")
     console.print(f"{result.evaluations} steps evaluated ({result.failed} failed) in {_duration(result.seconds)}; "
                   f"setup {_duration(result.setup_seconds)}, then {result.overhead:.0%} of the search outside "
                   f"method training; reused "

@@ -52,12 +52,14 @@ class Task:
 def step_ratio(task_target_pr: float, params_original: int, params_current: int, factor: float) -> float:
     """Share of the *current* model's parameters one step removes.
 
-    ``target_ratio_factor`` scales the part of the target still to be reached, in parameters of the original
-    model: remove ``factor * (gamma - PR_so_far) * P0`` parameters from a model that has ``P_current``.
+    ``target_ratio_factor`` is the step's absolute share of the target γ (the paper's HP_2, a reduction rate): the
+    step removes ``factor * gamma * P0`` parameters of the original model, but never more than is still missing to
+    γ. So a scheme whose factors sum to at least 1 reaches γ, its last step closing the target exactly (measured on
+    the current model, so earlier steps' rounding is made up), and a step after that removes nothing.
     """
     pr_so_far = 1.0 - params_current / params_original
-    remaining = max(0.0, task_target_pr - pr_so_far)
-    return min(0.95, factor * remaining * params_original / params_current)
+    missing = max(0.0, task_target_pr - pr_so_far)
+    return min(0.95, min(factor * task_target_pr, missing) * params_original / params_current)
 
 
 class Method(ABC):

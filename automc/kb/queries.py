@@ -85,7 +85,8 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "MATCH (e:Experience)-[:EXP_ON_TASK]->(t:Task) "
           "OPTIONAL MATCH (e)-[:EXP_OF_STRATEGY]->(s:Strategy) "
           "RETURN e.id AS id, e.level AS level, e.algorithm AS method, s.id AS strategy, e.settings AS settings, "
-          "e.target_pr AS target_pr, e.ar AS ar, e.pr AS pr, e.fr AS fr, t.id AS task, t.num_classes AS num_classes, "
+          "e.source AS source, e.target_pr AS target_pr, e.ar AS ar, e.pr AS pr, e.fr AS fr, t.id AS task, "
+          "t.model AS model, t.num_classes AS num_classes, "
           "t.image_size AS image_size, t.image_channels AS image_channels, t.num_images AS num_images, "
           "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY id", bulk=True),
     Query("experience-sources", "method-level results per source, for weighting sources by their agreement with "

@@ -76,6 +76,12 @@ class History:
     def __len__(self) -> int:
         return len(self.observations)
 
+    def tried(self, scheme: Sequence[str]) -> bool:
+        """Evaluated, or cannot be: a prefix of it failed (no model to extend)."""
+        key = tuple(scheme)
+        return key in self or any((o := self._by_scheme.get(key[:k])) is not None and not o.ok
+                                  for k in range(1, len(key)))
+
     def __iter__(self) -> Iterator[Observation]:
         return iter(self.observations)
 
@@ -131,6 +137,7 @@ class Context:
     space: SearchSpace
     target_pr: float
     seed: int = 0
+    target_fr: float | None = None  # the user's FLOPs-reduction target (measured FR must reach it)
     task: TaskFeatures | None = None
     task_vector: tuple[float, ...] = ()
     embeddings: Mapping[str, Sequence[float]] = field(default_factory=dict)  # strategy id -> KG embedding

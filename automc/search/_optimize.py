@@ -82,11 +82,12 @@ def _context(study: Study) -> tuple[Context, dict[str, Any]]:
         # without reuse, the stored embeddings as they are: no refresh, nothing learnt from other tasks
         embeddings, embed_info = ensure_embeddings(s, refresh=bool(cfg.reuse))
         if cfg.reuse:
-            p = load_prior(s, study.task.id, task=study.task)
+            p = load_prior(s, study.task.id, task=study.task, target_pr=float(cfg.target_pr), space=study.space)
             prior, transfer = tuple(p.records), tuple(p.transfer)
             info = {"evaluations": int(p.evaluations), "tasks": int(p.tasks), "transfer": len(p.transfer),
-                    "embeddings": embed_info}
+                    "experience": [scheme_text(k) for k in p.experience], "embeddings": embed_info}
     ctx = Context(space=study.space, target_pr=float(cfg.target_pr), seed=int(cfg.seed), task=study.task,
+                  target_fr=None if cfg.target_fr is None else float(cfg.target_fr),
                   task_vector=task_vector(study.task, float(cfg.target_pr)), embeddings=embeddings, prior=prior,
                   transfer=transfer, per_round=int(cfg.per_round), options=dict(cfg.strategy_options or {}))
     return ctx, info

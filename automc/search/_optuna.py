@@ -8,9 +8,14 @@ nothing from a few dozen trials. With a method gene, END is one choice in seven,
 locality for TPE (neighbouring values share the method and its leading hyperparameters, the grid being expanded
 in product order). NSGA-II's uniform crossover and resampling mutation work on either kind of gene.
 
-Stateless across rounds: each ``propose`` rebuilds an in-memory study from the history (every COMPLETE
-observation a trial with values (val accuracy, PR) and the constraint ``gamma - pr``; FAILED ones FAIL trials),
-asks trials from a sampler seeded from the round's random stream, and never tells them.
+A trial is a feasible scheme (one that reaches γ, ``SearchSpace.feasible``): decoded genes are repaired into one
+(``repair``), and the prefixes the loop evaluates on the way are not trials. Objectives: validation accuracy and FR
+(at the same PR γ, what a feasible scheme trades accuracy for), both maximised, with the constraint
+``target_fr - fr`` when the user set ``--target-fr``.
+
+Stateless across rounds: each ``propose`` rebuilds an in-memory study from the history (every COMPLETE feasible
+observation a trial; FAILED ones FAIL trials), asks trials from a sampler seeded from the round's random stream,
+and never tells them.
 """
 
 from __future__ import annotations
@@ -79,51 +84,57 @@ class SchemeEncoding:
         return tuple(out)
 
 
-def repair(space: SearchSpace, scheme: SchemeKey) -> SchemeKey:
-    """Truncate ``scheme`` before its first step that the catalogue's rules do not allow."""
+def repair(space: SearchSpace, scheme: SchemeKey, rng: np.random.Generator) -> SchemeKey:
+    """``scheme`` made feasible: cut before its first step the rules refuse (a step that would overshoot γ asks its
+    method's closing share instead, ``SearchSpace.closing``), then closed by a random closer when it falls short of
+    γ; () when nothing can be built."""
     out: SchemeKey = ()
     for sid in scheme:
-        if not space.allowed((*out, sid)):
+        if space.closed(out):
             break
-        out = (*out, sid)
-    return out
+        step = space.closing(out, sid)
+        if step is None or not space.allowed((*out, step)):
+            break
+        out = (*out, step)
+    return tuple(space.close(out, rng) or ()) if out else ()
 
 
 def fill_random(space: SearchSpace, history: History, taken: set[SchemeKey], n: int,
                 rng: np.random.Generator, *, tries: int = 200) -> list[SchemeKey]:
-    """Up to ``n`` random allowed schemes (random length 1..L) that are neither in the history nor taken."""
+    """Up to ``n`` random feasible schemes (random length 1..L) that are neither tried nor taken."""
     out: list[SchemeKey] = []
     for _ in range(tries):
         if len(out) >= n:
             break
         scheme = tuple(space.random_scheme(rng, int(rng.integers(1, space.max_length + 1))) or ())
-        if scheme and space.allowed(scheme) and scheme not in history and scheme not in taken:
+        if scheme and space.feasible(scheme) and not history.tried(scheme) and scheme not in taken:
             taken.add(scheme)
             out.append(scheme)
     return out
 
 
-def build_study(encoding: SchemeEncoding, history: History, target_pr: float, sampler: optuna.samplers.BaseSampler,
-                *, system_attrs: Callable[[int], dict[str, Any]] | None = None) -> optuna.Study:
-    """An in-memory study holding every evaluated scheme of ``history`` as a finished trial, in evaluation order.
-
-    ``system_attrs(i)`` adds attributes to the ``i``-th COMPLETE trial (NSGA-II's generation).
-    """
+def build_study(encoding: SchemeEncoding, history: History, target_fr: float | None,
+                sampler: optuna.samplers.BaseSampler, *,
+                system_attrs: Callable[[int], dict[str, Any]] | None = None) -> optuna.Study:
+    """An in-memory study holding every evaluated feasible scheme of ``history`` as a finished trial, in evaluation
+    order (module docstring). ``system_attrs(i)`` adds attributes to the ``i``-th COMPLETE trial (NSGA-II's
+    generation)."""
     import optuna
 
     distributions = encoding.distributions()
     trials = []
     n_complete = 0
     for obs in history:
-        if not obs.scheme:
+        if not obs.scheme or not encoding.space.feasible(obs.scheme):
             continue
         params = encoding.encode(obs.scheme)
-        if obs.ok and obs.val_accuracy is not None and obs.pr is not None:
+        if obs.ok and obs.val_accuracy is not None and obs.fr is not None:
             attrs = system_attrs(n_complete) if system_attrs else {}
             n_complete += 1
+            fr = float(obs.fr)
             trials.append(optuna.trial.create_trial(
-                params=params, distributions=distributions, values=[float(obs.val_accuracy), float(obs.pr)],
-                constraints={"pr": float(target_pr) - float(obs.pr)}, system_attrs=attrs))
+                params=params, distributions=distributions, values=[float(obs.val_accuracy), fr],
+                constraints=None if target_fr is None else {"fr": float(target_fr) - fr}, system_attrs=attrs))
         else:
             trials.append(optuna.trial.create_trial(
                 state=optuna.trial.TrialState.FAIL, params=params, distributions=distributions))
@@ -160,7 +171,7 @@ class OptunaStrategy(SearchStrategy):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study = build_study(self.encoding, history, self.context.target_pr, self.make_sampler(seed),
+                study = build_study(self.encoding, history, self.context.target_fr, self.make_sampler(seed),
                                     system_attrs=self.trial_system_attrs)
                 distributions = self.encoding.distributions()
                 out: list[SchemeKey] = []
@@ -169,10 +180,8 @@ class OptunaStrategy(SearchStrategy):
                     if len(out) >= n:
                         break
                     trial = study.ask(fixed_distributions=distributions)
-                    scheme = repair(space, self.encoding.decode(trial.params))
-                    if not scheme:
-                        scheme = tuple(space.random_scheme(rng, 1) or ())
-                    if scheme and scheme not in history and scheme not in taken:
+                    scheme = repair(space, self.encoding.decode(trial.params), rng)
+                    if scheme and not history.tried(scheme) and scheme not in taken:
                         taken.add(scheme)
                         out.append(scheme)
         finally:

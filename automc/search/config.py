@@ -28,8 +28,11 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0, "workers": 1,
 }
 # What defines a run: resuming with any of these changed would mix two experiments in one history.
-IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "data_fraction",
-            "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr")
+IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "target_fr",
+            "data_fraction", "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr")
+# The meaning of a scheme: 2 since ``target_ratio_factor`` is a share of γ (``compress.base.step_ratio``); a run
+# stored under another meaning evaluated other models under the same scheme texts and is not resumed.
+SPACE_VERSION = 2
 # A step takes seconds to minutes: more steps than this is a typo (and a larger number overflows the store's int64).
 MAX_BUDGET = 100_000
 MAX_SEED = 2**32 - 1  # what numpy and torch seed generators take
@@ -43,6 +46,7 @@ class SearchConfig:
     model: str | None = None
     data: str | None = None
     target_pr: float | None = None
+    target_fr: float | None = None  # FLOPs-reduction target: a second constraint (None: none)
     budget: int | None = None  # evaluated strategy steps
     weights: str | None = None  # without weights, a base model is trained first (train_epochs)
     epochs: float | None = None  # search fidelity: base fine-tune epochs the catalogue factors multiply
@@ -96,6 +100,8 @@ def check(cfg: SearchConfig) -> None:
 
     if cfg.target_pr is not None and not 0.0 < cfg.target_pr < 1.0:
         raise bad("--target-pr", f"must be in (0, 1), got {cfg.target_pr}")
+    if cfg.target_fr is not None and not 0.0 < cfg.target_fr < 1.0:
+        raise bad("--target-fr", f"must be in (0, 1), got {cfg.target_fr}")
     if cfg.budget is not None:
         if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, numbers.Integral):
             raise bad("--budget", f"must be a whole number of evaluated steps, got {cfg.budget!r}")
@@ -248,6 +254,7 @@ def identity(cfg: SearchConfig) -> dict[str, Any]:
         out["train_epochs"] = None
     if cfg.strategy_options:  # absent without options: runs stored before options existed resume unchanged
         out["strategy_options"] = dict(sorted(cfg.strategy_options.items()))
+    out["space"] = SPACE_VERSION
     return out
 
 
@@ -256,6 +263,10 @@ def fingerprint(ident: Mapping[str, Any]) -> str:
 
 
 def compare_identity(run_id: str, stored: Mapping[str, Any], ident: Mapping[str, Any]) -> None:
+    if stored.get("space") != ident.get("space"):
+        raise ValidationError(f"search run {run_id} was stored when target_ratio_factor was a share of what was left "
+                              f"to the target (it is now a share of the target itself), so its schemes meant other "
+                              f"models; start a new search", field="--resume")
     for k in (*IDENTITY, "strategy_options"):
         if stored.get(k) != ident.get(k):
             what = "content" if k in ("weights", "data", "val_data") else "value"

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 
 class EvolutionStrategy(OptunaStrategy):
-    """NSGA-II on (validation accuracy, PR), PR < gamma a constraint; one generation = ``population_size`` schemes.
+    """NSGA-II on (validation accuracy, FR) of feasible schemes (``_optuna``); one generation = ``population_size``
+    schemes.
 
     The history is cut into generations in evaluation order (COMPLETE schemes, prefixes included), as Optuna
     itself numbers told trials, so the population of a rebuilt study is the one an uninterrupted run had.

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 
 def fine_tune(study: Study) -> None:
-    """Fine-tune the top-k front schemes again from the base model at full fidelity (skipped by final_epochs 0)."""
-    from automc.search.pareto import front
+    """Fine-tune the top-k schemes (best validation accuracy among those meeting the targets, ``objective``) again
+    from the base model at full fidelity (skipped by final_epochs 0)."""
+    from automc.search.objective import ranked
 
     cfg = study.cfg
     if not cfg.final_epochs or not cfg.top_k:
@@ -35,7 +36,7 @@ def fine_tune(study: Study) -> None:
     with study.opened() as s:
         done = {r["scheme"] for r in s.run_evaluations(study.id)
                 if r["fidelity"] == "final" and r["state"] == State.COMPLETE}
-    best = sorted(front(study.history.complete(), cfg.target_pr), key=lambda o: (-(o.val_accuracy or 0), o.scheme))
+    best = ranked(study.history.complete(), cfg.target_pr, cfg.target_fr)
     todo = [o for o in best[: int(cfg.top_k)] if scheme_text(o.scheme) not in done]
     task = final_task(study) if todo else None
     for o in todo:
@@ -90,7 +91,7 @@ def finish(study: Study, reuse: Mapping[str, Any], message: str, learnt: Mapping
     study.emit("done", max(study.history.rounds - 1, 0), message)
     return SearchResult(study.id, State.COMPLETE, study.task.id, info.front, info.evaluations, info.failed,
                         dict(reuse), seconds, info.train_seconds, study.store, out, files, message, dict(learnt),
-                        info.setup_seconds)
+                        info.setup_seconds, info.ranked[:10])
 
 
 def _export(study: Study, best: Mapping[str, Any], target: Path) -> str:

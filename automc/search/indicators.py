@@ -43,11 +43,14 @@ def anytime_hypervolume(observations: Iterable[Observation], target_pr: float) -
 
 
 def anytime_best_at_target(observations: Iterable[Observation], target_pr: float) -> list[float]:
-    """The best validation accuracy among schemes with PR >= gamma after each evaluation (0 before the first)."""
+    """The best validation accuracy among schemes reaching PR gamma (``objective.feasible``) after each evaluation
+    (0 before the first)."""
+    from automc.search.objective import feasible
+
     out: list[float] = []
     current = 0.0
     for obs in observations:
-        if obs.ok and obs.val_accuracy is not None and obs.pr is not None and obs.pr >= target_pr:
+        if feasible(obs, target_pr):
             current = max(current, float(obs.val_accuracy))
         out.append(current)
     return out

@@ -27,11 +27,13 @@ def non_dominated(points: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
 
 def front(observations: Iterable[Observation], target_pr: float | None = None) -> list[Observation]:
     """The non-dominated complete observations on (validation accuracy, PR), both maximised, optionally only
-    those with ``pr >= target_pr``; sorted by PR (then scheme)."""
+    those that reach ``target_pr`` (``objective.meets``); sorted by PR (then scheme)."""
+    from automc.search.objective import meets
+
     obs = [o for o in observations if o.ok and o.val_accuracy is not None and o.pr is not None
            and np.isfinite(o.val_accuracy) and np.isfinite(o.pr)]
     if target_pr is not None:
-        obs = [o for o in obs if o.pr >= target_pr]
+        obs = [o for o in obs if meets(o.pr, o.fr, target_pr)]
     if not obs:
         return []
     mask = non_dominated(np.array([[o.val_accuracy, o.pr] for o in obs]), (True, True))

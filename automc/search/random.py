@@ -1,4 +1,4 @@
-"""Random search: schemes of random length made of random catalogue strategies that the space's rules allow."""
+"""Random search: feasible schemes of random length made of random catalogue strategies the space's rules allow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from automc.search._base import History, SchemeKey, SearchStrategy
 
 
 class RandomStrategy(SearchStrategy):
-    """Each proposal draws a length in 1..L, then a random allowed scheme of that length not yet evaluated."""
+    """Each proposal draws a length in 1..L, then a random feasible scheme of at most that length (it reaches γ)
+    not tried yet."""
 
     name = "random"
 
@@ -19,11 +20,6 @@ class RandomStrategy(SearchStrategy):
             if len(out) >= n:
                 break
             scheme = tuple(space.random_scheme(rng, int(rng.integers(1, space.max_length + 1))) or ())
-            if scheme and scheme not in history and scheme not in out and not _extends_failure(history, scheme):
+            if scheme and not history.tried(scheme) and scheme not in out:
                 out.append(scheme)
         return out
-
-
-def _extends_failure(history: History, scheme: SchemeKey) -> bool:
-    """True when a prefix of ``scheme`` failed: there is no model to extend."""
-    return any((o := history.get(scheme[:k])) is not None and not o.ok for k in range(1, len(scheme)))

@@ -1,8 +1,10 @@
 """A search run's report, rebuilt from the store alone: a data step (``build_report`` -> ``ReportInfo``) and render
 steps (markdown, ``pareto.png``, ``search.json``); the CLI renders the same rows as a Rich table.
 
-The front is recomputed from the run's search-fidelity evaluations (non-dominated on validation accuracy and
-PR, PR >= gamma); a front scheme that was fine-tuned again at full fidelity shows that final evaluation. Test
+The objective comes first: the schemes that meet the targets (PR >= gamma, FR >= the FLOPs target when set), best
+validation accuracy first (``search.objective``). The Pareto front is the second view, recomputed from the run's
+search-fidelity evaluations (non-dominated on validation accuracy and PR, PR >= gamma). A scheme that was fine-tuned
+again at full fidelity shows that final evaluation. Test
 accuracy is measured for final models (and the base) only: a search-fidelity row shows None / "—".
 """
 
@@ -34,6 +36,7 @@ class ReportInfo(NamedTuple):
     setup_seconds: float  # data, base model, embeddings: before the first proposal
     curve: list[float] = []  # hypervolume of (validation accuracy, PR) above (0, gamma) after each evaluated step
     best_curve: list[float] = []  # best validation accuracy at PR >= gamma after each evaluated step
+    ranked: list[dict[str, Any]] = []  # the schemes meeting the targets, best validation accuracy first
 
     @property
     def hypervolume(self) -> float:
@@ -56,11 +59,12 @@ def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]]) -> ReportInfo
     steps = search_rows(rows)
     points = [dict(r) for r in steps if r["state"] == State.COMPLETE]
     train = sum(float(r.get("train_seconds") or 0.0) for r in rows if r.get("state") in ENDED)
+    target_fr = run.config.get("config", {}).get("target_fr")
     return ReportInfo(run, run.target_pr, dict(run.config.get("base") or {}), points,
                       front_rows(points, rows, run.target_pr), len(steps),
                       sum(r["state"] == State.FAILED for r in steps), run.seconds, train,
                       float(run.config.get("setup_seconds") or 0.0), anytime_curve(steps, run.target_pr),
-                      anytime_best(steps, run.target_pr))
+                      anytime_best(steps, run.target_pr), ranked_rows(points, rows, run.target_pr, target_fr))
 
 
 def anytime_curve(steps: Sequence[Mapping[str, Any]], gamma: float) -> list[float]:
@@ -82,10 +86,24 @@ def front_rows(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, 
     """The front of ``points`` at PR >= ``gamma``, each row showing its final evaluation when there is one."""
     from automc.search.pareto import front
 
+    return _shown(front([observation(r) for r in points], gamma), points, rows)
+
+
+def ranked_rows(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], gamma: float,
+                target_fr: float | None = None) -> list[dict[str, Any]]:
+    """The points meeting the targets, best (search) validation accuracy first, each row showing its final
+    evaluation when there is one."""
+    from automc.search.objective import ranked
+
+    return _shown(ranked([observation(r) for r in points], gamma, target_fr), points, rows)
+
+
+def _shown(observations: Sequence[Any], points: Sequence[Mapping[str, Any]],
+           rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     by_id = {r["id"]: r for r in points}
     final = {r["scheme"]: r for r in rows if r.get("fidelity") == "final" and r["state"] == State.COMPLETE}
     out = []
-    for o in front([observation(r) for r in points], gamma):
+    for o in observations:
         search = by_id[o.evaluation_id]
         shown = final.get(search["scheme"], search)
         out.append({"scheme": search["scheme"], "scheme_id": search["scheme_id"], "evaluation_id": shown["id"],
@@ -98,8 +116,10 @@ def front_rows(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, 
 
 
 def best_row(info: ReportInfo) -> dict[str, Any] | None:
-    """The scheme to export: the best validation accuracy among final evaluations, else among the front."""
-    rows = [r for r in info.front if r["fidelity"] == "final"] or info.front
+    """The scheme to export: the best validation accuracy among the final evaluations of schemes meeting the targets,
+    else the best such search point (front rows of runs stored before the objective)."""
+    candidates = info.ranked or info.front
+    rows = [r for r in candidates if r["fidelity"] == "final"] or candidates
     return max(rows, key=lambda r: (r["val_accuracy"] or 0.0, r["pr"] or 0.0), default=None)
 
 
@@ -109,7 +129,8 @@ def to_json(info: ReportInfo) -> dict[str, Any]:
     return {"run_id": r.id, "strategy": r.algorithm, "state": r.state, "task": r.task, "target_pr": info.gamma,
             "budget": r.budget, "seed": r.seed, "started": r.started, "finished": r.finished,
             "config": r.config.get("config", {}), "reuse": r.config.get("reuse", {}), "base": info.base,
-            "front": info.front, "points": info.points, "evaluations": info.evaluations, "failed": info.failed,
+            "ranked": info.ranked, "front": info.front, "points": info.points, "evaluations": info.evaluations,
+            "failed": info.failed,
             "seconds": info.seconds, "train_seconds": info.train_seconds, "setup_seconds": info.setup_seconds,
             "overhead": info.overhead, "hypervolume": info.hypervolume, "hypervolume_curve": info.curve,
             "best_at_target_curve": info.best_curve}
@@ -155,14 +176,11 @@ def render_markdown(info: ReportInfo) -> str:
              f"- base model: {float(info.base.get('params') or 0):,.0f} parameters, validation accuracy "
              f"{_pct(info.base.get('val_accuracy'))}, test accuracy {_pct(info.base.get('accuracy'))}",
              f"- reuse: {json.dumps(r.config.get('reuse', {}))}", "",
-             "## Pareto front (validation accuracy vs PR, PR >= gamma)", ""]
-    if info.front:
-        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
-        lines.append("|" + "---|" * len(TABLE_HEADER))
-        for cells in table_rows(info.front):
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    else:
-        lines.append(f"No evaluated scheme reached PR >= {info.gamma}.")
+             "## Best schemes (validation accuracy, PR >= gamma" + (
+                 f", FR >= {cfg['target_fr']}" if cfg.get("target_fr") is not None else "") + ")", ""]
+    _table(lines, info.ranked[:10], f"No evaluated scheme met the targets (PR >= {info.gamma}).")
+    lines += ["", "## Pareto front (validation accuracy vs PR, PR >= gamma)", ""]
+    _table(lines, info.front, f"No evaluated scheme reached PR >= {info.gamma}.")
     per = info.seconds / info.evaluations if info.evaluations else 0.0
     lines += ["", "Selection uses validation accuracy only; test accuracy (95% Wilson interval) is measured for final "
               "models only (— for a search-fidelity row) and never used to choose.", "",
@@ -175,6 +193,16 @@ def render_markdown(info: ReportInfo) -> str:
               f"- inside method training: {info.train_seconds:,.1f} s; the rest of the search after setup "
               f"(strategy and F_mo, caching, measuring, store writes, final models): {info.overhead:.1%}", ""]
     return "\n".join(lines)
+
+
+def _table(lines: list[str], rows: Sequence[Mapping[str, Any]], empty: str) -> None:
+    if not rows:
+        lines.append(empty)
+        return
+    lines.append("| " + " | ".join(TABLE_HEADER) + " |")
+    lines.append("|" + "---|" * len(TABLE_HEADER))
+    for cells in table_rows(rows):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
 
 
 def render_png(info: ReportInfo, path: str | Path) -> Path:

@@ -1,8 +1,11 @@
 """Reuse across tasks: what a search learns from the store before it starts.
 
 ``load_prior`` turns the complete search evaluations of *other* tasks into F_mo's warm-start steps (each with its
-task's feature vector, so similar tasks weigh in) and picks the front schemes of the most similar past tasks for
-transfer. ``ensure_embeddings`` returns the strategy embeddings, re-fitting them first when the knowledge they
+task's feature vector, so similar tasks weigh in) and picks the first proposals (``transfer``): the best schemes
+the most similar past searches found, then the best-rated single strategies of the experience of the most similar
+task in the KB (the project's measured experience, ``automc-measured``; a published source weighted by its
+agreement with measured results, ``embed.agreement``, so the paper's tables, which rank our methods the other way,
+count nothing). ``ensure_embeddings`` returns the strategy embeddings, re-fitting them first when the knowledge they
 learn from (R1-R5 triples, experiences) changed since the last ``automc kb embed``.
 
 Search evaluations do not count as knowledge for the embeddings (``Store.content_version`` ignores them): the
@@ -13,6 +16,7 @@ search through F_mo instead, which is trained on them directly.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -41,11 +45,64 @@ class Prior:
     evaluations: int = 0  # other tasks' evaluations read
     transfer: tuple[SchemeKey, ...] = ()
     similar: tuple[str, ...] = ()  # the past tasks transfer came from, most similar first
+    experience: tuple[SchemeKey, ...] = ()  # of ``transfer``, the ones from the KB's experience
     skipped: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary a search reports as ``reuse``."""
         return {"evaluations": self.evaluations, "tasks": self.tasks}
+
+
+def experience_proposals(store: Store, task: TaskFeatures | Sequence[float] | None, target_pr: float, space: Any, *,
+                         k: int = 5, pr_window: float = 0.05) -> list[SchemeKey]:
+    """Up to ``k`` one-step schemes of the search space that reach ``target_pr``: the methods' strategies with the
+    best weighted accuracy change in the experience of the KB task most similar to ``task`` whose reduction lies
+    within ``pr_window`` of ``target_pr``; each as its grid strategy when it is one, else the method's grid strategy
+    at share 1 with the experience's grid values (the rest at the grid's middle)."""
+    from automc.embed.agreement import experience_weight, store_source_weights
+
+    if task is None:
+        return []
+    current = task_vector(task, None) if isinstance(task, TaskFeatures) else tuple(task)
+    weights = store_source_weights(store)
+    by_task: dict[str, list[tuple[float, str, dict]]] = defaultdict(list)
+    features: dict[str, tuple[float, ...]] = {}
+    for r in store.named("experience-rows"):
+        ar, pr = finite(r.get("ar")), finite(r.get("pr"))
+        weight = experience_weight(weights, r.get("source"))
+        if ar is None or pr is None or abs(pr - float(target_pr)) > pr_window or weight <= 0 or not r.get("method"):
+            continue
+        try:
+            settings = dict(json.loads(r.get("settings") or "{}"))
+        except (ValueError, TypeError):
+            continue
+        features.setdefault(str(r["task"]), _row_vector(r))
+        by_task[str(r["task"])].append((weight * ar, str(r["method"]), settings))
+    out: list[SchemeKey] = []
+    for t in similar_tasks(current, features, 1):
+        for _, method, settings in sorted(by_task[t], key=lambda x: (-x[0], x[1])):
+            key = _grid_scheme(space, method, settings)
+            if key and key not in out:
+                out.append(key)
+            if len(out) >= k:
+                break
+    return out
+
+
+def _grid_scheme(space: Any, method: str, settings: Mapping[str, Any]) -> SchemeKey | None:
+    """The one-step feasible scheme of ``method`` closest to ``settings`` in the space's grid, or None."""
+    grid = space.catalog.methods[method].grid if method in space.catalog.methods else None
+    if grid is None:
+        return None
+    chosen = {h: v for h, v in settings.items() if h in grid and v in grid[h] and h != "target_ratio_factor"}
+    if "target_ratio_factor" in grid:
+        chosen["target_ratio_factor"] = 1.0
+    text = f"{method}(" + ", ".join(f"{h}={v}" for h, v in sorted(chosen.items())) + ")"
+    try:
+        key = space.parse(text)
+    except Exception:  # noqa: BLE001 - a grid without a share-1 value: no one-step scheme of this method
+        return None
+    return key if space.feasible(key) else None
 
 
 def task_vector(task: TaskFeatures, target_pr: float | None) -> tuple[float, ...]:
@@ -115,9 +172,10 @@ def similar_tasks(current: Sequence[float], others: Mapping[str, Sequence[float]
 
 
 def load_prior(store: Store, task_id: str, *, task: TaskFeatures | None = None, k: int = 2, per_task: int = 5,
-               fidelity: str = "search") -> Prior:
-    """Steps of every other task's complete ``fidelity`` evaluations, and the front schemes (PR at least their
-    target) of the ``k`` tasks most similar to ``task`` (read from the store by ``task_id`` when not given)."""
+               fidelity: str = "search", target_pr: float | None = None, space: Any = None) -> Prior:
+    """Steps of every other task's complete ``fidelity`` evaluations; the best schemes (PR at least their target)
+    of the ``k`` tasks most similar to ``task`` (read from the store by ``task_id`` when not given), then, with
+    ``target_pr`` and ``space``, the experience's best one-step schemes (``experience_proposals``)."""
     rows = store.named("search-steps", {"exclude": task_id, "fidelity": fidelity})
     skipped: dict[str, int] = {}
     records = _steps(rows, skipped)
@@ -140,8 +198,13 @@ def load_prior(store: Store, task_id: str, *, task: TaskFeatures | None = None, 
     for t in similar:
         best = sorted(front(by_task[t]), key=lambda o: (-o.val_accuracy, o.scheme))[:per_task]
         transfer.extend(o.scheme for o in best if o.scheme not in transfer)
+    experience: list[SchemeKey] = []
+    if target_pr is not None and space is not None and current is not None:
+        experience = [key for key in experience_proposals(store, current, target_pr, space, k=per_task)
+                      if key not in transfer]
     return Prior(records=tuple(records), tasks=len({r.task for r in records}), evaluations=len(rows),
-                 transfer=tuple(transfer), similar=tuple(similar), skipped=skipped)
+                 transfer=tuple(transfer) + tuple(experience), similar=tuple(similar), skipped=skipped,
+                 experience=tuple(experience))
 
 
 def ensure_embeddings(store: Store, *, refresh: bool, config: Any = None) -> tuple[dict[str, list[float]], dict]:

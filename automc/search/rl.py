@@ -263,8 +263,8 @@ class RLStrategy(SearchStrategy):
         for _ in range(10 * n):
             if len(out) >= n:
                 break
-            scheme = repair(space, self._sample(rng))
-            if scheme and scheme not in history and scheme not in taken:
+            scheme = repair(space, self._sample(rng), rng)
+            if scheme and not history.tried(scheme) and scheme not in taken:
                 taken.add(scheme)
                 out.append(scheme)
         return out + fill_random(space, history, taken, n - len(out), rng)

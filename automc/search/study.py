@@ -41,14 +41,15 @@ class SearchEvent:
     done: int
     budget: int
     best_val: float | None = None  # best validation accuracy at PR >= gamma so far
-    front_size: int = 0
+    front_size: int = 0  # evaluated schemes meeting the targets
     eta: float | None = None  # seconds, from the mean step time
     message: str = ""
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """A finished run: its front (rows of ``report.front_rows``), what it cost and what it reused."""
+    """A finished run: its best schemes (``report.ranked_rows``) and front (``report.front_rows``), what it cost
+    and what it reused."""
 
     run_id: str
     state: str
@@ -65,6 +66,7 @@ class SearchResult:
     message: str = ""
     learnt: dict[str, Any] = field(default_factory=dict)  # the strategy's ``summary()``
     setup_seconds: float = 0.0  # data, base model, embeddings: before the first proposal
+    best: list[dict[str, Any]] = field(default_factory=list)  # schemes meeting the targets, best validation first
 
     @property
     def overhead(self) -> float:
@@ -78,6 +80,7 @@ class SearchResult:
         keys = ("scheme", "evaluation_id", "params", "pr", "flops", "fr", "val_accuracy", "test_accuracy",
                 "test_low", "test_high", "fidelity")
         return {"run_id": self.run_id, "state": self.state, "task": self.task,
+                "best": [{k: row.get(k) for k in keys} for row in self.best],
                 "front": [{k: row.get(k) for k in keys} for row in self.front], "evaluations": self.evaluations,
                 "failed": self.failed, "reuse": dict(self.reuse), "seconds": self.seconds,
                 "train_seconds": self.train_seconds, "setup_seconds": self.setup_seconds, "overhead": self.overhead,
@@ -148,10 +151,10 @@ class Study:
     def emit(self, kind: str, round_: int, message: str = "") -> None:
         if self.progress is None:
             return
-        from automc.search.pareto import front
+        from automc.search.objective import ranked
 
-        fr = front(self.history.complete(), self.cfg.target_pr)
-        best = max((o.val_accuracy for o in fr if o.val_accuracy is not None), default=None)
+        fr = ranked(self.history.complete(), self.cfg.target_pr, self.cfg.target_fr)
+        best = fr[0].val_accuracy if fr else None
         done = self.done + self.in_round
         mean = sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else None
         eta = None if mean is None else mean * (self.cfg.budget - done)

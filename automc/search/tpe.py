@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 class TPEStrategy(OptunaStrategy):
-    """Multivariate TPE on (validation accuracy, PR) with PR < gamma a constraint; Optuna's defaults otherwise,
+    """Multivariate TPE on (validation accuracy, FR) of feasible schemes (``_optuna``); Optuna's defaults otherwise,
     except the random start-up: one round (``options["startup_trials"]``, default the schemes per round).
 
     Optuna's default of 10 random start-up trials is most of the trials a 20-40 step budget affords (a trial costs

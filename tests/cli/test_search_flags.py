@@ -352,3 +352,28 @@ def test_the_resume_command_after_ctrl_c_is_one_line_that_resumes_the_run(inputs
 def _runs_at(store: str) -> list[dict]:
     with open_store(store) as s:
         return s.list_runs()
+
+
+# -- issue 16: --target-fr ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2"])
+def test_a_bad_target_fr_is_one_error(inputs, tmp_path, value):
+    line = _one_error(runner.invoke(app, [*_args(inputs, tmp_path), "--budget", "2", "--target-fr", value]),
+                      "error: --target-fr: ")
+    assert "must be in (0, 1)" in line and not (tmp_path / "kb").exists()
+
+
+def test_target_fr_is_a_second_constraint_of_the_objective(inputs, tmp_path):
+    r = runner.invoke(app, [*_args(inputs, tmp_path), "--budget", "3", "--target-fr", "0.48", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    (run,) = _runs(tmp_path)
+    with open_store(f"ladybug://{tmp_path / 'kb'}") as s:
+        stored = s.load_run(run["id"]).config
+        points = [e for e in s.run_evaluations(run["id"]) if e["state"] == "COMPLETE" and e["scheme"]]
+    assert stored["config"]["target_fr"] == 0.48 and stored["identity"]["target_fr"] == 0.48
+    reaching = {e["scheme"] for e in points if e["pr"] >= 0.395 and e["fr"] >= 0.475}
+    missing = {e["scheme"] for e in points if e["pr"] >= 0.395 and e["fr"] < 0.475}
+    assert reaching and missing  # both sides of the FLOPs target occur here
+    assert {b["scheme"] for b in out["best"]} == reaching  # the best rows: every scheme meeting both targets
+    assert all(b["fr"] >= 0.475 for b in out["best"])

@@ -27,16 +27,14 @@ def space() -> SearchSpace:
 
 
 def fake_observation(space: SearchSpace, scheme: SchemeKey, round_: int) -> Observation:
-    """A made-up evaluation: PR grows with each step's target ratio, accuracy falls with PR, a few schemes fail."""
+    """A made-up evaluation: PR is the computed one, FR and accuracy vary with the scheme, a few schemes fail."""
     digest = zlib.crc32(" > ".join(scheme).encode())
     if digest % 23 == 0:
         return Observation(scheme, State.FAILED, round=round_, error="synthetic failure")
-    keep = 1.0
-    for sid in scheme:
-        keep *= 1.0 - 0.5 * float(space.strategy(sid).params.get("target_ratio_factor", 0.5))
-    pr = 1.0 - keep
+    pr = space.pr(scheme, GAMMA)
     acc = 0.9 - 0.4 * pr**2 + 0.02 * ((digest % 100) / 100.0)
-    return Observation(scheme, "COMPLETE", val_accuracy=acc, pr=pr, round=round_)
+    return Observation(scheme, "COMPLETE", val_accuracy=acc, pr=pr, fr=pr * (0.5 + (digest % 50) / 100.0),
+                       round=round_)
 
 
 def base_history() -> History:
@@ -70,7 +68,8 @@ def test_proposals_are_allowed_new_and_at_most_n(name, space):
         assert 0 < len(proposed) <= 8
         assert len(set(proposed)) == len(proposed)
         for scheme in proposed:
-            assert scheme and space.allowed(scheme), space.why_not(scheme)
+            assert scheme and space.feasible(scheme), space.why_not(scheme)
+            assert fake_observation(space, scheme, r).pr in (None, pytest.approx(GAMMA))
             assert scheme not in before
     assert any(not o.ok for o in history)  # the FAIL path was exercised
 
@@ -149,11 +148,15 @@ def test_encoding_round_trip_and_repair(space):
     for length in range(1, space.max_length + 1):
         scheme = space.random_scheme(rng, length)
         assert enc.decode(enc.encode(scheme)) == scheme
-    first = (min(space.ids, key=space.epochs_factor),)
-    too_costly = tuple(s for s in space.ids if space.epochs_factor(s) >= 2.5)[:3]  # sums past the 4.0 cap
+    too_costly = tuple(s for s in space.ids if space.epochs_factor(s) >= 2.5
+                       and space.strategy(s).params["target_ratio_factor"] == 0.3)[:3]  # sums past the 4.0 cap
     assert not space.allowed(too_costly)
-    assert repair(space, too_costly) == too_costly[:1]
-    assert repair(space, (*first, *too_costly)) == (*first, too_costly[0])
+    fixed = repair(space, too_costly, rng)  # cut after the first, then closed by a random closer
+    assert fixed[0] == too_costly[0] and len(fixed) == 2 and space.feasible(fixed)
+    ns3, ns7, ns9 = (space.parse(f"NS(target_ratio_factor={v})")[0] for v in (0.3, 0.7, 0.9))
+    assert repair(space, (ns3, ns9, ns3), rng) == (ns3, ns7)  # the overshooting step asks the closing share
+    short = repair(space, (ns3,), rng)
+    assert short[0] == ns3 and len(short) == 2 and space.feasible(short)
 
 
 def test_rebuilt_study_gives_nsga2_a_real_population(space):
@@ -163,12 +166,15 @@ def test_rebuilt_study_gives_nsga2_a_real_population(space):
     strategy, history = make("evolution", space), base_history()
     for r in range(3):
         run_round(strategy, space, history, r)
-    complete = [o for o in history if o.ok]
+    trials = [o for o in history if space.feasible(o.scheme)]  # the prefixes evaluated on the way are not trials
+    complete = [o for o in trials if o.ok]
+    assert len(trials) < len(history)
     sampler = optuna.samplers.NSGAIISampler(population_size=strategy.population_size, seed=0)
-    study = build_study(strategy.encoding, history, GAMMA, sampler, system_attrs=strategy.trial_system_attrs)
+    study = build_study(strategy.encoding, history, 0.2, sampler, system_attrs=strategy.trial_system_attrs)
     finished = study.get_trials(deepcopy=False)
-    assert len(finished) == len(history)
-    assert [t.constraints for t in finished if t.values] == [{"pr": GAMMA - o.pr} for o in complete]
+    assert len(finished) == len(trials)
+    assert [t.values for t in finished if t.values] == [[o.val_accuracy, o.fr] for o in complete]
+    assert [t.constraints for t in finished if t.values] == [{"fr": 0.2 - o.fr} for o in complete]
     study.ask(fixed_distributions=strategy.encoding.distributions())
     generation = sampler.get_trial_generation(study, study.get_trials(deepcopy=False)[-1])
     assert generation == len(complete) // strategy.population_size >= 1

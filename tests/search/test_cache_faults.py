@@ -403,7 +403,7 @@ def test_evaluator_lets_a_cache_disk_error_through(data, space, tmp_path):
     torch.manual_seed(0)
     base = build_model("resnet8", data.num_classes, width=4)
     task = Task(data, 0.4, TrainBudget(epochs=0.2, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
-    a, b = space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=1.0)")
+    a, b = space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=0.5)")
     with _tmpfs(tmp_path / "mnt", "4m") as mnt:
         ev = Evaluator(base, task, cache_dir=mnt / "cache", space=space)
         filler = _fill(mnt)

@@ -77,7 +77,7 @@ def test_step_seed_depends_on_run_seed_and_scheme():
 
 def test_extension_applies_only_the_last_step(base, task, space, tmp_path):
     ev = make(base, task, space, tmp_path)
-    a, b = space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=1.0)")
+    a, b = space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=0.5)")
     CountingNS.calls.clear()
     first = ev.evaluate((a,))
     assert first.ok and len(CountingNS.calls) == 1
@@ -115,7 +115,8 @@ def test_eviction_and_replay_give_the_uncached_model(base, task, space, tmp_path
 
 
 def test_deterministic_for_a_seed_and_independent_of_order(base, task, space, tmp_path):
-    keys = [space.parse(t) for t in ("SFP(target_ratio_factor=0.5)", "SFP(target_ratio_factor=0.5) > NS",
+    keys = [space.parse(t) for t in ("SFP(target_ratio_factor=0.5)",
+                                     "SFP(target_ratio_factor=0.5) > NS(target_ratio_factor=0.5)",
                                      "LMA(target_ratio_factor=0.5)")]
     one = make(base, task, space, tmp_path, "one")
     two = make(base, task, space, tmp_path, "two")
@@ -136,8 +137,9 @@ def test_impossible_steps_fail_with_a_reason(base, data, space, tmp_path):
     assert r.params is None and r.val_accuracy is None and not r.ok
     assert lfb not in ev.cache and ev.cache.failure(lfb) == r.error
     assert same(ev.evaluate(lfb), r)  # remembered: never retried
-    child = ev.evaluate((*lfb, space.parse("NS")[0]))
-    assert child.state == State.FAILED and "prefix cannot be built" in child.error and "LFB can remove" in child.error
+    ns9 = space.parse("NS(target_ratio_factor=0.9)")  # 0.855 of the parameters: more than block-internal channels
+    child = ev.evaluate((*ns9, space.parse("NS(target_ratio_factor=0.1)")[0]))
+    assert child.state == State.FAILED and "prefix cannot be built" in child.error and "cannot remove" in child.error
     too_long = space.parse(" > ".join(["NS(finetune_epochs_factor=0.2)"] * 6))
     assert "not allowed: 6 steps" in ev.evaluate(too_long).error
     no_impl = make(base, hard, space, tmp_path, "x", methods={"NS": NetworkSlimming})
@@ -204,7 +206,8 @@ def forwards_of(model, run):
 
 
 def test_every_search_step_distils_from_the_base_model(base, task, space, tmp_path):
-    key = space.parse("NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4) > NS(finetune_epochs_factor=0.4)")
+    key = space.parse("NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4) > "
+                      "NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4)")
     one, two = (ns_distilling_steps(space.strategy(k), task) for k in key)
     ev = make(base, task, space, tmp_path)
     assert ev.evaluate(key[:1]).ok
@@ -223,7 +226,8 @@ def test_every_search_step_distils_from_the_base_model(base, task, space, tmp_pa
 
 def test_a_worker_teaches_with_the_base_model_it_was_sent(base, task, space, tmp_path):
     ev = make(base, task, space, tmp_path)
-    key = space.parse("NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4) > NS(finetune_epochs_factor=0.4)")
+    key = space.parse("NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4) > "
+                      "NS(target_ratio_factor=0.5, finetune_epochs_factor=0.4)")
     assert ev.evaluate(key[:1]).ok
     assert ev.context(portable=False).task.teacher is base
     ctx = pickle.loads(pickle.dumps(ev.context()))  # as Ray sends it: the base model travels once

@@ -24,11 +24,14 @@ from tests.search.test_study import config, write_inputs
 
 torch.set_num_threads(1)
 
-# At PR 0.9 on this task LFB fails ("LFB can remove at most 86% ..."); the others reach their step.
-LFB = "LFB"
+# At PR 0.8 on this task FAIL fails ("cannot remove 72.0% ... at most 63.1% is reachable": no more than 70% of a
+# layer's channels), and so does its extension FAIL > AFTER; the others reach their step (NS, then HALF, closes 0.8).
+FAIL = "NS(target_ratio_factor=0.9, max_layer_prune_ratio=0.7)"
+AFTER = "NS(target_ratio_factor=0.1)"
 NS = "NS(target_ratio_factor=0.5)"
-SFP = "SFP(target_ratio_factor=0.5)"
-LMA = "LMA(target_ratio_factor=0.5)"
+HALF = "LMA(target_ratio_factor=0.5)"
+SFP = "SFP(target_ratio_factor=1.0)"
+LMA = "LMA(target_ratio_factor=1.0)"
 
 
 def obs(scheme, ok=True):
@@ -133,15 +136,15 @@ def inputs(tmp_path_factory):
 
 def study(inputs, d, budget=5):
     """A real study (store, run, evaluator), as ``search()`` sets it up."""
-    return open_study(config(inputs, d, target_pr=0.9, budget=budget))
+    return open_study(config(inputs, d, target_pr=0.8, budget=budget))
 
 
 def two_rounds(st, executor):
-    """Round 0 evaluates SFP; round 1 proposes LFB > NS, NS > SFP, SFP (known), LMA with 4 steps of budget left."""
+    """Round 0 evaluates SFP; round 1 proposes FAIL > AFTER, NS > HALF, SFP (known), LMA with 4 steps of budget left."""
     p = st.space.parse
     first = _round(st, executor, [p(SFP)])
     st.round = 1
-    proposals = [p(f"{LFB} > {NS}"), p(f"{NS} > {SFP}"), p(SFP), p(LMA)]
+    proposals = [p(f"{FAIL} > {AFTER}"), p(f"{NS} > {HALF}"), p(SFP), p(LMA)]
     return first + _round(st, executor, proposals)
 
 
@@ -150,7 +153,7 @@ def reference(inputs, d):
     ev = study(inputs, d).evaluator
     p = ev.space.parse
     history, out = History(obs(())), []
-    for round_, proposals in enumerate(([p(SFP)], [p(f"{LFB} > {NS}"), p(f"{NS} > {SFP}"), p(SFP), p(LMA)])):
+    for round_, proposals in enumerate(([p(SFP)], [p(f"{FAIL} > {AFTER}"), p(f"{NS} > {HALF}"), p(SFP), p(LMA)])):
         while len(history) < 5 and (key := next(_walk(proposals, history), None)) is not None:
             o = ev.evaluate(key).observation(round_, "")
             history.add(o)
@@ -160,8 +163,8 @@ def reference(inputs, d):
 
 def check_round(st, got, expected, watched):
     p = st.space.parse
-    walk = [p(SFP), p(LFB), p(NS), p(f"{NS} > {SFP}"), p(LMA)]
-    # LFB fails: LFB > NS is dropped, so LMA (the last proposal) gets the budget's last step
+    walk = [p(SFP), p(FAIL), p(NS), p(f"{NS} > {HALF}"), p(LMA)]
+    # FAIL fails: FAIL > AFTER is dropped, so LMA (the last proposal) gets the budget's last step
     assert [o.scheme for o in expected] == walk and [o.ok for o in expected] == [True, False, True, True, True]
     assert [dataclasses.replace(o, evaluation_id="") for o in got] == expected  # same steps, order, results
     assert [o.scheme for o in st.history] == walk and len(st.history) == st.cfg.budget
@@ -195,15 +198,15 @@ def test_ray_round_evaluates_what_the_serial_walk_does(inputs, tmp_path, expecte
         watched = Watched(ray_ex, [()])
         got = two_rounds(st, watched)
     check_round(st, got, expected, watched)
-    assert watched.most == 2  # round 1 starts LFB and NS side by side
+    assert watched.most == 2  # round 1 starts FAIL and NS side by side
 
 
 def test_a_round_never_passes_the_budget(inputs, tmp_path):
     st = study(inputs, tmp_path, budget=2)
     p = st.space.parse
     watched = Watched(SerialExecutor(st.evaluator.context(portable=False)), [()])
-    got = _round(st, watched, [p(f"{NS} > {SFP}"), p(LMA)])
-    assert [o.scheme for o in got] == [p(NS), p(f"{NS} > {SFP}")] and len(st.history) == st.cfg.budget
+    got = _round(st, watched, [p(f"{NS} > {HALF}"), p(LMA)])
+    assert [o.scheme for o in got] == [p(NS), p(f"{NS} > {HALF}")] and len(st.history) == st.cfg.budget
     assert _round(st, watched, [p(LMA)]) == []  # nothing is left
     with open_store(st.store, read_only=True) as s:
         assert len(s.run_evaluations(st.id)) == 2
@@ -212,7 +215,7 @@ def test_a_round_never_passes_the_budget(inputs, tmp_path):
 # -- the loop through ``search()`` ------------------------------------------------------------------------------
 
 class Fixed(SearchStrategy):
-    """Proposes LFB > NS, NS > SFP and LMA (those not evaluated yet nor extending a failure); records what each
+    """Proposes FAIL > AFTER, NS > HALF and LMA (those not evaluated yet nor extending a failure); records what each
     round hands back."""
 
     name = "fixed-rounds"
@@ -221,7 +224,7 @@ class Fixed(SearchStrategy):
     def propose(self, history, n, rng):
         p = self.context.space.parse
         failed = {o.scheme for o in history if not o.ok}
-        return [s for s in (p(f"{LFB} > {NS}"), p(f"{NS} > {SFP}"), p(LMA))
+        return [s for s in (p(f"{FAIL} > {AFTER}"), p(f"{NS} > {HALF}"), p(LMA))
                 if s not in history and not any(s[:k] in failed for k in range(1, len(s)))][:n]
 
     def observe(self, history, new):
@@ -231,15 +234,15 @@ class Fixed(SearchStrategy):
 def test_search_counts_a_failed_step_in_the_budget_and_the_result(inputs, tmp_path, monkeypatch):
     monkeypatch.setitem(STRATEGIES._paths, Fixed.name, f"{__name__}:Fixed")
     monkeypatch.setattr(Fixed, "observed", [])
-    cfg = config(inputs, tmp_path, strategy=Fixed.name, target_pr=0.9, budget=4, per_round=2)
+    cfg = config(inputs, tmp_path, strategy=Fixed.name, target_pr=0.8, budget=4, per_round=2)
     result = search(cfg)
     p = SearchSpace().parse
-    # round 0: LFB fails, so LFB > NS is dropped and NS, NS > SFP fill the round's budget; round 1: LMA
-    assert Fixed.observed == [[p(LFB), p(NS), p(f"{NS} > {SFP}")], [p(LMA)]]
+    # round 0: FAIL fails, so FAIL > AFTER is dropped and NS, NS > HALF fill the round's budget; round 1: LMA
+    assert Fixed.observed == [[p(FAIL), p(NS), p(f"{NS} > {HALF}")], [p(LMA)]]
     assert result.state == State.COMPLETE and result.evaluations == 4 and result.failed == 1
     with open_store(cfg.store, read_only=True) as s:
         rows = search_rows(s.run_evaluations(result.run_id))
         (listed,) = s.list_runs()
     assert [r["state"] for r in rows] == [State.FAILED, State.COMPLETE, State.COMPLETE, State.COMPLETE]
-    assert rows[0]["error"].startswith("CompressionError: LFB can remove at most")
+    assert rows[0]["error"].startswith("CompressionError: cannot remove 72.0%")
     assert listed["evaluations"] == 4

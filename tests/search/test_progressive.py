@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from importlib import resources
 
 import numpy as np
 import pytest
 import torch
 
-from automc.catalog import load_catalog
+from automc.catalog import Catalog
+from automc.compress.base import step_ratio
 from automc.kb.states import State
 from automc.search._base import Context, History, Observation, StepRecord, round_rng
 from automc.search._optimize import _walk
 from automc.search.pareto import front
 from automc.search.progressive import ProgressiveStrategy, step_records
+from automc.search.space import SearchSpace
 
 torch.set_num_threads(1)
 
@@ -22,48 +26,31 @@ TASK = (2.3, 3.4, 3.0, 8.5, 0.9, 13.6, 18.0, 0.4)
 FAST = {"candidates": 120, "fit_steps": 20, "warm_steps": 60}
 
 
-class SmallSpace:
-    """The SearchSpace API over three methods' grid strategies, at most three steps, no LFB after LFB."""
-
-    def __init__(self, max_length: int = 3) -> None:
-        self.catalog = load_catalog()
-        self.strategies = [s for s in self.catalog.strategies() if s.method in METHODS]
-        self.ids = [s.id for s in self.strategies]
-        self.index = {s: i for i, s in enumerate(self.ids)}
-        self.max_length = max_length
-
-    def strategy(self, sid):
-        return self.strategies[self.index[sid]]
-
-    def allowed(self, scheme) -> bool:
-        methods = [self.strategy(s).method for s in scheme if s in self.index]
-        return (len(scheme) <= self.max_length and len(methods) == len(scheme)
-                and methods.count("LFB") <= 1)
-
-    def extensions(self, scheme) -> list[str]:
-        if len(scheme) >= self.max_length or not self.allowed(scheme):
-            return []
-        return [s for s in self.ids if self.allowed((*scheme, s))]
+def small_space(max_length: int = 3) -> SearchSpace:
+    """The real search space over three methods' grid strategies (the catalogue's rules), at most three steps."""
+    data = tomllib.loads(resources.files("automc.catalog").joinpath("catalog.toml").read_text())
+    data["methods"] = {m: v for m, v in data["methods"].items() if m in METHODS}
+    return SearchSpace(Catalog(data), max_length=max_length)
 
 
 @pytest.fixture(scope="module")
-def space() -> SmallSpace:
-    return SmallSpace()
+def space() -> SearchSpace:
+    return small_space()
 
 
 BASE_PARAMS = 1000.0
 LOSS = {"NS": 0.05, "SFP": 0.08, "LFB": 0.01}
-REMOVES = {"NS": 0.5, "SFP": 0.6, "LFB": 0.7}
+REMOVES = {"NS": 0.5, "SFP": 0.6, "LFB": 0.7}  # what a prior of another task says each method removes
 
 
-def measure(space: SmallSpace, scheme) -> tuple[float, float]:
-    """Synthetic (validation accuracy, params): each step removes a method-dependent share times its
-    target_ratio_factor and costs a method-dependent accuracy."""
+def measure(space: SearchSpace, scheme) -> tuple[float, float]:
+    """Synthetic (validation accuracy, params): each step removes what ``step_ratio`` asks and costs a
+    method-dependent accuracy growing with its share of the target."""
     acc, params = 0.9, BASE_PARAMS
     for sid in scheme:
         s = space.strategy(sid)
         trf = float(s.params["target_ratio_factor"])
-        params *= 1 - REMOVES[s.method] * trf
+        params *= 1 - step_ratio(0.4, BASE_PARAMS, params, trf)
         acc *= 1 - LOSS[s.method] * (1 + trf)
     return acc, params
 
@@ -103,7 +90,8 @@ def test_proposals_are_valid_new_and_distinct(space):
         proposals = s.propose(history, 10, round_rng(0, r))
         assert 0 < len(proposals) <= 10
         assert len(set(proposals)) == len(proposals)
-        assert all(space.allowed(p) and p not in before and p for p in proposals)
+        assert all(space.feasible(p) and p not in before and p for p in proposals)
+        assert all(measure(space, p)[1] == pytest.approx(BASE_PARAMS * 0.6) for p in proposals)  # PR 0.4 each
         for key in _walk(proposals, history):
             history.add(observe(space, key, r))
         s.observe(history, [])
@@ -132,17 +120,18 @@ def test_same_seed_same_proposals_and_resume_matches(space):
 
 
 def test_transfer_schemes_are_proposed_first(space):
-    ns = next(s for s in space.ids if s.startswith("NS("))
+    ns = next(s for s in space.ids if s.startswith("NS(") and "target_ratio_factor=0.3" in s)
     lfb = next(s for s in space.ids if s.startswith("LFB("))
-    transfer = [(ns, lfb), (lfb, lfb, ns)]  # the second breaks the rules: its allowed prefix is (lfb,)
+    sfp = next(s for s in space.ids if s.startswith("SFP(") and "target_ratio_factor=1.0" in s)
+    transfer = [(ns, lfb), (lfb, ns), (lfb,), (sfp,)]  # the second does not reach the target here: never proposed
     s = ProgressiveStrategy(context(space, transfer=transfer, options={"transfer_rounds": 2}))
     history = new_history(space)
-    # spread over the transfer rounds, first in each round's proposals
-    assert run_round(s, history, space, 0, 0)[0] == (ns, lfb)
-    assert run_round(s, history, space, 0, 1)[0] == (lfb,)
-    assert (ns, lfb) in history and (lfb,) in history
+    # spread over the transfer rounds (two a round), first in each round's proposals
+    assert run_round(s, history, space, 0, 0)[:2] == [(ns, lfb), (lfb,)]
+    assert run_round(s, history, space, 0, 1)[0] == (sfp,)
+    assert (ns, lfb) in history and (lfb,) in history and (lfb, ns) not in history
     late = s.propose(history, 10, round_rng(0, 2))
-    assert late and not {(ns, lfb), (lfb,)} & set(late)
+    assert late and not {(ns, lfb), (lfb,), (sfp,)} & set(late)
 
 
 def test_prior_from_another_task_steers_the_first_round(space):
@@ -154,7 +143,8 @@ def test_prior_from_another_task_steers_the_first_round(space):
         sid = space.ids[int(rng.integers(len(space.ids)))]
         s = space.strategy(sid)
         trf = float(s.params["target_ratio_factor"])
-        prior.append(StepRecord((), sid, "other-task", TASK, -LOSS[s.method] * (1 + trf), REMOVES[s.method] * trf))
+        prior.append(StepRecord((), sid, "other-task", TASK, -LOSS[s.method] * (1 + trf),
+                                REMOVES[s.method] * trf * 0.4))
     warm = ProgressiveStrategy(context(space, prior=prior, options={"warm_steps": 300}))
     cold = ProgressiveStrategy(context(space))
     h = new_history(space)
@@ -191,7 +181,7 @@ def test_on_the_real_catalogue_space():
         started = time.perf_counter()
         proposals = s.propose(h, 10, round_rng(3, r))
         assert time.perf_counter() - started < 5
-        assert len(proposals) == 10 and all(real.allowed(p) and p not in h for p in proposals)
+        assert len(proposals) == 10 and all(real.feasible(p) and p not in h for p in proposals)
         for key in _walk(proposals, h):
             parent = h.get(key[:-1])
             params = parent.params * float(rng.uniform(0.3, 0.95))
@@ -215,17 +205,22 @@ def test_steps_from_pr_when_params_are_unknown(space):
     assert len(s.propose(h, 5, round_rng(0, 2))) == 5
 
 
-def test_parents_beyond_the_target_count_by_accuracy_only(space):
-    """A model that collapsed at a PR above γ is not a parent while a better one reaches γ (PR capped at γ)."""
-    ids = space.ids
+def test_parents_are_open_schemes_on_the_front(space):
+    """Parents are evaluated schemes that do not reach γ yet, from the front on (accuracy, share of γ): a scheme
+    that reaches γ is never extended, one dominated by a better open scheme is not a parent."""
+    def ns(v):
+        return next(s for s in space.ids if s.startswith("NS(") and f"target_ratio_factor={v}," in s)
+
     h = History(Observation((), "COMPLETE", 0.9, 0.0, params=BASE_PARAMS))
-    good_low, collapsed_low, good_hit, collapsed_high = (ids[0],), (ids[1],), (ids[2],), (ids[3],)
-    for key, acc, pr in ((good_low, 0.8, 0.3), (collapsed_low, 0.1, 0.38), (good_hit, 0.75, 0.42),
-                         (collapsed_high, 0.1, 0.6)):
+    good_low, dominated, good_high, closed = (ns(0.3),), (ns(0.5),), (ns(0.7),), (ns(1.0),)
+    for key, acc in ((good_low, 0.8), (dominated, 0.1), (good_high, 0.2), (closed, 0.95)):
+        pr = 0.4 * space.share(key)
         h.add(Observation(key, "COMPLETE", acc, pr, params=BASE_PARAMS * (1 - pr), round=0))
     s = ProgressiveStrategy(context(space, options={"front_share": 1.0}))
-    parents = {parent for parent, _ in s._candidates(h, round_rng(0, 1), set())}
-    assert parents == {(), good_low, good_hit}
+    candidates = s._candidates(h, round_rng(0, 1), set())
+    assert candidates and all(space.feasible(c) and not h.tried(c) for c in candidates)
+    parents = {max((c[:i] for i in range(len(c)) if c[:i] in h), key=len) for c in candidates}
+    assert parents == {(), good_low, good_high}
 
 
 def test_candidates_are_drawn_method_first():
@@ -238,5 +233,5 @@ def test_candidates_are_drawn_method_first():
     s = ProgressiveStrategy(Context(space=real, target_pr=0.4, seed=0, task_vector=TASK,
                                     options={"explore": 0.0}))
     h = History(Observation((), "COMPLETE", 0.9, 0.0, params=BASE_PARAMS))
-    methods = Counter(real.strategy(p[-1]).method for p in s.propose(h, 60, round_rng(0, 0)))
+    methods = Counter(real.strategy(p[0]).method for p in s.propose(h, 60, round_rng(0, 0)))
     assert len(methods) == 6 and methods["HOS"] <= 20  # uniform over strategies would give about 39 HOS

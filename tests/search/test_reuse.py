@@ -14,6 +14,7 @@ from automc.kb.records import GraphBatch, TaskFeatures
 from automc.search._base import Context, History, Observation, round_rng
 from automc.search.progressive import ProgressiveStrategy
 from automc.search.reuse import ensure_embeddings, load_prior, similar_tasks, task_vector
+from automc.search.space import SearchSpace
 
 A = TaskFeatures("resnet8", "synthetic-a", 4, 16, 3, 400, 0.90, 1234.0, 5678.0)
 B = TaskFeatures("resnet8", "synthetic-b", 4, 16, 3, 420, 0.88, 1234.0, 5678.0)
@@ -28,7 +29,8 @@ def store(tmp_path):
 
 
 def strategies(n: int):
-    return load_catalog().strategies("NS")[:n]
+    """NS strategies that reach the target alone (share 1), so one-step schemes of them are feasible."""
+    return [s for s in load_catalog().strategies("NS") if s.params["target_ratio_factor"] == 1.0][:n]
 
 
 def evaluate(store, task, steps, run, *, acc, params, pr, step=None, fidelity="search", target_pr=0.4, ok=True):
@@ -94,29 +96,14 @@ def test_a_search_reads_the_prior(store):
     fill(store)
     prior = load_prior(store, B.id)
 
-    class Space:
-        catalog = load_catalog()
-        strategies = catalog.strategies("NS")
-        ids = [s.id for s in strategies]
-        max_length = 2
-
-        def strategy(self, sid):
-            return self.strategies[self.ids.index(sid)]
-
-        def allowed(self, scheme):
-            return len(scheme) <= self.max_length and all(sid in self.ids for sid in scheme)
-
-        def extensions(self, scheme):
-            return list(self.ids) if len(scheme) < self.max_length else []
-
-    ctx = Context(space=Space(), target_pr=0.4, task=B, task_vector=task_vector(B, 0.4), prior=prior.records,
-                  transfer=prior.transfer, options={"warm_steps": 5, "candidates": 20})
+    ctx = Context(space=SearchSpace(max_length=2), target_pr=0.4, task=B, task_vector=task_vector(B, 0.4),
+                  prior=prior.records, transfer=prior.transfer, options={"warm_steps": 5, "candidates": 20})
     base = History(Observation((), "COMPLETE", 0.9, 0.0, params=1000.0))
     with_reuse = ProgressiveStrategy(ctx)
     assert with_reuse.propose(base, 3, round_rng(0, 0))[0] in prior.transfer
     assert with_reuse.trained_on == {A.id: 3}
-    no_reuse = ProgressiveStrategy(Context(space=Space(), target_pr=0.4, task=B, task_vector=task_vector(B, 0.4),
-                                           options={"candidates": 20}))
+    no_reuse = ProgressiveStrategy(Context(space=SearchSpace(max_length=2), target_pr=0.4, task=B,
+                                           task_vector=task_vector(B, 0.4), options={"candidates": 20}))
     assert no_reuse.propose(base, 3, round_rng(0, 0))
     assert no_reuse.trained_on == {}
 
@@ -166,3 +153,31 @@ def test_embeddings_refresh_only_when_knowledge_changed(store):
     store.write(batch)
     again, info = ensure_embeddings(store, refresh=True, config=config)
     assert info["refreshed"] and "changed" in info["reason"] and math.isfinite(info["seconds"])
+
+
+def test_first_proposals_come_from_the_measured_experience(kb_copy):
+    """On a fresh KB (``kb init``: the measured experience beside the paper's tables) a ResNet-20 task's first
+    proposals are the measured methods' one-step schemes at γ, best measured accuracy change first; the paper's
+    tables, which rank the methods against what we measure (weight 0), never lead."""
+    import csv
+    import json
+
+    from automc.importers import builtin_measured
+    space = SearchSpace()
+    task = TaskFeatures("resnet20", "cifar10-mine", 10, 32, 3, 5170, 0.915, 269722.0, 81.1e6)
+    with open_store(f"ladybug://{kb_copy}") as s:
+        prior = load_prior(s, task.id, task=task, target_pr=0.4, space=space)
+        assert load_prior(s, task.id, task=task).experience == ()  # without a target: no experience proposals
+    assert prior.transfer == prior.experience  # no past search in a fresh KB
+    assert len(prior.experience) == 5 and all(len(k) == 1 and space.feasible(k) for k in prior.experience)
+    rows = [r for r in csv.DictReader(builtin_measured().open())
+            if abs(json.loads(r["hyperparameters"])["reduction_ratio"] - 0.4) <= 0.05]
+    top = max(float(r["accuracy_change"]) for r in rows)
+    best = {r["method"] for r in rows if float(r["accuracy_change"]) == top}  # SFP and LMA tie at -1.61%
+    methods = [space.strategy(k[0]).method for k in prior.experience]
+    assert methods[0] in best and set(methods) <= {r["method"] for r in rows}
+    ctx = Context(space=space, target_pr=0.4, task=task, task_vector=task_vector(task, 0.4), transfer=prior.transfer,
+                  options={"candidates": 20, "warm_steps": 5})
+    first = ProgressiveStrategy(ctx).propose(History(Observation((), "COMPLETE", 0.9, 0.0, params=1000.0)), 4,
+                                             round_rng(0, 0))
+    assert first[:2] == list(prior.experience[:2])
