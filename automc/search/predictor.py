@@ -31,6 +31,7 @@ from automc.search._base import SchemeKey, StepRecord
 
 TARGETS = ("step_ar",)  # what F_mo predicts; PR is computed, not predicted
 MIN_HOLDOUT = 10  # fewer records than this: no held-out share, the training loss decides when to stop
+MIN_GAIN = 1e-4  # a held-out loss (of standardised AR) lower by less than this, or 0.1%, is no improvement
 
 
 def strategy_features(strategies: Sequence[Strategy], catalog: Catalog) -> np.ndarray:
@@ -72,21 +73,21 @@ class Fmo(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden + strategy_dim + task_dim, mlp_hidden), nn.ReLU(),
                                  nn.Linear(mlp_hidden, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, len(TARGETS)))
 
-    def encode(self, sequences: Sequence[Tensor]) -> Tensor:
-        """Final top-layer LSTM state ``(n, hidden)`` of each ``(k_i, d)`` parent sequence (START prepended).
+    def encode(self, parents: Tensor, lengths: Tensor) -> Tensor:
+        """Final top-layer LSTM state ``(n, hidden)`` of each parent (``(n, k, d)`` zero-padded, ``lengths`` real
+        steps) with START prepended.
 
         Sequences are packed (unsorted), so each row's state comes from its own last real step, not padding.
         """
-        seqs = [torch.cat([self.start[None], s], 0) for s in sequences]
-        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-        packed = pack_padded_sequence(pad_sequence(seqs, batch_first=True), lengths, batch_first=True,
-                                      enforce_sorted=False)
+        x = torch.cat([self.start.expand(len(parents), 1, -1), parents], dim=1)  # one op, not one per row
+        packed = pack_padded_sequence(x, lengths + 1, batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
         return h[-1]  # restored to the input order by the packed sequence's unsorted_indices
 
-    def forward(self, sequences: Sequence[Tensor], candidates: Tensor, tasks: Tensor) -> Tensor:
-        """Parents (list of ``(k_i, d)``), candidates ``(n, d)``, standardised tasks ``(n, t)`` -> ``(n, 1)``."""
-        return self.mlp(torch.cat([self.encode(sequences), candidates, tasks], dim=-1))
+    def forward(self, parents: Tensor, lengths: Tensor, candidates: Tensor, tasks: Tensor) -> Tensor:
+        """Padded parents ``(n, k, d)`` with their ``lengths``, candidates ``(n, d)``, standardised tasks
+        ``(n, t)`` -> ``(n, 1)``."""
+        return self.mlp(torch.cat([self.encode(parents, lengths), candidates, tasks], dim=-1))
 
 
 @contextlib.contextmanager
@@ -181,15 +182,17 @@ class Predictor:
         return torch.from_numpy(np.nan_to_num((x - self.feature_mean) / self.feature_std))
 
     def _batch(self, parents: Sequence[SchemeKey], candidates: Sequence[str],
-               tasks: Sequence[Sequence[float]]) -> tuple[list[Tensor], Tensor, Tensor]:
+               tasks: Sequence[Sequence[float]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The model's inputs: padded parent vectors, parent lengths, candidate vectors, scaled task features."""
         matrix = torch.from_numpy(self._matrix)
         seqs = [matrix[[self._index(s) for s in p]] if p else matrix[:0] for p in parents]
+        lengths = torch.tensor([len(p) for p in parents], dtype=torch.long)
         cand = matrix[[self._index(s) for s in candidates]]
-        return seqs, cand, self._tasks(tasks)
+        return pad_sequence(seqs, batch_first=True), lengths, cand, self._tasks(tasks)
 
     # -- training --------------------------------------------------------------------------------------------
-    def _loss(self, idx: Tensor, seqs: list[Tensor], cand: Tensor, tasks: Tensor, y: Tensor) -> Tensor:
-        pred = self.model([seqs[i] for i in idx.tolist()], cand[idx], tasks[idx])
+    def _loss(self, idx: Tensor, inputs: tuple[Tensor, ...], y: Tensor) -> Tensor:
+        pred = self.model(*(x[idx] for x in inputs))
         return torch.mean((pred - y[idx]) ** 2)
 
     def fit(self, records: Sequence[StepRecord], *, max_steps: int = 2000, patience: int | None = 100,
@@ -211,8 +214,7 @@ class Predictor:
         self.feature_mean, self.feature_std = _stats(feats)
         self.target_mean, self.target_std = _stats(targets)
         y = torch.from_numpy((targets - self.target_mean) / self.target_std)
-        seqs, cand, tasks = self._batch([r.parent for r in usable], [r.strategy for r in usable],
-                                        [r.features for r in usable])
+        inputs = self._batch([r.parent for r in usable], [r.strategy for r in usable], [r.features for r in usable])
         n = len(usable)
         step, stopped, best, best_step = 0, "cap", math.inf, 0
         with _seeded(self.seed * 1_000_003 + self.fits):
@@ -227,7 +229,7 @@ class Predictor:
                 for b in range(0, len(perm), self.batch_size):
                     self.model.train()
                     opt.zero_grad()
-                    self._loss(perm[b:b + self.batch_size], seqs, cand, tasks, y).backward()
+                    self._loss(perm[b:b + self.batch_size], inputs, y).backward()
                     opt.step()
                     step += 1
                     if step >= max_steps:
@@ -236,8 +238,8 @@ class Predictor:
                     continue
                 self.model.eval()  # checked once per pass over the training share (one step when it fits a batch)
                 with torch.no_grad():
-                    now = float(self._loss(watch, seqs, cand, tasks, y))
-                if not math.isfinite(best) or now < best - max(1e-6, 1e-3 * best):  # a real gain, not float noise
+                    now = float(self._loss(watch, inputs, y))
+                if not math.isfinite(best) or now < best - max(MIN_GAIN, 1e-3 * best):  # a gain worth training for
                     best, best_step = now, step
                     best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 elif step - best_step >= patience:
@@ -246,7 +248,7 @@ class Predictor:
                 self.model.load_state_dict(best_state)
             self.model.eval()
             with torch.no_grad():
-                loss = float(self._loss(torch.arange(n), seqs, cand, tasks, y))
+                loss = float(self._loss(torch.arange(n), inputs, y))
         self.last_fit = {"records": n, "held_out": n_out, "steps": step,
                          "stopped": "fixed" if patience is None else stopped,
                          "held_out_loss": None if not math.isfinite(best) else best, "loss": loss}
@@ -276,10 +278,10 @@ class Predictor:
             return np.zeros(0, np.float32)
         tv = np.asarray(task_vector, dtype=np.float32)
         tasks = np.broadcast_to(tv, (n, self.task_dim)) if tv.ndim == 1 else tv
-        seqs, cand, t = self._batch(parents, candidates, tasks)
+        inputs = self._batch(parents, candidates, tasks)
         self.model.eval()
         with _seeded(self.seed):
-            out = self.model(seqs, cand, t).numpy()
+            out = self.model(*inputs).numpy()
         return (out * self.target_std + self.target_mean)[:, 0]
 
     # -- persistence -----------------------------------------------------------------------------------------
