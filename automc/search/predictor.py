@@ -206,6 +206,7 @@ class Predictor:
         ones). Seeded by the predictor's seed and the number of fits so far: the same sequence of fits gives the
         same weights. ``last_fit`` says how it stopped.
         """
+        self.last_fit = {}
         usable = [r for r in records if self.knows(r) and math.isfinite(r.step_ar)]
         if not usable:
             return float("nan")
