@@ -277,3 +277,8 @@ class SearchStrategy(ABC):
     def summary(self) -> dict[str, Any]:
         """What the strategy learnt, for the run's result (e.g. the steps of each task its model fitted)."""
         return {}
+
+    def predictions(self, history: History, schemes: Sequence[SchemeKey]) -> dict[SchemeKey, dict[str, Any]]:
+        """What the strategy predicted of each of ``schemes`` (its latest proposals) before they run: a JSON-able
+        dict per scheme, stored on the scheme's evaluation. A strategy without a model predicts nothing."""
+        return {}

@@ -13,7 +13,7 @@ strategy the round in the walk's order.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from automc._interrupt import check as check_interrupt
@@ -114,7 +114,7 @@ def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
             return "time limit reached"
         n = min(int(cfg.per_round), int(cfg.budget) - study.done)
         proposals = strategy.propose(study.history, n, round_rng(int(cfg.seed), study.round))
-        new = _round(study, executor, proposals)
+        new = _round(study, executor, proposals, strategy.predictions(study.history, proposals))
         if not new and not study.time_up():
             return "the strategy proposed nothing new: the search space is exhausted"
         strategy.observe(study.history, new)
@@ -150,9 +150,11 @@ def _ready(proposals: Sequence[SchemeKey], shadow: History, budget: int, running
     return [s for s in plan if s not in running and s[:-1] in shadow]
 
 
-def _round(study: Study, executor: Executor, proposals: Sequence[SchemeKey]) -> list[Observation]:
+def _round(study: Study, executor: Executor, proposals: Sequence[SchemeKey],
+           predictions: Mapping[SchemeKey, Mapping[str, Any]] | None = None) -> list[Observation]:
     """Evaluate the round's steps through ``executor`` (see the module docstring); returns the new observations
-    in the walk's order and adds them to the history in that order."""
+    in the walk's order and adds them to the history in that order. A step's entry in ``predictions`` (the
+    strategy's, made before it ran) is stored on its evaluation."""
     place = {key: i for i, key in enumerate(_walk(proposals))}
     first = study.next_step
     shadow = History(study.history.base, list(study.history.observations))  # the round's progress
@@ -167,7 +169,8 @@ def _round(study: Study, executor: Executor, proposals: Sequence[SchemeKey]) -> 
                     break
                 key = ready[0]
                 study.next_step = first + place[key]
-                running[key] = study.begin(key, fidelity="search", round_=study.round)
+                running[key] = study.begin(key, fidelity="search", round_=study.round,
+                                           prediction=(predictions or {}).get(key))
                 job = study.evaluator.prepare(key)
                 if isinstance(job, EvalResult):  # nothing to run: the base, a refused or a known-failed step
                     _arrive(study, job, running, shadow, arrived)

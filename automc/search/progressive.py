@@ -16,21 +16,32 @@ Departures from a literal reading of Algorithm 2:
   grid points), so F_mo, with a few dozen steps to learn from, mostly chose among HOS variants.
 
 F_mo is not persisted: it is retrained from the history on resume by replaying the same seeded fits (warm start
-on ``context.prior``, then one fit per evaluated round), so a resumed search proposes what an uninterrupted one
-would.
+on ``context.prior``, then one fit per evaluated round, each until its held-out loss stops improving), so a resumed
+search proposes what an uninterrupted one would.
+
+F_mo earns its place or steps aside: before a round's new steps are fitted, the Spearman correlation of F_mo's
+predicted step AR with the observed one on those steps is measured, beside that of the prior (``prior_ar``: the
+mean observed AR of the same strategy, else the same method, over this task's earlier steps and other tasks'). The
+rule (``ranking=auto``): rank by F_mo unless, over the last ``quality_rounds`` rounds where both were measured, its
+mean correlation is below the prior's; then rank by the prior. Each round's measures and ranking are in
+``state_dict``/``summary`` (the stored run, the result, the report), and every proposal's prediction is stored on
+its evaluation (``predictions``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from automc._num import finite
 from automc.search._base import Context, History, Observation, Option, SchemeKey, SearchStrategy, StepRecord
 from automc.search.pareto import non_dominated
+
+RANKINGS = ("auto", "fmo", "prior", "random")
 
 
 def remaining(obs: Observation, base: Observation) -> float | None:
@@ -59,6 +70,35 @@ def step_records(history: History, task: str, features: Sequence[float]) -> list
     return out
 
 
+def _method(strategy_id: str) -> str:
+    return strategy_id.split("(", 1)[0]
+
+
+def prior_ar(records: Sequence[StepRecord], strategies: Sequence[str]) -> np.ndarray:
+    """The prior's step AR for each of ``strategies``: the mean observed AR of the same strategy in ``records``
+    when it was seen, else of its method, else of all records (0 without records)."""
+    by_sid: dict[str, list[float]] = defaultdict(list)
+    by_method: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if math.isfinite(r.step_ar):
+            by_sid[r.strategy].append(r.step_ar)
+            by_method[_method(r.strategy)].append(r.step_ar)
+    every = [x for xs in by_sid.values() for x in xs]
+    overall = float(np.mean(every)) if every else 0.0
+    return np.array([float(np.mean(by_sid[s])) if s in by_sid else float(np.mean(by_method[_method(s)]))
+                     if _method(s) in by_method else overall for s in strategies], dtype=float)
+
+
+def _spearman(predicted: Sequence[float], observed: Sequence[float]) -> float | None:
+    """Spearman's rho, or None when it is undefined (fewer than 3 steps, or a constant side)."""
+    from scipy.stats import spearmanr
+
+    if len(observed) < 3 or np.ptp(predicted) == 0 or np.ptp(observed) == 0:
+        return None
+    rho = float(spearmanr(predicted, observed).statistic)
+    return rho if math.isfinite(rho) else None
+
+
 class ProgressiveStrategy(SearchStrategy):
     """F_mo-guided progressive search; ``context.options`` may override the defaults of ``OPTIONS``."""
 
@@ -69,11 +109,15 @@ class ProgressiveStrategy(SearchStrategy):
         "explore": Option("float", 0.1, "share of proposals drawn at random among the candidates", low=0, high=1),
         "transfer_rounds": Option("int", 2, "rounds in which past tasks' front schemes are proposed (0: none)", low=0),
         "replay": Option("int", 256, "past steps replayed with each round's new ones", low=0),
-        "fit_epochs": Option("int", 10, "F_mo's epochs per round", low=1),
-        "fit_steps": Option("int", 100, "F_mo's most optimiser steps per round", low=1),
-        "warm_epochs": Option("int", 30, "F_mo's epochs on other tasks' steps before the first round", low=1),
-        "warm_steps": Option("int", 300, "F_mo's most optimiser steps on other tasks' steps", low=1),
+        "fit_steps": Option("int", 2000, "F_mo's most optimiser steps per round (a guard: it stops when its "
+                                         "held-out loss stops improving)", low=1),
+        "warm_steps": Option("int", 2000, "F_mo's most optimiser steps on other tasks' steps", low=1),
+        "patience": Option("int", 100, "optimiser steps without a better held-out loss before F_mo stops", low=1),
         "hidden": Option("int", 32, "F_mo's hidden width", low=1),
+        "ranking": Option("choice", "auto", "what ranks the candidates: auto (F_mo unless the prior correlates "
+                          "better), fmo, prior or random (ablations)", choices=RANKINGS),
+        "quality_rounds": Option("int", 3, "latest measured rounds whose correlations the auto ranking compares",
+                                 low=1),
     }
 
     def __init__(self, context: Context) -> None:
@@ -85,6 +129,10 @@ class ProgressiveStrategy(SearchStrategy):
         self._warm = False
         self._fitted_through = -1  # last round F_mo was trained on
         self.losses: list[float] = []
+        self.fit_log: list[dict[str, Any]] = []  # each fit: round (-1: warm start), steps, how it stopped, loss
+        # each evaluated round, before its steps are fitted: Spearman of F_mo's and the prior's predicted step AR
+        # with the observed one on those steps, and the ranking its proposals used
+        self.quality: list[dict[str, Any]] = []
 
     # -- F_mo ------------------------------------------------------------------------------------------------
     @property
@@ -102,24 +150,66 @@ class ProgressiveStrategy(SearchStrategy):
         return dict(self._predictor.trained_on) if self._predictor is not None else {}
 
     def _catch_up(self, history: History) -> None:
-        """Warm-start on the prior once, then fit each evaluated round not fitted yet, in round order."""
-        p = self.predictor
+        """Warm-start on the prior once, then, for each evaluated round not fitted yet in round order, measure the
+        predictions on its steps and fit them (with replayed past steps)."""
         if not self._warm:
             self._warm = True
             if self.prior:
-                self.losses.append(p.fit(self.prior, int(self.options["warm_epochs"]),
-                                         max_steps=int(self.options["warm_steps"])))
+                self._fit(-1, self.prior, int(self.options["warm_steps"]))
         by_round: dict[int, list[StepRecord]] = defaultdict(list)
         for r, rec in step_records(history, self.task, self.features):
             by_round[r].append(rec)
         for r in sorted(k for k in by_round if k > self._fitted_through):
             past = self.prior + [rec for k in sorted(by_round) if k < r for rec in by_round[k]]
+            self._measure(r, by_round[r], past)
             rng = np.random.default_rng([self.context.seed & 0xFFFFFFFF, r, 0xF0])
             k = min(len(past), int(self.options["replay"]))
             replay = [past[i] for i in sorted(rng.choice(len(past), size=k, replace=False))] if k else []
-            self.losses.append(p.fit(by_round[r] + replay, int(self.options["fit_epochs"]),
-                                     max_steps=int(self.options["fit_steps"])))
+            self._fit(r, by_round[r] + replay, int(self.options["fit_steps"]))
             self._fitted_through = r
+
+    def _fit(self, round_: int, records: Sequence[StepRecord], max_steps: int) -> None:
+        p = self.predictor
+        self.losses.append(p.fit(records, max_steps=max_steps, patience=int(self.options["patience"])))
+        if p.last_fit:
+            self.fit_log.append({"round": round_, **p.last_fit})
+
+    def _measure(self, round_: int, new: Sequence[StepRecord], past: Sequence[StepRecord]) -> None:
+        """Record how F_mo (as it stands, before fitting ``new``) and the prior (from ``past``) rank ``new``."""
+        p = self.predictor
+        fresh = [rec for rec in new if not p.has_seen(rec)]  # only steps F_mo was never fitted on
+        observed = [rec.step_ar for rec in fresh]
+        fmo = None
+        if p.fits and fresh:
+            fmo = _spearman(p.predict([rec.parent for rec in fresh], [rec.strategy for rec in fresh],
+                                      self.features), observed)
+        prior = _spearman(prior_ar(past, [rec.strategy for rec in fresh]), observed) if past and fresh else None
+        self.quality.append({"round": round_, "steps": len(fresh), "fmo": fmo, "prior": prior,
+                             "ranking": self._ranking()})
+
+    def _ranking(self) -> str:
+        """What ranks this round's candidates: random until F_mo learnt something (or as asked), else F_mo
+        unless its mean correlation over the last ``quality_rounds`` measured rounds is below the prior's."""
+        mode = str(self.options["ranking"])
+        if mode == "random" or not self.predictor.fits:
+            return "random"
+        if mode != "auto":
+            return mode
+        both = [q for q in self.quality if q["fmo"] is not None and q["prior"] is not None]
+        recent = both[-int(self.options["quality_rounds"]):]
+        if recent and np.mean([q["fmo"] for q in recent]) < np.mean([q["prior"] for q in recent]):
+            return "prior"
+        return "fmo"
+
+    def _step_ar(self, history: History, parents: Sequence[SchemeKey], strategies: Sequence[str],
+                 ranking: str) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """(F_mo's, the prior's, the ranking's) predicted step AR of appending ``strategies[i]`` to
+        ``parents[i]``; F_mo's is None before it learnt anything, the prior's without past steps."""
+        fmo = self.predictor.predict(parents, strategies, self.features) if self.predictor.fits else None
+        past = self.prior + [rec for _, rec in step_records(history, self.task, self.features)]
+        prior = prior_ar(past, strategies) if past else None
+        chosen = prior if ranking == "prior" else fmo
+        return fmo, prior, (chosen if chosen is not None else np.zeros(len(strategies)))
 
     # -- proposals -------------------------------------------------------------------------------------------
     def propose(self, history: History, n: int, rng: np.random.Generator) -> list[SchemeKey]:
@@ -220,9 +310,10 @@ class ProgressiveStrategy(SearchStrategy):
         (its PR is computed, not predicted), so accuracy alone ranks them."""
         if k <= 0:
             return []
-        if not self.predictor.fits:  # nothing learned yet (first round, no reuse): F_mo would rank at random anyway
+        ranking = self._ranking()
+        if ranking == "random":  # nothing learned yet (first round, no reuse), or the random-order ablation
             return sorted(rng.permutation(len(candidates))[:k].tolist())
-        acc = predicted_accuracy(history, candidates, self.predictor, self.features)
+        acc = predicted_accuracy(history, candidates, lambda ps, ss: self._step_ar(history, ps, ss, ranking)[2])
         order = np.lexsort((np.arange(len(candidates)), -acc))
         return [int(i) for i in order[:k]]
 
@@ -230,23 +321,47 @@ class ProgressiveStrategy(SearchStrategy):
     def observe(self, history: History, new: Sequence[Observation]) -> None:
         self._catch_up(history)
 
+    def predictions(self, history: History, schemes: Sequence[SchemeKey]) -> dict[SchemeKey, dict[str, Any]]:
+        """For each step the proposed schemes evaluate (each prefix not evaluated yet), what was predicted before it
+        ran: F_mo's and the prior's AR of that step, the ranking used, and the validation accuracy that ranking
+        expects for it (from the longest evaluated prefix's validation accuracy); nothing before F_mo or the prior
+        learnt anything."""
+        steps = [key[:i] for key in dict.fromkeys(tuple(s) for s in schemes) for i in range(1, len(key) + 1)
+                 if key[:i] not in history]
+        steps = list(dict.fromkeys(steps))
+        if not steps:
+            return {}
+        ranking = self._ranking()
+        fmo, prior, _ = self._step_ar(history, [k[:-1] for k in steps], [k[-1] for k in steps], ranking)
+        if fmo is None and prior is None:
+            return {}
+        used = prior if ranking == "prior" else fmo
+        acc = predicted_accuracy(history, steps, lambda ps, ss: self._step_ar(history, ps, ss, ranking)[2]) \
+            if used is not None else [None] * len(steps)
+        return {key: {"step_ar": None if fmo is None else finite(fmo[i]),
+                      "prior_ar": None if prior is None else finite(prior[i]), "ranked_by": ranking,
+                      "val_accuracy": None if acc[i] is None else finite(acc[i])}
+                for i, key in enumerate(steps)}
+
     def summary(self) -> dict[str, Any]:
-        """F_mo's training data: steps by task."""
-        return {"trained_on": self.trained_on}
+        """F_mo's training data (steps by task), each round's measured rank correlation and ranking, each fit."""
+        return {"trained_on": self.trained_on, "quality": self.quality, "fits": self.fit_log}
 
     def state_dict(self) -> dict[str, Any]:
-        """What F_mo was trained on (for reports); its weights are rebuilt from the history on resume."""
+        """What F_mo was trained on and how well it ranked (for reports); its weights are rebuilt from the history
+        on resume."""
         return {"fitted_through": self._fitted_through, "trained_on": self.trained_on,
-                "fits": self._predictor.fits if self._predictor is not None else 0}
+                "fits": self._predictor.fits if self._predictor is not None else 0, "quality": self.quality,
+                "fit_log": self.fit_log}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Nothing to restore: the next ``propose`` retrains F_mo from the history exactly as it was trained."""
 
 
-def predicted_accuracy(history: History, keys: Sequence[SchemeKey], predictor: Any,
-                       features: Sequence[float]) -> np.ndarray:
-    """The validation accuracy F_mo predicts for each scheme: its longest evaluated prefix's accuracy times the
-    predicted relative change of each step after it (one batched prediction)."""
+def predicted_accuracy(history: History, keys: Sequence[SchemeKey],
+                       step_change: Callable[[list[SchemeKey], list[str]], np.ndarray]) -> np.ndarray:
+    """The validation accuracy predicted for each scheme: its longest evaluated prefix's accuracy times the
+    predicted relative change (``step_change(parents, strategies)``, one batched call) of each step after it."""
     starts, parents, steps = [], [], []
     for key in keys:
         start = len(key)
@@ -255,7 +370,7 @@ def predicted_accuracy(history: History, keys: Sequence[SchemeKey], predictor: A
         starts.append(start)
         parents += [key[:i] for i in range(start, len(key))]
         steps += [key[i] for i in range(start, len(key))]
-    change = _step_change(predictor.predict(parents, steps, features)) if steps else np.zeros(0)
+    change = _step_change(step_change(parents, steps)) if steps else np.zeros(0)
     out, j = np.empty(len(keys)), 0
     for i, (key, start) in enumerate(zip(keys, starts, strict=True)):
         n = len(key) - start

@@ -133,7 +133,29 @@ def to_json(info: ReportInfo) -> dict[str, Any]:
             "failed": info.failed,
             "seconds": info.seconds, "train_seconds": info.train_seconds, "setup_seconds": info.setup_seconds,
             "overhead": info.overhead, "hypervolume": info.hypervolume, "hypervolume_curve": info.curve,
-            "best_at_target_curve": info.best_curve}
+            "best_at_target_curve": info.best_curve, "prediction_quality": prediction_quality(info)}
+
+
+def prediction_quality(info: ReportInfo) -> list[dict[str, Any]]:
+    """Per round, the strategy's measured rank correlation of predicted vs observed step AR on the round's new
+    steps before its model fitted them (F_mo's and the prior's) and the ranking the round used; [] without."""
+    return [dict(q) for q in info.run.strategy_state.get("quality") or []]
+
+
+def _quality_lines(info: ReportInfo) -> list[str]:
+    """The report's F_mo section: one line per round."""
+    rows = prediction_quality(info)
+    if not rows:
+        return []
+
+    def rho(x: Any) -> str:
+        return "—" if x is None else f"{float(x):+.2f}"
+
+    return ["## Predictions (F_mo)", "",
+            "Spearman correlation of predicted vs observed step accuracy change on each round's new steps, measured "
+            "before the model was fitted on them (— : not measurable), and what ranked that round's candidates:", "",
+            *(f"- round {q.get('round')}: {q.get('steps')} steps; F_mo {rho(q.get('fmo'))}, prior "
+              f"{rho(q.get('prior'))}; ranked by {q.get('ranking')}" for q in rows), ""]
 
 
 def _pct(x: Any) -> str:
@@ -192,7 +214,7 @@ def render_markdown(info: ReportInfo) -> str:
               f"{info.setup_seconds:,.1f} s; {per:,.1f} s per evaluated step",
               f"- inside method training: {info.train_seconds:,.1f} s; the rest of the search after setup "
               f"(strategy and F_mo, caching, measuring, store writes, final models): {info.overhead:.1%}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _quality_lines(info))
 
 
 def _table(lines: list[str], rows: Sequence[Mapping[str, Any]], empty: str) -> None:

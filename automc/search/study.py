@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -161,9 +162,11 @@ class Study:
         self.progress(SearchEvent(kind, self.id, round_, done, int(self.cfg.budget), best, len(fr), eta, message))
 
     # -- the run's records -------------------------------------------------------------------------------------
-    def begin(self, scheme: SchemeKey, *, fidelity: str, round_: int, task: Any = None) -> Token:
+    def begin(self, scheme: SchemeKey, *, fidelity: str, round_: int, task: Any = None,
+              prediction: Mapping[str, Any] | None = None) -> Token:
         """Write the RUNNING evaluation of ``scheme`` (its parent is in the history) at the next run-order index,
-        with the run's heartbeat; returns the token ``end`` and ``cut_short`` take."""
+        with the run's heartbeat and the strategy's ``prediction`` for it (JSON); returns the token ``end`` and
+        ``cut_short`` take."""
         from automc.catalog import Scheme
         from automc.search.step import step_seed
 
@@ -174,6 +177,8 @@ class Study:
                  "epochs": float(cfg.final_epochs if final else cfg.epochs), "step": self.next_step,
                  "data_fraction": 1.0 if final else float(cfg.data_fraction), "seed": step_seed(int(cfg.seed), scheme),
                  "val_source": task.data.sources.get("val")}
+        if prediction:
+            extra["prediction"] = json.dumps(dict(prediction))
         self.next_step += 1
         t = time.monotonic()
         with self.opened() as s:

@@ -235,3 +235,22 @@ def test_candidates_are_drawn_method_first():
     h = History(Observation((), "COMPLETE", 0.9, 0.0, params=BASE_PARAMS))
     methods = Counter(real.strategy(p[0]).method for p in s.propose(h, 60, round_rng(0, 0)))
     assert len(methods) == 6 and methods["HOS"] <= 20  # uniform over strategies would give about 39 HOS
+
+
+def test_predictions_cover_every_step_a_proposal_evaluates(space):
+    """A proposal with two new steps gets a prediction for each, chained from its longest evaluated prefix."""
+    s = ProgressiveStrategy(context(space, 4, options={"ranking": "fmo"}))
+    h = new_history(space)
+    for r in range(2):
+        run_round(s, h, space, 4, r)
+    fresh = [space.close((sid,), np.random.default_rng(i)) for i, sid in enumerate(space.ids) if (sid,) not in h
+             and not space.closed((sid,))][:3]  # two new steps each
+    proposals = s.propose(h, 8, round_rng(4, 2)) + fresh
+    predicted = s.predictions(h, proposals)
+    walk = list(_walk(proposals, h))
+    assert set(predicted) == set(walk) and all(k[:1] in predicted for k in fresh)
+    for key in walk:
+        p = predicted[key]
+        assert p["ranked_by"] == "fmo" and p["step_ar"] is not None
+        before = h.get(key[:-1]).val_accuracy if key[:-1] in h else predicted[key[:-1]]["val_accuracy"]
+        assert p["val_accuracy"] == pytest.approx(before * (1 + p["step_ar"]), rel=1e-5)

@@ -67,7 +67,7 @@ def test_bad_values_are_refused_saying_what_was_expected(option, text, message):
 def test_parse_options_names_the_key_the_strategy_and_the_accepted_keys():
     progressive = STRATEGIES["progressive"]
     with pytest.raises(ValueError, match=r"unknown option 'population_size' for strategy progressive; it accepts "
-                                         r"candidates, explore, fit_epochs, "):
+                                         r"candidates, explore, fit_steps, "):
         progressive.parse_options({"population_size": "4"})
     with pytest.raises(ValueError, match=r"unknown option 'x' for strategy random; it takes none"):
         STRATEGIES["random"].parse_options({"x": "1"})
