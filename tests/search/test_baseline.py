@@ -21,7 +21,7 @@ from automc.kb import open_store
 from automc.kb.records import TaskFeatures
 from automc.search import SearchConfig, search
 from automc.search.final import kb_baseline
-from automc.search.report import build_report, render_markdown
+from automc.search.report import build_report, render_markdown, report_info
 from automc.search.space import SearchSpace
 from automc.search.step import step_seed
 from tests.search.test_study import config, write_inputs
@@ -87,6 +87,19 @@ def test_the_baseline_gets_the_final_budget_and_the_report_its_paired_test(with_
     r = runner.invoke(app, ["report", result.run_id, "--store", cfg.store])
     assert r.exit_code == 0, r.output
     assert "baseline: the search's model" in r.stdout and f"p = {m.p_value:.3g}" in r.stdout
+
+
+def test_no_paired_test_on_other_test_images(with_baseline):
+    cfg, result = with_baseline
+    rows, records = _rows(cfg, result.run_id)
+    with open_store(cfg.store) as s:
+        run = s.load_run(result.run_id)
+    bid = result.baseline["evaluation_id"]
+    assert report_info(run, rows, list(records.values())).baseline["paired"] is not None
+    records[bid] = {**records[bid], "test_ids_hash": "0" * 32}  # as if measured on another test split
+    shown = report_info(run, rows, list(records.values())).baseline
+    assert shown["paired"] is None and "tested on different test images" in shown["summary"]
+    assert shown["test_accuracy"] == result.baseline["test_accuracy"]
 
 
 def test_the_baseline_is_never_the_reported_best_model(with_baseline):
