@@ -22,6 +22,9 @@ from automc.catalog import scheme_key, scheme_text
 from automc.kb.states import State
 
 if TYPE_CHECKING:
+    from automc.kb import Store, TaskFeatures
+    from automc.search._base import SchemeKey
+    from automc.search.space import SearchSpace
     from automc.search.study import SearchResult, Study
 
 
@@ -103,7 +106,7 @@ def baseline(study: Study) -> None:
     study.end(token, dataclasses.replace(result, fidelity=BASELINE), study.round)
 
 
-def _kb_choice(study: Study, store: Any) -> tuple[tuple[str, ...] | None, str]:
+def _kb_choice(study: Study, store: Store) -> tuple[SchemeKey | None, str]:
     """The knowledge base's reference scheme with why, else ``FALLBACK`` (None when even that is off the grid)."""
     from automc.errors import ValidationError
     from automc.search.config import baseline_scheme
@@ -119,7 +122,7 @@ def _kb_choice(study: Study, store: Any) -> tuple[tuple[str, ...] | None, str]:
         return None, f"{why}, but the catalogue refuses it ({e.problem}): no baseline"
 
 
-def kb_baseline(store: Any, task: Any, target_pr: float, space: Any) -> tuple[tuple[str, ...], str] | None:
+def kb_baseline(store: Store, task: TaskFeatures, target_pr: float, space: SearchSpace) -> tuple[SchemeKey, str] | None:
     """The best-rated single-method strategy reaching ``target_pr`` on the most similar task of the knowledge base,
     as a one-step scheme with why; None when no strategy-level experience reaches it with a grid strategy.
 
