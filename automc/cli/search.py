@@ -109,6 +109,10 @@ def search_cmd(
                                                  "(0.25: four per GPU) [1/workers on a GPU]"),
     ray_address: str | None = typer.Option(None, "--ray-address", help="join this Ray cluster (HOST:PORT) "
                                            "instead of starting a local one"),
+    baseline: str | None = typer.Option(None, "--baseline", metavar="SCHEME",
+                                        help="a scheme (as 'automc compress --scheme' takes it) given the same final "
+                                        "fine-tune and compared with the found model; kb: the knowledge base's "
+                                        "choice (default); none: skip it"),
 ) -> None:
     """Search for Pareto-optimal compression schemes (accuracy vs parameter reduction)."""
     from automc.search.config import SearchConfig, parse_duration
@@ -127,7 +131,8 @@ def search_cmd(
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,
                        train_epochs=train_epochs, resume=resume, cache_dir=_s(cache_dir), width=width,
                        workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address,
-                       strategy_options=_assignments(strategy_option) if strategy_option else None)
+                       strategy_options=_assignments(strategy_option) if strategy_option else None,
+                       baseline=baseline)
     try:
         if json_out:
             result = search(cfg)
@@ -153,8 +158,15 @@ def search_cmd(
                   f"method training; reused "
                   f"{result.reuse.get('evaluations', 0)} evaluations of {result.reuse.get('tasks', 0)} other tasks",
                   highlight=False)
+    _print_baseline(result.baseline)
     if result.out:
         console.print(f"report: {result.out}", highlight=False)
+
+
+def _print_baseline(baseline: Mapping[str, Any] | None) -> None:
+    """The found model against the baseline, one line (``report.baseline_summary``)."""
+    if baseline and baseline.get("summary"):
+        console.print(f"baseline: {baseline['summary']}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _assignments(items: Sequence[str]) -> dict[str, str]:
@@ -242,6 +254,7 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
         console.print(f"{info.evaluations} steps evaluated ({info.failed} failed); {info.seconds:,.0f} s (setup "
                       f"{info.setup_seconds:,.0f} s), then {info.overhead:.0%} of the search outside method training",
                       highlight=False)
+        _print_baseline(info.baseline)
         if target is not None:
             console.print(f"report: {target}", highlight=False)
     if json_out:

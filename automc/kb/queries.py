@@ -95,6 +95,15 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "RETURN e.id AS id, e.source AS source, e.algorithm AS method, t.model AS model, t.dataset AS dataset, "
           "e.target_pr AS target_pr, e.accuracy AS accuracy, e.ar AS ar ORDER BY source, model, dataset, method, "
           "target_pr, accuracy, id", bulk=True),
+    Query("strategy-experiences", "strategy-level results reaching a parameter reduction, with their task's "
+          "features (a search's reference baseline: automc.search.final.kb_baseline), e.g. min_pr=0.4",
+          "MATCH (e:Experience)-[:EXP_OF_STRATEGY]->(s:Strategy) MATCH (e)-[:EXP_ON_TASK]->(t:Task) "
+          "WHERE e.pr >= $min_pr AND e.ar IS NOT NULL "
+          "RETURN e.id AS id, s.id AS strategy, e.algorithm AS method, e.ar AS ar, e.pr AS pr, e.source AS source, "
+          "t.id AS task, t.model AS model, t.dataset AS dataset, t.num_classes AS num_classes, "
+          "t.image_size AS image_size, t.image_channels AS image_channels, t.num_images AS num_images, "
+          "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY task, strategy, id",
+          (Param("min_pr", float, 0.0),)),
     Query("tasks", "tasks known to the knowledge base",
           "MATCH (t:Task) RETURN t.id AS task, t.model AS model, t.dataset AS dataset, t.num_images AS images, "
           "t.base_accuracy AS base_accuracy, t.params AS params, t.flops AS flops ORDER BY task"),

@@ -1,5 +1,6 @@
 """The search loop: ask the strategy for a round of schemes, run their missing steps through the executor, tell the
-strategy what came back; then the final fine-tune and the report (``search.final``).
+strategy what came back; then the final fine-tune, the same fine-tune of a reference scheme (``--baseline``) and the
+report (``search.final``).
 
 One round walk (``_walk``) gives the steps a round evaluates and their order: each proposal's prefixes that are not
 evaluated yet, a known failure ending that proposal. Steps whose parent is evaluated are submitted, at most one per
@@ -41,6 +42,7 @@ def optimize(study: Study) -> SearchResult:
         executor = _executor(study)
         message = _rounds(study, strategy, executor)
         final.fine_tune(study)
+        final.baseline(study)
         return final.finish(study, reuse, message, strategy.summary())
     except BaseException as e:
         err = _stopped(study, e)

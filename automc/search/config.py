@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from automc.errors import ValidationError
+from automc.errors import AutomcError, ValidationError
 
 DEFAULTS: dict[str, Any] = {
     "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "data_fraction": 1.0, "val_from": "test",
     "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5, "reuse": True, "top_k": 3,
     "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0, "workers": 1,
+    "baseline": "kb",
 }
 # What defines a run: resuming with any of these changed would mix two experiments in one history.
 IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "target_fr",
@@ -76,6 +77,9 @@ class SearchConfig:
     ray_address: str | None = None  # join this Ray cluster instead of starting a local instance
     # the strategy's options (``SearchStrategy.OPTIONS``), text or typed values; part of the run's identity
     strategy_options: Mapping[str, Any] | None = None
+    # the reference single-method scheme given the same final fine-tune: "kb" (the knowledge base's choice), "none"
+    # (skipped) or a scheme text as ``automc compress --scheme`` takes it; not part of the run's identity
+    baseline: str | None = None
 
 
 def parse_duration(text: str | float | None) -> float | None:
@@ -140,6 +144,37 @@ def check(cfg: SearchConfig) -> None:
         raise bad("--workers", f"must be at least 1, got {cfg.workers}")
     if cfg.gpus_per_worker is not None and not 0.0 <= cfg.gpus_per_worker <= 64:
         raise bad("--gpus-per-worker", f"must be between 0 and 64, got {cfg.gpus_per_worker}")
+    if cfg.baseline is not None:
+        baseline_scheme(cfg.baseline)
+
+
+BASELINE_KEYWORDS = ("kb", "none")
+
+
+def baseline_scheme(text: str) -> tuple[str, ...] | None:
+    """The strategy ids ``--baseline`` names (None for ``kb`` / ``none``); raises ``ValidationError`` naming the
+    flag for a text that is no scheme, or whose strategies are not in the catalogue grid (the evaluator's steps)."""
+    from automc.catalog import load_catalog
+
+    if str(text).strip().lower() in BASELINE_KEYWORDS:
+        return None
+    catalog = load_catalog()
+    try:
+        scheme = catalog.parse_scheme(str(text))
+    except AutomcError as e:
+        problem = getattr(e, "problem", str(e))
+        inner = getattr(e, "field", None)
+        raise ValidationError(f"{inner + ': ' if inner else ''}{problem} (a scheme as 'automc compress --scheme' "
+                              f"takes it, e.g. \"SFP(target_ratio_factor=1.0)\", or kb, or none)",
+                              field="--baseline") from None
+    for s in scheme.strategies:
+        if not catalog.in_grid(s):
+            grid = catalog.method(s.method).grid
+            off = "; ".join(f"{k}={v} is not one of {', '.join(map(str, grid[k]))}" for k, v in s.settings
+                            if v not in grid[k])
+            raise ValidationError(f"{s.method} off the catalogue grid the search evaluates ({off})",
+                                  field="--baseline")
+    return scheme.key
 
 
 def resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfig:
@@ -181,6 +216,10 @@ def _check_combinations(given: SearchConfig, cfg: SearchConfig) -> None:
     if given.reuse and cfg.strategy != "progressive":
         raise ValidationError(f"only the progressive strategy learns from other tasks; {cfg.strategy} would "
                               f"ignore it", field="--reuse")
+    if given.baseline is not None and str(given.baseline).strip().lower() != "none" and not (
+            cfg.final_epochs and cfg.top_k):
+        raise ValidationError("the baseline gets the final fine-tune, which --final-epochs 0 or --top-k 0 skips; "
+                              "give --baseline none or a final fine-tune", field="--baseline")
     if given.gpus_per_worker is not None and int(cfg.workers or 1) <= 1 and not cfg.ray_address:
         raise ValidationError("applies to Ray workers only: give --workers 2 or more (or --ray-address)",
                               field="--gpus-per-worker")

@@ -22,6 +22,9 @@ from automc.catalog import scheme_key, scheme_text
 from automc.kb.states import State
 
 if TYPE_CHECKING:
+    from automc.kb import Store, TaskFeatures
+    from automc.search._base import SchemeKey
+    from automc.search.space import SearchSpace
     from automc.search.study import SearchResult, Study
 
 
@@ -53,6 +56,108 @@ def fine_tune(study: Study) -> None:
             study.cut_short([token], e)
             raise
         study.end(token, result, study.round)
+
+
+BASELINE = "baseline"  # the fidelity of the reference scheme's evaluation: stored like a final one, never reported best
+FALLBACK = "SFP(target_ratio_factor=1.0)"
+FALLBACK_WHY = ("the knowledge base has no single-method result reaching PR >= {gamma} with a catalogue grid strategy; "
+                "the fallback SFP(target_ratio_factor=1.0) reaches the target in one step with the grid's middle "
+                "settings, and SFP alone was among the best single methods the project measured on ResNet-20")
+
+
+def baseline(study: Study) -> None:
+    """The final fine-tune (``Evaluator.final`` on ``final_task``: same budget, same seeds) of one reference scheme,
+    stored at fidelity "baseline" as it finishes; skipped by ``--baseline none``, without a final fine-tune, and
+    when this run already completed it (a resume).
+
+    ``--baseline kb`` (the default) takes the knowledge base's choice (``kb_baseline``), else ``FALLBACK``; the
+    choice is kept with the run, so a resume after the knowledge base changed never evaluates a second scheme.
+    """
+    from automc.search.config import baseline_scheme
+
+    cfg = study.cfg
+    given = str(cfg.baseline or "kb").strip()
+    if given.lower() == "none" or not cfg.final_epochs or not cfg.top_k:
+        return
+    earlier = dict(study.config_json.get("baseline") or {})
+    with study.opened() as s:
+        done = {r["scheme"] for r in s.run_evaluations(study.id)
+                if r["fidelity"] == BASELINE and r["state"] == State.COMPLETE}
+        if given.lower() != "kb":
+            key, why = baseline_scheme(given), "given by --baseline"
+        elif earlier.get("given") == "kb" and earlier.get("scheme"):
+            key, why = scheme_key(earlier["scheme"]), str(earlier.get("why") or "")
+        else:
+            key, why = _kb_choice(study, s)
+    study.config_json["baseline"] = {"given": given, "scheme": scheme_text(key) if key else None, "why": why}
+    with study.opened() as s:
+        s.update_run(study.id, config=study.config_json)
+    if not key or scheme_text(key) in done:
+        return
+    text = scheme_text(key)
+    task = final_task(study)
+    study.emit("final", study.round, f"baseline: final fine-tune of {text} ({why})")
+    token = study.begin(key, fidelity=BASELINE, round_=study.round, task=task)
+    try:
+        result, _ = study.evaluator.final(key, task)
+        check_interrupt()
+    except BaseException as e:
+        study.cut_short([token], e)
+        raise
+    study.end(token, dataclasses.replace(result, fidelity=BASELINE), study.round)
+
+
+def _kb_choice(study: Study, store: Store) -> tuple[SchemeKey | None, str]:
+    """The knowledge base's reference scheme with why, else ``FALLBACK`` (None when even that is off the grid)."""
+    from automc.errors import ValidationError
+    from automc.search.config import baseline_scheme
+
+    gamma = float(study.cfg.target_pr)
+    found = kb_baseline(store, study.task, gamma, study.space)
+    if found is not None:
+        return found
+    why = FALLBACK_WHY.format(gamma=gamma)
+    try:
+        return baseline_scheme(FALLBACK), why
+    except ValidationError as e:  # a catalogue without it: the run reports no baseline rather than failing
+        return None, f"{why}, but the catalogue refuses it ({e.problem}): no baseline"
+
+
+def kb_baseline(store: Store, task: TaskFeatures, target_pr: float, space: SearchSpace) -> tuple[SchemeKey, str] | None:
+    """The best-rated single-method strategy reaching ``target_pr`` on the most similar task of the knowledge base,
+    as a one-step scheme with why; None when no strategy-level experience reaches it with a grid strategy.
+
+    Tasks are compared as the search's reuse compares them (``reuse.similar_tasks`` on the task features); a
+    strategy is rated by its best accuracy change there, then its mean (a strategy measured under more budgets
+    is not penalised for its weaker ones), then by id.
+    """
+    from collections import defaultdict
+
+    from automc._num import finite
+    from automc.embed.experience import task_feature_vector
+    from automc.search.reuse import similar_tasks, task_vector
+
+    rows = [r for r in store.named("strategy-experiences", {"min_pr": float(target_pr) - 1e-9})
+            if r["strategy"] in space.index and finite(r.get("ar")) is not None]
+    if not rows:
+        return None
+    features: dict[str, tuple[float, ...]] = {}
+    for r in rows:
+        features.setdefault(str(r["task"]), tuple(task_feature_vector(r)))
+    nearest = similar_tasks(task_vector(task, None), features, 1)[0]
+    ars: dict[str, list[float]] = defaultdict(list)
+    source: dict[str, str] = {}
+    for r in rows:
+        if str(r["task"]) == nearest:
+            if not ars[r["strategy"]] or float(r["ar"]) > max(ars[r["strategy"]]):
+                source[r["strategy"]] = str(r.get("source") or "")
+            ars[r["strategy"]].append(float(r["ar"]))
+    best = max(sorted(ars), key=lambda k: (max(ars[k]), sum(ars[k]) / len(ars[k])))
+    row = next(r for r in rows if str(r["task"]) == nearest)
+    why = (f"chosen by the knowledge base: the best-rated single method reaching PR >= {target_pr:g} on the most "
+           f"similar task ({row['model']}, {row['dataset']}; of {len(features)} with such results), accuracy change "
+           f"{max(ars[best]):+.2%} (best of {len(ars[best])} result(s); source: {source[best]})")
+    return (best,), why
 
 
 def final_task(study: Study) -> Any:
@@ -91,7 +196,7 @@ def finish(study: Study, reuse: Mapping[str, Any], message: str, learnt: Mapping
     study.emit("done", max(study.history.rounds - 1, 0), message)
     return SearchResult(study.id, State.COMPLETE, study.task.id, info.front, info.evaluations, info.failed,
                         dict(reuse), seconds, info.train_seconds, study.store, out, files, message, dict(learnt),
-                        info.setup_seconds, info.ranked[:10])
+                        info.setup_seconds, info.ranked[:10], dict(info.baseline or {}))
 
 
 def _export(study: Study, best: Mapping[str, Any], target: Path) -> str:

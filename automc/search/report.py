@@ -4,8 +4,10 @@ steps (markdown, ``pareto.png``, ``search.json``); the CLI renders the same rows
 The objective comes first: the schemes that meet the targets (PR >= gamma, FR >= the FLOPs target when set), best
 validation accuracy first (``search.objective``). The Pareto front is the second view, recomputed from the run's
 search-fidelity evaluations (non-dominated on validation accuracy and PR, PR >= gamma). A scheme that was fine-tuned
-again at full fidelity shows that final evaluation. Test
-accuracy is measured for final models (and the base) only: a search-fidelity row shows None / "—".
+again at full fidelity shows that final evaluation. Test accuracy is measured for final models (and the base) only:
+a search-fidelity row shows None / "—". Beside the found model, the report shows the baseline (the same final
+fine-tune of one reference scheme, ``search.final.baseline``) and the exact McNemar test of the two on the same test
+images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from automc.kb.records import RunRecord
-from automc.kb.states import ENDED, State
+from automc.kb.states import ENDED, EVALUATED, State
 from automc.kb.store import Store
 from automc.search._base import observation, search_rows
 
@@ -37,6 +39,7 @@ class ReportInfo(NamedTuple):
     curve: list[float] = []  # hypervolume of (validation accuracy, PR) above (0, gamma) after each evaluated step
     best_curve: list[float] = []  # best validation accuracy at PR >= gamma after each evaluated step
     ranked: list[dict[str, Any]] = []  # the schemes meeting the targets, best validation accuracy first
+    baseline: dict[str, Any] | None = None  # the reference scheme vs the found model (``baseline_summary``)
 
     @property
     def hypervolume(self) -> float:
@@ -50,21 +53,80 @@ class ReportInfo(NamedTuple):
 
 
 def build_report(store: Store, run_id: str) -> ReportInfo:
-    """Read the run and its evaluations; raises ``NotFoundError`` for an unknown run."""
-    return report_info(store.load_run(run_id), store.run_evaluations(run_id))
+    """Read the run, its evaluations and their per-image test records; raises ``NotFoundError`` for an unknown
+    run."""
+    return report_info(store.load_run(run_id), store.run_evaluations(run_id),
+                       store.named("test-records", {"run": run_id}))
 
 
-def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]]) -> ReportInfo:
-    """The data step: front, points and timing from a run and its evaluation rows."""
+def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]],
+                tests: Sequence[Mapping[str, Any]] = ()) -> ReportInfo:
+    """The data step: front, points and timing from a run and its evaluation rows; ``tests`` (the ``test-records``
+    rows) give the paired test of the found model against the baseline."""
     steps = search_rows(rows)
     points = [dict(r) for r in steps if r["state"] == State.COMPLETE]
     train = sum(float(r.get("train_seconds") or 0.0) for r in rows if r.get("state") in ENDED)
     target_fr = run.config.get("config", {}).get("target_fr")
-    return ReportInfo(run, run.target_pr, dict(run.config.get("base") or {}), points,
-                      front_rows(points, rows, run.target_pr), len(steps),
+    front = front_rows(points, rows, run.target_pr)
+    ranked = ranked_rows(points, rows, run.target_pr, target_fr)
+    return ReportInfo(run, run.target_pr, dict(run.config.get("base") or {}), points, front, len(steps),
                       sum(r["state"] == State.FAILED for r in steps), run.seconds, train,
                       float(run.config.get("setup_seconds") or 0.0), anytime_curve(steps, run.target_pr),
-                      anytime_best(steps, run.target_pr), ranked_rows(points, rows, run.target_pr, target_fr))
+                      anytime_best(steps, run.target_pr), ranked,
+                      baseline_summary(run, rows, tests, _best(ranked or front)))
+
+
+BASELINE_ALPHA = 0.05  # the paired test's level for "better" / "worse"
+
+
+def baseline_summary(run: RunRecord, rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]],
+                     found: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The reference scheme's final fine-tune beside the found model (``found``: the reported best row), with the
+    exact McNemar test on their per-image test records and one ``summary`` line; None when no baseline was chosen.
+
+    The baseline shown is the run's evaluation of the scheme it chose (``run.config["baseline"]``), a complete one
+    first; the paired test needs a final found model and the same test images (``test_ids_hash``).
+    """
+    from automc.compress.paired import compare_evaluations
+
+    chosen = dict(run.config.get("baseline") or {})
+    evaluated = [r for r in rows if r.get("fidelity") == "baseline" and r.get("state") in EVALUATED]
+    if not evaluated:
+        if not chosen.get("why"):
+            return None
+        return {"scheme": chosen.get("scheme"), "why": chosen["why"], "summary": f"no baseline: {chosen['why']}"}
+    mine = [r for r in evaluated if r["scheme"] == chosen.get("scheme")] or evaluated
+    row = max(mine, key=lambda r: (r["state"] == State.COMPLETE, r.get("step") or 0))
+    name = row["scheme"]
+    out: dict[str, Any] = {"scheme": name, "why": chosen.get("why") or "", "evaluation_id": row["id"],
+                           "state": row["state"], "error": row.get("error") or "", "params": row["params"],
+                           "pr": row["pr"], "flops": row["flops"], "fr": row["fr"], "val_accuracy": row["val_accuracy"],
+                           "test_accuracy": row["accuracy"], "test_low": row["accuracy_low"],
+                           "test_high": row["accuracy_high"], "epochs": row.get("epochs"), "paired": None}
+    records = {r["id"]: r for r in tests}
+    if row["state"] != State.COMPLETE:
+        out["summary"] = f"the baseline {name} failed ({out['error']}): nothing to compare"
+    elif found is None or found.get("fidelity") != "final":
+        out["summary"] = (f"the search has no final fine-tuned model to compare with the baseline {name} (test "
+                          f"accuracy {_pct(row['accuracy'])})")
+    elif found["evaluation_id"] not in records or row["id"] not in records:
+        out["summary"] = (f"no per-image test record of the search's model or of the baseline {name}: no paired "
+                          f"test")
+    elif records[found["evaluation_id"]]["test_ids_hash"] != records[row["id"]]["test_ids_hash"]:
+        out["summary"] = (f"the search's model and the baseline {name} were tested on different test images "
+                          f"(test_ids_hash differs): no paired test")
+    else:
+        m = compare_evaluations(records[found["evaluation_id"]], records[row["id"]])
+        verdict = ("not distinguishable from" if m.p_value >= BASELINE_ALPHA
+                   else "better than" if m.b10 > m.b01 else "worse than")
+        out["paired"] = {"found_evaluation_id": found["evaluation_id"], "baseline_evaluation_id": row["id"],
+                         "only_found": m.b10, "only_baseline": m.b01, "images": m.n, "p_value": m.p_value,
+                         "alpha": BASELINE_ALPHA, "verdict": verdict.removesuffix(" than").removesuffix(" from")}
+        out["summary"] = (f"the search's model ({_pct(found['test_accuracy'])}) is {verdict} the baseline {name} "
+                          f"({_pct(row['accuracy'])}) on the same {m.n:,} test images (exact McNemar p = "
+                          f"{m.p_value:.3g}; {m.b10} images only the search's model gets right, {m.b01} only the "
+                          f"baseline)")
+    return out
 
 
 def anytime_curve(steps: Sequence[Mapping[str, Any]], gamma: float) -> list[float]:
@@ -117,9 +179,12 @@ def _shown(observations: Sequence[Any], points: Sequence[Mapping[str, Any]],
 
 def best_row(info: ReportInfo) -> dict[str, Any] | None:
     """The scheme to export: the best validation accuracy among the final evaluations of schemes meeting the targets,
-    else the best such search point (front rows of runs stored before the objective)."""
-    candidates = info.ranked or info.front
-    rows = [r for r in candidates if r["fidelity"] == "final"] or candidates
+    else the best such search point (front rows of runs stored before the objective); never the baseline."""
+    return _best(info.ranked or info.front)
+
+
+def _best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    rows = [r for r in rows if r["fidelity"] == "final"] or list(rows)
     return max(rows, key=lambda r: (r["val_accuracy"] or 0.0, r["pr"] or 0.0), default=None)
 
 
@@ -133,7 +198,8 @@ def to_json(info: ReportInfo) -> dict[str, Any]:
             "failed": info.failed,
             "seconds": info.seconds, "train_seconds": info.train_seconds, "setup_seconds": info.setup_seconds,
             "overhead": info.overhead, "hypervolume": info.hypervolume, "hypervolume_curve": info.curve,
-            "best_at_target_curve": info.best_curve, "prediction_quality": prediction_quality(info)}
+            "best_at_target_curve": info.best_curve, "prediction_quality": prediction_quality(info),
+            "baseline": info.baseline}
 
 
 def prediction_quality(info: ReportInfo) -> list[dict[str, Any]]:
@@ -203,6 +269,7 @@ def render_markdown(info: ReportInfo) -> str:
     _table(lines, info.ranked[:10], f"No evaluated scheme met the targets (PR >= {info.gamma}).")
     lines += ["", "## Pareto front (validation accuracy vs PR, PR >= gamma)", ""]
     _table(lines, info.front, f"No evaluated scheme reached PR >= {info.gamma}.")
+    lines += baseline_markdown(info)
     per = info.seconds / info.evaluations if info.evaluations else 0.0
     lines += ["", "Selection uses validation accuracy only; test accuracy (95% Wilson interval) is measured for final "
               "models only (— for a search-fidelity row) and never used to choose.", "",
@@ -225,6 +292,25 @@ def _table(lines: list[str], rows: Sequence[Mapping[str, Any]], empty: str) -> N
     lines.append("|" + "---|" * len(TABLE_HEADER))
     for cells in table_rows(rows):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+
+
+def baseline_markdown(info: ReportInfo) -> list[str]:
+    """The report's "worth it" section: the found model and the baseline side by side, and the paired test."""
+    b = info.baseline
+    if not b:
+        return []
+    lines = ["", "## Was the search worth it? (the same final fine-tune of a reference scheme)", "",
+             f"Baseline `{b['scheme']}`: {b['why']}.", ""]
+    if b.get("evaluation_id"):
+        found = _best(info.front)
+        header = ["model", *TABLE_HEADER]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for label, row in (("found by the search", found), ("baseline", {**b, "fidelity": "baseline"})):
+            if row is not None:
+                cells = [label, *table_rows([row])[0]]
+                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    return [*lines, f"**{b['summary']}**"]
 
 
 def render_png(info: ReportInfo, path: str | Path) -> Path:

@@ -68,6 +68,7 @@ class SearchResult:
     learnt: dict[str, Any] = field(default_factory=dict)  # the strategy's ``summary()``
     setup_seconds: float = 0.0  # data, base model, embeddings: before the first proposal
     best: list[dict[str, Any]] = field(default_factory=list)  # schemes meeting the targets, best validation first
+    baseline: dict[str, Any] = field(default_factory=dict)  # the reference scheme vs the found model (report)
 
     @property
     def overhead(self) -> float:
@@ -85,7 +86,8 @@ class SearchResult:
                 "front": [{k: row.get(k) for k in keys} for row in self.front], "evaluations": self.evaluations,
                 "failed": self.failed, "reuse": dict(self.reuse), "seconds": self.seconds,
                 "train_seconds": self.train_seconds, "setup_seconds": self.setup_seconds, "overhead": self.overhead,
-                "store": self.store, "out": str(self.out) if self.out else None, "files": dict(self.files)}
+                "store": self.store, "out": str(self.out) if self.out else None, "files": dict(self.files),
+                "baseline": dict(self.baseline)}
 
 
 class SearchInterrupted(AutomcError):
@@ -172,7 +174,7 @@ class Study:
 
         cfg, task = self.cfg, task or self.evaluator.task
         full = self.space.to_scheme(scheme)
-        final = fidelity == "final"
+        final = fidelity in ("final", "baseline")  # the baseline gets the final fine-tune's budget
         extra = {"fidelity": fidelity, "round": round_, "parent": Scheme(full.strategies[:-1]).id,
                  "epochs": float(cfg.final_epochs if final else cfg.epochs), "step": self.next_step,
                  "data_fraction": 1.0 if final else float(cfg.data_fraction), "seed": step_seed(int(cfg.seed), scheme),
@@ -350,6 +352,8 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     config_json = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "store")},
                    "identity": ident, "base": base, "run_dir": str(run_dir),
                    "setup_seconds": float(stored.config.get("setup_seconds") or 0.0) if stored else 0.0}
+    if stored is not None and stored.config.get("baseline"):  # the reference scheme chosen by an earlier session
+        config_json["baseline"] = stored.config["baseline"]
     with _opened(store_uri) as s:
         if stored is None:
             s.fail_stale()  # records of processes that died since the store was last used
