@@ -34,6 +34,7 @@ class ReportInfo(NamedTuple):
     setup_seconds: float  # data, base model, embeddings: before the first proposal
     curve: list[float] = []  # hypervolume of (validation accuracy, PR) above (0, gamma) after each evaluated step
     best_curve: list[float] = []  # best validation accuracy at PR >= gamma after each evaluated step
+    compute: float = 0.0  # search compute of the evaluated steps, in epoch-equivalents (``compress.compute``)
 
     @property
     def hypervolume(self) -> float:
@@ -60,7 +61,19 @@ def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]]) -> ReportInfo
                       front_rows(points, rows, run.target_pr), len(steps),
                       sum(r["state"] == State.FAILED for r in steps), run.seconds, train,
                       float(run.config.get("setup_seconds") or 0.0), anytime_curve(steps, run.target_pr),
-                      anytime_best(steps, run.target_pr))
+                      anytime_best(steps, run.target_pr), sum(float(r.get("compute") or 0.0) for r in steps))
+
+
+def budget_line(info: ReportInfo) -> str:
+    """What the run's budget counts, what it spent and how many steps that was (one line of the report)."""
+    cfg = info.run.config.get("config", {})
+    done = f"{info.evaluations} steps evaluated ({info.failed} failed)"
+    if cfg.get("budget_unit", "steps") == "steps":  # a run stored before compute was counted
+        return f"budget: {cfg.get('budget', info.run.budget)} steps, {done}; search compute {info.compute:.3g} " \
+               f"epoch-equivalents"
+    cap = f", at most {cfg['max_steps']} steps" if cfg.get("max_steps") else ""
+    return (f"budget: {float(cfg.get('budget') or 0):g} epoch-equivalents of search compute{cap}; spent "
+            f"{info.compute:.3g} in {done}")
 
 
 def anytime_curve(steps: Sequence[Mapping[str, Any]], gamma: float) -> list[float]:
@@ -107,7 +120,9 @@ def to_json(info: ReportInfo) -> dict[str, Any]:
     """``search.json``: the run, its front and every point, with the timing."""
     r = info.run
     return {"run_id": r.id, "strategy": r.algorithm, "state": r.state, "task": r.task, "target_pr": info.gamma,
-            "budget": r.budget, "seed": r.seed, "started": r.started, "finished": r.finished,
+            "budget": r.config.get("config", {}).get("budget", r.budget),
+            "budget_unit": r.config.get("config", {}).get("budget_unit", "steps"), "compute": info.compute,
+            "seed": r.seed, "started": r.started, "finished": r.finished,
             "config": r.config.get("config", {}), "reuse": r.config.get("reuse", {}), "base": info.base,
             "front": info.front, "points": info.points, "evaluations": info.evaluations, "failed": info.failed,
             "seconds": info.seconds, "train_seconds": info.train_seconds, "setup_seconds": info.setup_seconds,
@@ -147,7 +162,7 @@ def render_markdown(info: ReportInfo) -> str:
              f"- task: `{r.task}` (model {cfg.get('model')}, data {cfg.get('data')})",
              f"- strategy: {r.algorithm}, seed {r.seed}, state {r.state}",
              f"- target PR (gamma): {info.gamma}",
-             f"- budget: {r.budget} steps, evaluated {info.evaluations} ({info.failed} failed)",
+             f"- {budget_line(info)}",
              f"- search fidelity: {cfg.get('epochs')} epochs on {cfg.get('data_fraction')} of the training data; "
              f"final fine-tune: {cfg.get('final_epochs')} epochs of the full data for the top {cfg.get('top_k')}",
              f"- validation split from: {cfg.get('val_from')}" + (f" ({cfg['val_data']})" if cfg.get("val_data")
