@@ -74,7 +74,7 @@ def search_cmd(
     target_pr: float | None = typer.Option(None, "--target-pr", help="parameter-reduction target gamma [0.4]"),
     budget: float | None = typer.Option(None, "--budget", help="search compute in epoch-equivalents of the "
                                         "training split (images through forward + backward; a forward-only image "
-                                        "counts 1/3), more than 0 [60]; a run from before counts steps"),
+                                        "counts 1/3), more than 0 [14]; a run from before counts steps"),
     max_steps: int | None = typer.Option(None, "--max-steps", help="also stop after this many evaluated steps, 1 to "
                                          "100000 [no cap]"),
     weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict; without it a base model "
