@@ -42,6 +42,8 @@ def test_two_workers_find_what_one_finds_and_only_the_driver_writes(inputs, tmp_
         assert a["state"] == b["state"]
         if a["state"] == "COMPLETE":
             assert a["params"] == b["params"] and a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.02)
+            # a Ray worker meters its step as the driver's process does (``compress.compute``: per process)
+            assert a["compute"] > 0 and a["compute"] == pytest.approx(b["compute"])
     assert [f["scheme"] for f in r1.front] == [f["scheme"] for f in r2.front]
     assert [o["pid"] for o in owners2] == [os.getpid()]  # every record written by the driver, none by a worker
 
