@@ -120,3 +120,17 @@ def test_the_report_says_compute_spent_and_budget(inputs, tmp_path):
     text = render_markdown(info)
     assert f"budget: 1000 epoch-equivalents of search compute, at most 2 steps; spent {result.compute:.3g}" in text
     assert json.loads(json.dumps(to_json(info)))["compute"] == pytest.approx(result.compute)
+
+
+def test_the_cli_shows_compute_spent_of_the_budget(inputs, tmp_path):
+    from typer.testing import CliRunner
+
+    from automc.cli.app import app
+    from tests.cli.test_search_cli import _args
+
+    r = CliRunner().invoke(app, _args(inputs, tmp_path, "--budget", "0.5"))
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stdout.splitlines() if "epoch-equivalents of search compute" in x)
+    spent = float(line.split("/")[0])
+    assert spent >= 0.5 and line.startswith(f"{spent:.3g}/0.5 epoch-equivalents of search compute: ")
+    assert "epoch-eq (" in r.stderr  # the live progress: spent/budget and steps
