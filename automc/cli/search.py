@@ -26,15 +26,16 @@ def _print_front(front: Sequence[Mapping[str, Any]], title: str) -> None:
 
 
 class _Live:
-    """Rich progress on stderr: round, steps done/budget, best validation accuracy at PR >= gamma, how many schemes
-    reach it, ETA."""
+    """Rich progress on stderr: round, compute spent/budget (epoch-equivalents) and steps, best validation accuracy
+    at PR >= gamma, how many schemes reach it, ETA."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("[bold]round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("best val@γ {task.fields[best]}  reaching γ {task.fields[front]}  "
-                                            "ETA {task.fields[eta]}"), TimeElapsedColumn(),
+        self.progress = Progress(TextColumn("[bold]round {task.fields[round]}"), BarColumn(),
+                                 TextColumn("{task.fields[spent]}  best val@γ {task.fields[best]}  "
+                                            "reaching γ {task.fields[front]}  ETA {task.fields[eta]}"),
+                                 TimeElapsedColumn(),
                                  console=err_console, transient=False)
         self.task: Any = None
 
@@ -48,10 +49,14 @@ class _Live:
     def __call__(self, event: Any) -> None:
         best = "—" if event.best_val is None else f"{event.best_val:.2%}"
         eta = "—" if event.eta is None else _duration(event.eta)
-        fields = {"round": max(event.round, 0), "best": best, "front": event.front_size, "eta": eta}
+        steps = event.unit == "steps"
+        used = event.done if steps else event.spent
+        spent = (f"{event.done}/{event.budget:g} steps" if steps else
+                 f"{event.spent:.2f}/{event.budget:g} epoch-eq ({event.done} steps)")
+        fields = {"round": max(event.round, 0), "best": best, "front": event.front_size, "eta": eta, "spent": spent}
         if self.task is None:
-            self.task = self.progress.add_task("search", total=event.budget, completed=event.done, **fields)
-        self.progress.update(self.task, completed=event.done, total=event.budget, **fields)
+            self.task = self.progress.add_task("search", total=event.budget, completed=used, **fields)
+        self.progress.update(self.task, completed=used, total=event.budget, **fields)
         if event.kind in ("start", "final") or (event.kind == "done" and event.message):
             self.progress.console.print(event.message, highlight=False, markup=False)
         elif event.kind == "step" and event.message.startswith("FAIL"):
@@ -70,7 +75,11 @@ def search_cmd(
     target_pr: float | None = typer.Option(None, "--target-pr", help="parameter-reduction target gamma [0.4]"),
     target_fr: float | None = typer.Option(None, "--target-fr", help="FLOPs-reduction target, a second constraint "
                                            "[none]"),
-    budget: int | None = typer.Option(None, "--budget", help="evaluated strategy steps, 1 to 100000 [60]"),
+    budget: float | None = typer.Option(None, "--budget", help="search compute in epoch-equivalents of the "
+                                        "training split (images through forward + backward; a forward-only image "
+                                        "counts 1/3), more than 0 [14]; a run from before counts steps"),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="also stop after this many evaluated steps, 1 to "
+                                         "100000 [no cap]"),
     weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict; without it a base model "
                                         "is trained first (--train-epochs)"),
     epochs: float | None = typer.Option(None, "--epochs", help="search fidelity: base fine-tune epochs [1]"),
@@ -125,7 +134,8 @@ def search_cmd(
         err_console.print("warning: a validation split from the training data is biased for a model trained on "
                           "those images", style="yellow", highlight=False, soft_wrap=True)
     cfg = SearchConfig(model=model, data=data, target_pr=target_pr, target_fr=target_fr, budget=budget,
-                       weights=_s(weights), epochs=epochs, final_epochs=final_epochs, data_fraction=data_fraction,
+                       max_steps=max_steps, weights=_s(weights), epochs=epochs, final_epochs=final_epochs,
+                       data_fraction=data_fraction,
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,
@@ -153,7 +163,10 @@ def search_cmd(
         _print_front(result.front, f"Pareto front of run {result.run_id} (validation accuracy vs PR, PR ≥ γ)")
     else:
         console.print(f"no evaluated scheme reached the targets in run {result.run_id}")
-    console.print(f"{result.evaluations} steps evaluated ({result.failed} failed) in {_duration(result.seconds)}; "
+    spent = (f"{result.evaluations}/{result.budget:g} steps" if result.budget_unit == "steps" else
+             f"{result.compute:.3g}/{result.budget:g} epoch-equivalents of search compute")
+    console.print(f"{spent}: {result.evaluations} steps evaluated ({result.failed} failed) in "
+                  f"{_duration(result.seconds)}; "
                   f"setup {_duration(result.setup_seconds)}, then {result.overhead:.0%} of the search outside "
                   f"method training; reused "
                   f"{result.reuse.get('evaluations', 0)} evaluations of {result.reuse.get('tasks', 0)} other tasks",
@@ -220,7 +233,7 @@ def runs_cmd(store: str | None = store_option(),
         return
     print_rows(("id", "strategy", "options", "task", "state", "steps", "best val@γ", "started"),
                [(r["id"], r["strategy"] or "", " ".join(f"{k}={v}" for k, v in r["options"].items()), r["task"] or "",
-                 r["state"] or "", f"{r['evaluations']}/{r['budget']}",
+                 r["state"] or "", f"{r['evaluations']}/{r['budget']}" if r["budget"] else str(r["evaluations"]),
                  "—" if r["best"] is None else f"{r['best']:.2%}", r["started"] or "") for r in rows],
                title=f"{len(rows)} search run(s)")
 
@@ -234,7 +247,7 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
     fronts and hypervolume curves in --out)."""
     from automc._fs import check_writable_dir
     from automc.kb import open_store
-    from automc.search.report import build_report, to_json, write_comparison, write_report
+    from automc.search.report import budget_line, build_report, to_json, write_comparison, write_report
 
     if out is not None:
         check_writable_dir(out, "--out")
@@ -251,7 +264,7 @@ def report_cmd(run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", hel
             continue
         _print_front(info.front, f"Pareto front of run {info.run.id} ({info.run.algorithm}, {info.run.state}, "
                                  f"γ = {info.gamma})")
-        console.print(f"{info.evaluations} steps evaluated ({info.failed} failed); {info.seconds:,.0f} s (setup "
+        console.print(f"{budget_line(info)}; {info.seconds:,.0f} s (setup "
                       f"{info.setup_seconds:,.0f} s), then {info.overhead:.0%} of the search outside method training",
                       highlight=False)
         _print_baseline(info.baseline)

@@ -40,6 +40,7 @@ from torch import nn
 from automc.compress import lowrank, surgery
 from automc.compress._common import check_reduction, frozen_teacher, resolve_params, task_distillation
 from automc.compress.base import Method, Task
+from automc.compress.compute import charge
 from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.lma import put_back_activations, take_out_activations
 from automc.compress.metrics import count_params
@@ -134,6 +135,7 @@ def collect_moments(model: nn.Module, inputs: Iterable[torch.Tensor],
     try:
         for x in inputs:
             model(x)
+            charge(x.shape[0], backward=False)
     finally:
         for h in handles:
             h.remove()

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from automc.compress.compute import charge
 from automc.errors import ValidationError
 
 M = TypeVar("M", bound=type[nn.Module])
@@ -86,6 +87,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modu
     try:
         for x in batches:
             model(x)
+            charge(x.shape[0], backward=False)  # no gradient: a forward-only pass
     finally:
         for bn, mom in zip(bns, momenta, strict=True):
             bn.momentum = mom

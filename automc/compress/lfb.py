@@ -30,6 +30,7 @@ from torch import nn
 from automc.compress import lowrank
 from automc.compress._common import check_reduction, frozen_teacher, resolve_params
 from automc.compress.base import Method, Task
+from automc.compress.compute import charge
 from automc.compress.layers import recalibrate_bn, train_inputs
 from automc.compress.metrics import count_params
 from automc.compress.train import Hooks, finetune
@@ -83,6 +84,7 @@ class LFB(Method):
         def extra_loss(_model: nn.Module, x: torch.Tensor, _y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 t = teacher(x)
+            charge(x.shape[0], backward=False)  # the teacher's forward (finetune charges the student's)
             return factor * aux_loss(kind, logits, t)
 
         hooks = Hooks(extra_loss=extra_loss if factor > 0 else None)

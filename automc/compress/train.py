@@ -20,6 +20,7 @@ from torch import nn
 
 from automc._interrupt import check as check_interrupt
 from automc.compress.base import Task
+from automc.compress.compute import charge
 from automc.compress.data import Data
 from automc.compress.metrics import Accuracy
 from automc.errors import CompressionError
@@ -103,12 +104,14 @@ def finetune(model: nn.Module, task: Task, epochs: float, *, hooks: Hooks | None
                                  drop_last=data.size("train") >= budget.batch_size):
             x = x.to(dev, non_blocking=True, memory_format=fmt)
             y = y.to(dev, non_blocking=True)
+            charge(x.shape[0], backward=True)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
                 if teacher is not None and kd_alpha > 0:
                     with torch.no_grad():
                         t_logits = teacher(x)
+                    charge(x.shape[0], backward=False)
                     loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(logits.float(), t_logits.float(),
                                                                       kd_temperature)
                 if hooks.extra_loss is not None:
@@ -151,6 +154,7 @@ def predict(model: nn.Module, data: Data, split: str = "test", *, batch_size: in
                 x = x.to(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 out.append(model(x).float().cpu())
+            charge(x.shape[0], backward=False)
     finally:
         model.train(was)
     return torch.cat(out) if out else torch.zeros(0)

@@ -1,12 +1,12 @@
 """The contract between search strategies and the search loop (``automc.search._optimize``).
 
-A strategy proposes schemes; the loop evaluates them step by step through one evaluator (each missing prefix
-first, each step costing one unit of budget) and writes every step to the store. A strategy sees evaluations
-only as ``Observation`` records, which carry validation accuracy but never test accuracy: selection never sees
-test data. A strategy keeps no history of its own (the loop rebuilds ``History`` from the store on resume);
-state that cannot be rebuilt from the history (an RL controller's weights) goes through ``state_dict``.
-A strategy declares the options it takes (``--strategy-option KEY=VALUE``) in ``OPTIONS``, the one place that
-gives their types, defaults and ranges.
+A strategy proposes schemes that reach the target; the loop evaluates them step by step through one evaluator (each
+missing prefix first, each step charged the training compute it spent) and writes every step to the store. A
+strategy sees evaluations only as ``Observation`` records, which carry validation accuracy but never test accuracy:
+selection never sees test data. A strategy keeps no history of its own (the loop rebuilds ``History`` from the
+store on resume); state that cannot be rebuilt from the history (an RL controller's weights) goes through
+``state_dict``. A strategy declares the options it takes (``--strategy-option KEY=VALUE``) in ``OPTIONS``, the one
+place that gives their types, defaults and ranges.
 """
 
 from __future__ import annotations
@@ -261,7 +261,8 @@ class SearchStrategy(ABC):
     def propose(self, history: History, n: int, rng: np.random.Generator) -> list[SchemeKey]:
         """Up to ``n`` schemes to evaluate next, each allowed by ``context.space`` and not yet in ``history``.
 
-        A scheme whose prefixes are not all in the history costs one budget unit per missing step.
+        Each proposal must reach the target (``SearchSpace.feasible``); its prefixes not in the history are
+        evaluated first, each charged its compute.
         """
 
     def observe(self, history: History, new: Sequence[Observation]) -> None:  # noqa: B027 - optional hook

@@ -4,15 +4,17 @@ report (``search.final``).
 
 One round walk (``_walk``) gives the steps a round evaluates and their order: each proposal's prefixes that are not
 evaluated yet, a known failure ending that proposal. Steps whose parent is evaluated are submitted, at most one per
-worker and never past the budget (the one budget check, ``_ready``); after each arrival the walk is taken again,
-so a failure drops only its own extensions and lets later proposals' steps into the budget. The executor changes
-when a step runs, not which steps run or what they compute: ``--workers 1`` (``SerialExecutor``) and ``--workers N``
-(Ray) evaluate the same steps, write each one as it arrives, stamped with its place in the walk, and hand the
-strategy the round in the walk's order.
+worker and never past the budget (the one budget check, ``_ready`` with ``Study.steps_allowed``: a step starts
+only while the run's spent compute is below its budget and within ``--max-steps``); after each arrival the walk is
+taken again, so a failure drops only its own extensions and lets later proposals' steps into the budget. The
+executor changes when a step runs, not which steps run or what they compute: ``--workers 1`` (``SerialExecutor``) and
+``--workers N`` (Ray) evaluate the same steps, write each one as it arrives, stamped with its place in the walk, and
+hand the strategy the round in the walk's order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,9 @@ def optimize(study: Study) -> SearchResult:
         message = _rounds(study, strategy, executor)
         final.fine_tune(study)
         final.baseline(study)
-        return final.finish(study, reuse, message, strategy.summary())
+        result = final.finish(study, reuse, message, strategy.summary())
+        return dataclasses.replace(result, compute=study.spent, budget=float(study.cfg.budget),
+                                   budget_unit=str(study.cfg.budget_unit))
     except BaseException as e:
         err = _stopped(study, e)
         if err is e:
@@ -110,11 +114,13 @@ def _executor(study: Study) -> Executor:
 def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
     """Ask, evaluate, tell, store the strategy's state; returns why the loop stopped before the budget ("" if not)."""
     cfg = study.cfg
-    study.emit("start", study.round, f"task {study.task.id}; {study.done}/{cfg.budget} steps already evaluated")
-    while study.done < cfg.budget:
+    spent = (f"{study.done}/{int(cfg.budget)} steps" if cfg.budget_unit == "steps" else
+             f"{study.spent:.3g}/{float(cfg.budget):g} epoch-equivalents of compute ({study.done} steps)")
+    study.emit("start", study.round, f"task {study.task.id}; {spent} already spent")
+    while study.steps_allowed() > 0:
         if study.time_up():
             return "time limit reached"
-        n = min(int(cfg.per_round), int(cfg.budget) - study.done)
+        n = min(int(cfg.per_round), study.steps_allowed())
         proposals = strategy.propose(study.history, n, round_rng(int(cfg.seed), study.round))
         new = _round(study, executor, proposals, strategy.predictions(study.history, proposals))
         if not new and not study.time_up():
@@ -166,7 +172,7 @@ def _round(study: Study, executor: Executor, proposals: Sequence[SchemeKey],
     try:
         while True:
             while len(running) < executor.workers and not study.time_up():
-                ready = _ready(proposals, shadow, int(study.cfg.budget) - study.done - len(arrived), running)
+                ready = _ready(proposals, shadow, study.steps_allowed(len(arrived)), running)
                 if not ready:
                     break
                 key = ready[0]

@@ -23,7 +23,8 @@ from typing import Any
 from automc.errors import AutomcError, ValidationError
 
 DEFAULTS: dict[str, Any] = {
-    "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "data_fraction": 1.0, "val_from": "test",
+    "target_pr": 0.4, "budget": 14.0, "budget_unit": "compute", "epochs": 1.0, "final_epochs": 10.0,
+    "data_fraction": 1.0, "val_from": "test",
     "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5, "reuse": True, "top_k": 3,
     "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0, "workers": 1,
     "baseline": "kb",
@@ -34,8 +35,12 @@ IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "va
 # The meaning of a scheme: 2 since ``target_ratio_factor`` is a share of γ (``compress.base.step_ratio``); a run
 # stored under another meaning evaluated other models under the same scheme texts and is not resumed.
 SPACE_VERSION = 2
-# A step takes seconds to minutes: more steps than this is a typo (and a larger number overflows the store's int64).
+# A step takes seconds to minutes: more steps than this is a typo (and a larger number overflows the store's int64);
+# the same bound holds a compute budget (in epoch-equivalents: months of training on one machine).
 MAX_BUDGET = 100_000
+# What ``budget`` counts: search compute in epoch-equivalents of the training split (``compress.compute``), or, for
+# runs stored before compute was counted (their config has no ``budget_unit``), evaluated steps.
+BUDGET_UNITS = ("compute", "steps")
 MAX_SEED = 2**32 - 1  # what numpy and torch seed generators take
 MAX_LENGTH = 50  # strategies in one scheme; the strategies draw lengths with int64 generators
 
@@ -48,7 +53,7 @@ class SearchConfig:
     data: str | None = None
     target_pr: float | None = None
     target_fr: float | None = None  # FLOPs-reduction target: a second constraint (None: none)
-    budget: int | None = None  # evaluated strategy steps
+    budget: float | None = None  # search compute in epoch-equivalents (evaluated steps when budget_unit is "steps")
     weights: str | None = None  # without weights, a base model is trained first (train_epochs)
     epochs: float | None = None  # search fidelity: base fine-tune epochs the catalogue factors multiply
     final_epochs: float | None = None  # final fine-tune of the front's top schemes; 0 skips it
@@ -80,6 +85,8 @@ class SearchConfig:
     # the reference single-method scheme given the same final fine-tune: "kb" (the knowledge base's choice), "none"
     # (skipped) or a scheme text as ``automc compress --scheme`` takes it; not part of the run's identity
     baseline: str | None = None
+    max_steps: int | None = None  # an optional cap on evaluated steps, beside the compute budget
+    budget_unit: str | None = None  # "compute" (new runs) or "steps" (runs stored before compute was counted)
 
 
 def parse_duration(text: str | float | None) -> float | None:
@@ -107,12 +114,18 @@ def check(cfg: SearchConfig) -> None:
     if cfg.target_fr is not None and not 0.0 < cfg.target_fr < 1.0:
         raise bad("--target-fr", f"must be in (0, 1), got {cfg.target_fr}")
     if cfg.budget is not None:
-        if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, numbers.Integral):
-            raise bad("--budget", f"must be a whole number of evaluated steps, got {cfg.budget!r}")
-        if cfg.budget < 1:
-            raise bad("--budget", f"must be at least 1 evaluated step, got {cfg.budget}")
-        if cfg.budget > MAX_BUDGET:
-            raise bad("--budget", f"must be at most {MAX_BUDGET:,} evaluated steps, got {cfg.budget:,}")
+        if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, numbers.Real) or not math.isfinite(cfg.budget):
+            raise bad("--budget", f"must be a number of epoch-equivalents of training, got {cfg.budget!r}")
+        if not 0 < cfg.budget <= MAX_BUDGET:
+            raise bad("--budget", f"must be more than 0 and at most {MAX_BUDGET:,} epoch-equivalents of training, "
+                                  f"got {cfg.budget:,}")
+    if cfg.max_steps is not None:
+        if isinstance(cfg.max_steps, bool) or not isinstance(cfg.max_steps, numbers.Integral):
+            raise bad("--max-steps", f"must be a whole number of evaluated steps, got {cfg.max_steps!r}")
+        if not 1 <= cfg.max_steps <= MAX_BUDGET:
+            raise bad("--max-steps", f"must be 1 to {MAX_BUDGET:,} evaluated steps, got {cfg.max_steps:,}")
+    if cfg.budget_unit is not None and cfg.budget_unit not in BUDGET_UNITS:
+        raise bad("budget_unit", f"must be one of {', '.join(BUDGET_UNITS)}, got {cfg.budget_unit!r}")
     if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, numbers.Integral)
                                  or not 0 <= cfg.seed <= MAX_SEED):
         raise bad("--seed", f"must be a whole number in 0..{MAX_SEED}, got {cfg.seed!r}")
@@ -183,6 +196,11 @@ def resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfig
     base = dict(DEFAULTS)
     if stored:
         base.update({k: v for k, v in stored.items() if k in SearchConfig.__dataclass_fields__ and v is not None})
+        # a run stored before compute was counted keeps its budget's meaning: evaluated steps
+        base["budget_unit"] = stored.get("budget_unit") or "steps"
+        if given.get("budget_unit", base["budget_unit"]) != base["budget_unit"]:
+            raise ValidationError(f"the run counts its budget in {base['budget_unit']}, not "
+                                  f"{given['budget_unit']}", field="budget_unit")
         base.pop("resume", None)
         for k in ("time_limit", "workers", "gpus_per_worker", "ray_address"):  # per session, not per run
             base.pop(k, None)
@@ -201,8 +219,18 @@ def resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfig
     for flag, value in (("--weights", out.weights), ("--val-data", out.val_data)):
         if value and not Path(value).exists():
             raise ValidationError(f"{flag}: file not found", path=str(value))
+    if out.budget_unit == "steps" and (isinstance(out.budget, bool) or float(out.budget) != int(out.budget)):
+        raise ValidationError(f"this run counts its budget in evaluated steps (it was stored before compute was "
+                              f"counted): give a whole number, got {out.budget!r}", field="--budget")
     _check_combinations(cfg, out)
     return out
+
+
+def step_cap(cfg: SearchConfig) -> int | None:
+    """The most evaluated steps ``cfg`` allows: its budget when counted in steps, else ``max_steps`` (None: no cap)."""
+    if cfg.budget_unit == "steps":
+        return int(cfg.budget)
+    return None if cfg.max_steps is None else int(cfg.max_steps)
 
 
 def _check_combinations(given: SearchConfig, cfg: SearchConfig) -> None:

@@ -109,7 +109,8 @@ class Evaluator:
         task = task or self.task
         return EvalResult(scheme, State.FAILED, error, seconds=seconds, device=str(task.device), fidelity=fidelity,
                           epochs=float(task.budget.epochs), seed=step_seed(self.seed, scheme),
-                          data_fraction=self.data_fraction if data_fraction is None else data_fraction)
+                          data_fraction=self.data_fraction if data_fraction is None else data_fraction,
+                          compute=0.0 if fidelity == "search" else None)  # nothing was trained
 
     def prepare(self, scheme: Sequence[str]) -> StepJob | EvalResult:
         """The job that evaluates ``scheme`` from its parent's model, or its result at once when there is nothing

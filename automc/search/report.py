@@ -40,6 +40,7 @@ class ReportInfo(NamedTuple):
     best_curve: list[float] = []  # best validation accuracy at PR >= gamma after each evaluated step
     ranked: list[dict[str, Any]] = []  # the schemes meeting the targets, best validation accuracy first
     baseline: dict[str, Any] | None = None  # the reference scheme vs the found model (``baseline_summary``)
+    compute: float = 0.0  # search compute of the evaluated steps, in epoch-equivalents (``compress.compute``)
 
     @property
     def hypervolume(self) -> float:
@@ -73,7 +74,8 @@ def report_info(run: RunRecord, rows: Sequence[Mapping[str, Any]],
                       sum(r["state"] == State.FAILED for r in steps), run.seconds, train,
                       float(run.config.get("setup_seconds") or 0.0), anytime_curve(steps, run.target_pr),
                       anytime_best(steps, run.target_pr), ranked,
-                      baseline_summary(run, rows, tests, _best(ranked or front)))
+                      baseline_summary(run, rows, tests, _best(ranked or front)),
+                      sum(float(r.get("compute") or 0.0) for r in steps))
 
 
 BASELINE_ALPHA = 0.05  # the paired test's level for "better" / "worse"
@@ -127,6 +129,18 @@ def baseline_summary(run: RunRecord, rows: Sequence[Mapping[str, Any]], tests: S
                           f"{m.p_value:.3g}; {m.b10} images only the search's model gets right, {m.b01} only the "
                           f"baseline)")
     return out
+
+
+def budget_line(info: ReportInfo) -> str:
+    """What the run's budget counts, what it spent and how many steps that was (one line of the report)."""
+    cfg = info.run.config.get("config", {})
+    done = f"{info.evaluations} steps evaluated ({info.failed} failed)"
+    if cfg.get("budget_unit", "steps") == "steps":  # a run stored before compute was counted
+        return f"budget: {cfg.get('budget', info.run.budget)} steps, {done}; search compute {info.compute:.3g} " \
+               f"epoch-equivalents"
+    cap = f", at most {cfg['max_steps']} steps" if cfg.get("max_steps") else ""
+    return (f"budget: {float(cfg.get('budget') or 0):g} epoch-equivalents of search compute{cap}; spent "
+            f"{info.compute:.3g} in {done}")
 
 
 def anytime_curve(steps: Sequence[Mapping[str, Any]], gamma: float) -> list[float]:
@@ -192,7 +206,9 @@ def to_json(info: ReportInfo) -> dict[str, Any]:
     """``search.json``: the run, its front and every point, with the timing."""
     r = info.run
     return {"run_id": r.id, "strategy": r.algorithm, "state": r.state, "task": r.task, "target_pr": info.gamma,
-            "budget": r.budget, "seed": r.seed, "started": r.started, "finished": r.finished,
+            "budget": r.config.get("config", {}).get("budget", r.budget),
+            "budget_unit": r.config.get("config", {}).get("budget_unit", "steps"), "compute": info.compute,
+            "seed": r.seed, "started": r.started, "finished": r.finished,
             "config": r.config.get("config", {}), "reuse": r.config.get("reuse", {}), "base": info.base,
             "ranked": info.ranked, "front": info.front, "points": info.points, "evaluations": info.evaluations,
             "failed": info.failed,
@@ -256,7 +272,7 @@ def render_markdown(info: ReportInfo) -> str:
              f"- task: `{r.task}` (model {cfg.get('model')}, data {cfg.get('data')})",
              f"- strategy: {r.algorithm}, seed {r.seed}, state {r.state}",
              f"- target PR (gamma): {info.gamma}",
-             f"- budget: {r.budget} steps, evaluated {info.evaluations} ({info.failed} failed)",
+             f"- {budget_line(info)}",
              f"- search fidelity: {cfg.get('epochs')} epochs on {cfg.get('data_fraction')} of the training data; "
              f"final fine-tune: {cfg.get('final_epochs')} epochs of the full data for the top {cfg.get('top_k')}",
              f"- validation split from: {cfg.get('val_from')}" + (f" ({cfg['val_data']})" if cfg.get("val_data")

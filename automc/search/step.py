@@ -51,6 +51,7 @@ class EvalResult:
     epochs: float | None = None
     data_fraction: float | None = None
     seed: int | None = None
+    compute: float | None = None  # training compute of the step, measuring included (``compress.compute``)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +83,7 @@ class EvalResult:
         return {**self.measured, "state": str(self.state), "error": self.error, "seconds": self.seconds,
                 "train_seconds": self.train_seconds, "device": self.device, "fidelity": self.fidelity,
                 "epochs": self.epochs, "data_fraction": self.data_fraction, "seed": self.seed,
-                "steps": json.dumps(list(self.scheme))}
+                "compute": self.compute, "steps": json.dumps(list(self.scheme))}
 
 
 def _int(value: float | None) -> int | None:
@@ -142,12 +143,14 @@ class WorkerContext:
             task = dataclasses.replace(task, teacher=teacher)
         return self if task is self.task else dataclasses.replace(self, task=task)
 
-    def failed(self, scheme: SchemeKey, error: str, seconds: float = 0.0, train_seconds: float = 0.0) -> StepOutcome:
-        """A FAILED outcome of ``scheme`` (the step raised, or its worker was lost)."""
+    def failed(self, scheme: SchemeKey, error: str, seconds: float = 0.0, train_seconds: float = 0.0,
+               compute: float | None = None) -> StepOutcome:
+        """A FAILED outcome of ``scheme`` (the step raised, or its worker was lost) with the compute it spent."""
         device = str(self.task.device) if str(self.task.device).split(":")[0] == self.device else self.device
         return StepOutcome(EvalResult(scheme, State.FAILED, error, seconds=seconds, train_seconds=train_seconds,
                                       device=device, epochs=float(self.task.budget.epochs),
-                                      data_fraction=self.data_fraction, seed=step_seed(self.run_seed, scheme)),
+                                      data_fraction=self.data_fraction, seed=step_seed(self.run_seed, scheme),
+                                      compute=compute),
                            worker=worker_name())
 
 
@@ -172,32 +175,36 @@ def rebuild_model(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], te
 def execute(job: StepJob, ctx: WorkerContext) -> StepOutcome:
     """Rebuild the parent, apply the job's strategy, measure the child: what every executor runs for a step.
 
-    Never raises for a bad candidate: any exception of the step is a FAILED outcome with the reason.
+    Never raises for a bad candidate: any exception of the step is a FAILED outcome with the reason. The step's
+    compute (the method's training and searches, measuring validation accuracy) is counted by ``compress.compute``.
     """
+    from automc.compress.compute import metered
     from automc.compress.saving import describe
     from automc.compress.scheme import apply_step, measure
 
     t0 = time.perf_counter()
     train_s = 0.0
-    try:
-        parent = rebuild_model(job.parent_arch, job.parent_state, ctx.base_model)
-        t = time.perf_counter()
-        child, _ = apply_step(parent, job.strategy, ctx.task, params_original=ctx.base.params, seed=job.seed,
-                              methods=ctx.methods)
-        train_s = time.perf_counter() - t
-        m = measure(child, ctx.task, test=False)  # test accuracy is for final models only
-    except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
-        return ctx.failed(job.scheme, reason(e), time.perf_counter() - t0, train_s)
+    with metered(ctx.task.data) as meter:
+        try:
+            parent = rebuild_model(job.parent_arch, job.parent_state, ctx.base_model)
+            t = time.perf_counter()
+            child, _ = apply_step(parent, job.strategy, ctx.task, params_original=ctx.base.params, seed=job.seed,
+                                  methods=ctx.methods)
+            train_s = time.perf_counter() - t
+            m = measure(child, ctx.task, test=False)  # test accuracy is for final models only
+        except Exception as e:  # noqa: BLE001 - a bad candidate is recorded, never retried
+            return ctx.failed(job.scheme, reason(e), time.perf_counter() - t0, train_s, compute=meter.epochs)
     result = completed(job.scheme, m, job.parent, ctx.base, ctx.task, run_seed=ctx.run_seed,
                        seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="search",
-                       data_fraction=ctx.data_fraction)
+                       data_fraction=ctx.data_fraction, compute=meter.epochs)
     return StepOutcome(result, cpu_state(child), describe(child), m, worker_name())
 
 
 def completed(scheme: SchemeKey, m: Measurement, parent: Measurement | None, base: Measurement, task: Task, *,
-              run_seed: int, seconds: float, train_seconds: float, fidelity: str, data_fraction: float) -> EvalResult:
+              run_seed: int, seconds: float, train_seconds: float, fidelity: str, data_fraction: float,
+              compute: float | None = None) -> EvalResult:
     return EvalResult(scheme, State.COMPLETE, "", evaluation_record(m, base, parent or m), seconds, train_seconds,
                       str(task.device), fidelity, float(task.budget.epochs), data_fraction,
-                      step_seed(run_seed, scheme) if scheme else int(run_seed))
+                      step_seed(run_seed, scheme) if scheme else int(run_seed), compute)
 
 

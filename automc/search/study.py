@@ -39,12 +39,14 @@ class SearchEvent:
     kind: str
     run_id: str
     round: int
-    done: int
-    budget: int
+    done: int  # evaluated steps
+    budget: float  # search compute in epoch-equivalents (steps when ``unit`` is "steps")
     best_val: float | None = None  # best validation accuracy at PR >= gamma so far
     front_size: int = 0  # evaluated schemes meeting the targets
-    eta: float | None = None  # seconds, from the mean step time
+    eta: float | None = None  # seconds, from the mean time per unit of budget
     message: str = ""
+    spent: float = 0.0  # search compute so far, in epoch-equivalents
+    unit: str = "compute"  # what ``budget`` counts: "compute" or "steps"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class SearchResult:
     setup_seconds: float = 0.0  # data, base model, embeddings: before the first proposal
     best: list[dict[str, Any]] = field(default_factory=list)  # schemes meeting the targets, best validation first
     baseline: dict[str, Any] = field(default_factory=dict)  # the reference scheme vs the found model (report)
+    compute: float = 0.0  # search compute of the evaluated steps, in epoch-equivalents
+    budget: float = 0.0  # the run's budget: epoch-equivalents of compute (steps when ``budget_unit`` is "steps")
+    budget_unit: str = "compute"
 
     @property
     def overhead(self) -> float:
@@ -86,6 +91,7 @@ class SearchResult:
                 "front": [{k: row.get(k) for k in keys} for row in self.front], "evaluations": self.evaluations,
                 "failed": self.failed, "reuse": dict(self.reuse), "seconds": self.seconds,
                 "train_seconds": self.train_seconds, "setup_seconds": self.setup_seconds, "overhead": self.overhead,
+                "compute": self.compute, "budget": self.budget, "budget_unit": self.budget_unit,
                 "store": self.store, "out": str(self.out) if self.out else None, "files": dict(self.files),
                 "baseline": dict(self.baseline)}
 
@@ -130,8 +136,10 @@ class Study:
     round: int = 0  # the round to run next
     strategy_state: dict[str, Any] = field(default_factory=dict)  # stored by the last finished round
     step_seconds: list[float] = field(default_factory=list)
+    _session_spent: float = 0.0  # compute of this session's steps (its ETA's rate)
     in_round: int = 0  # steps of the current round already written (the history gets them at its end)
     deadline: float | None = None
+    spent: float = 0.0  # search compute of the run's evaluated steps, in epoch-equivalents (``compress.compute``)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Store]:
@@ -151,6 +159,17 @@ class Study:
     def time_up(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def steps_allowed(self, arrived: int = 0) -> int:
+        """How many more steps may run (those in flight included) with ``arrived`` steps of this round written but
+        not yet in the history: none once the compute budget is spent, else up to the step cap (``config.step_cap``).
+        The one place the budget is checked: a run overshoots its compute by at most the steps in flight."""
+        cfg = self.cfg
+        cap = conf.step_cap(cfg)
+        left = conf.MAX_BUDGET if cap is None else cap - self.done - arrived
+        if cfg.budget_unit != "steps" and self.spent >= float(cfg.budget):
+            left = 0
+        return max(0, left)
+
     def emit(self, kind: str, round_: int, message: str = "") -> None:
         if self.progress is None:
             return
@@ -159,9 +178,14 @@ class Study:
         fr = ranked(self.history.complete(), self.cfg.target_pr, self.cfg.target_fr)
         best = fr[0].val_accuracy if fr else None
         done = self.done + self.in_round
-        mean = sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else None
-        eta = None if mean is None else mean * (self.cfg.budget - done)
-        self.progress(SearchEvent(kind, self.id, round_, done, int(self.cfg.budget), best, len(fr), eta, message))
+        steps = self.cfg.budget_unit == "steps"
+        used = done if steps else self.spent
+        # seconds per unit of budget (step or epoch-equivalent) of this session's steps
+        rate = sum(self.step_seconds) / (len(self.step_seconds) if steps else self._session_spent) if (
+            self.step_seconds and (steps or self._session_spent > 0)) else None
+        eta = None if rate is None else rate * max(0.0, float(self.cfg.budget) - used)
+        self.progress(SearchEvent(kind, self.id, round_, done, float(self.cfg.budget), best, len(fr), eta, message,
+                                  self.spent, str(self.cfg.budget_unit)))
 
     # -- the run's records -------------------------------------------------------------------------------------
     def begin(self, scheme: SchemeKey, *, fidelity: str, round_: int, task: Any = None,
@@ -196,7 +220,10 @@ class Study:
         eval_id, t = token
         with self.opened() as s:
             s.end_evaluation(eval_id, result.record())
-        self.step_seconds.append(time.monotonic() - t)
+        if result.fidelity == "search":
+            self.step_seconds.append(time.monotonic() - t)
+            self.spent += float(result.compute or 0.0)
+            self._session_spent += float(result.compute or 0.0)
         return result.observation(round_, eval_id)
 
     def cut_short(self, tokens: list[Token], e: BaseException) -> None:
@@ -254,16 +281,15 @@ def open_study(config: SearchConfig, progress: Callable[[SearchEvent], None] | N
     conf.check(config)
     conf.check_gpus(config)  # workers and their GPUs are per session: what is given is what is used
     store_uri = config.store or default_store_uri()
-    stored, done = None, 0
+    stored, done, spent = None, 0, 0.0
     if config.resume:
         with open_store(store_uri, create=False) as s:
             stored = s.load_run(config.resume)
-            done = len(search_rows(s.run_evaluations(stored.id)))
+            steps = search_rows(s.run_evaluations(stored.id))
+            done, spent = len(steps), spent_compute(steps)
     cfg = conf.resolve(config, stored.config.get("config") if stored else None)
-    if stored is not None and int(cfg.budget) < done:
-        raise ValidationError(f"search run {stored.id} has already evaluated {done} steps; a budget below that "
-                              f"cannot be kept (give at least {done}, or leave --budget out to keep "
-                              f"{stored.budget})", field="--budget")
+    if stored is not None:
+        _check_budget_kept(stored, cfg, done, spent)
     ident = conf.identity(cfg)
     if stored is not None:
         conf.compare_identity(stored.id, stored.config.get("identity", {}), ident)
@@ -281,6 +307,29 @@ def open_study(config: SearchConfig, progress: Callable[[SearchEvent], None] | N
                 back = stored.state if stored.state in (State.COMPLETE, State.FAILED) else State.INTERRUPTED
                 s.update_run(stored.id, state=back, error=stored.error)
         raise
+
+
+def spent_compute(steps: list[Mapping[str, Any]]) -> float:
+    """Search compute of a run's evaluated steps (``search_rows``), in epoch-equivalents; a step without a record
+    of it (cut short with its worker) counts 0."""
+    return sum(float(r.get("compute") or 0.0) for r in steps)
+
+
+def _check_budget_kept(stored: Any, cfg: SearchConfig, done: int, spent: float) -> None:
+    """A resumed run's budget and step cap must not be below what it has already used."""
+    old = stored.config.get("config") or {}
+    if cfg.budget_unit == "steps" and int(cfg.budget) < done:
+        raise ValidationError(f"search run {stored.id} has already evaluated {done} steps; a budget below that "
+                              f"cannot be kept (give at least {done}, or leave --budget out to keep "
+                              f"{old.get('budget', stored.budget)})", field="--budget")
+    if cfg.budget_unit != "steps" and float(cfg.budget) < spent:
+        raise ValidationError(f"search run {stored.id} has already spent {spent:.4g} epoch-equivalents; a budget "
+                              f"below that cannot be kept (give at least {spent:.4g}, or leave --budget out to keep "
+                              f"{old.get('budget')})", field="--budget")
+    if cfg.budget_unit != "steps" and cfg.max_steps is not None and int(cfg.max_steps) < done:
+        raise ValidationError(f"search run {stored.id} has already evaluated {done} steps; a cap below that cannot "
+                              f"be kept (give at least {done}, or leave --max-steps out to keep "
+                              f"{old.get('max_steps')})", field="--max-steps")
 
 
 def _device(name: str | None) -> Any:
@@ -358,11 +407,11 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
         if stored is None:
             s.fail_stale()  # records of processes that died since the store was last used
             s.create_run(run_id=run_id, algorithm=str(cfg.strategy), task=features, seed=int(cfg.seed),
-                         target_pr=float(cfg.target_pr), budget=int(cfg.budget), config=config_json,
+                         target_pr=float(cfg.target_pr), budget=conf.step_cap(cfg) or 0, config=config_json,
                          fingerprint=conf.fingerprint(ident))
         else:
             s.interrupt_running(run_id, f"stale: the process running it ({stored.pid} on {stored.host}) died")
-            s.update_run(run_id, state=State.RUNNING, budget=int(cfg.budget), config=config_json, error="",
+            s.update_run(run_id, state=State.RUNNING, budget=conf.step_cap(cfg) or 0, config=config_json, error="",
                          finished=None)
         rows = s.run_evaluations(run_id) if stored is not None else []
     base_obs = Observation((), State.COMPLETE, val_accuracy=base.get("val_accuracy"), pr=0.0, fr=0.0,
@@ -371,6 +420,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     study = Study(run_id, cfg, store_uri, features, evaluator, space, history, config_json, t0,
                   stored.seconds if stored else 0.0, progress, full,
                   deadline=None if cfg.time_limit is None else t0 + float(cfg.time_limit))
+    study.spent = spent_compute(search_rows(rows))
     study.next_step = 1 + max((int(r["step"]) for r in rows if r.get("step") is not None), default=len(rows) - 1)
     if stored is not None:
         study.round = stored.round + 1  # the round after the last whose strategy state was stored

@@ -57,7 +57,7 @@ def test_compress_refuses_and_records_nothing(gapped, tmp_path, weights):
 def test_search_refuses_and_records_nothing(gapped, tmp_path):
     data = gapped / "data.npz"
     res = _run("search", "--model", "resnet8", "--width", "4", "--data", str(data), "--target-pr", "0.4",
-               "--budget", "2", "--epochs", "0.1", "--train-epochs", "0.1", "--final-epochs", "0", "--device", "cpu",
+               "--max-steps", "2", "--epochs", "0.1", "--train-epochs", "0.1", "--final-epochs", "0", "--device", "cpu",
                "--batch-size", "16", "--store", f"ladybug://{tmp_path / 'kb' / 'kb.lbug'}",
                "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
     assert res.returncode == 1, res.stdout + res.stderr

@@ -33,8 +33,9 @@ def inputs(tmp_path_factory):
 def _args(inputs, tmp_path, *extra):
     data, weights = inputs
     return ["search", "--model", "resnet8", "--width", "4", "--weights", str(weights), "--data", str(data),
-            "--target-pr", "0.4", "--epochs", "0.3", "--final-epochs", "0", "--strategy", "random", "--no-reuse",
-            "--per-round", "2", "--max-length", "2", "--batch-size", "32", "--lr", "0.05", "--device", "cpu",
+            "--target-pr", "0.4", "--budget", "1000", "--epochs", "0.3", "--final-epochs", "0", "--strategy", "random",
+            "--no-reuse", "--per-round", "2", "--max-length", "2", "--batch-size", "32", "--lr", "0.05",
+            "--device", "cpu",
             "--store", f"ladybug://{tmp_path / 'kb'}", "--cache-dir", str(tmp_path / "cache"), *extra]
 
 
@@ -44,7 +45,7 @@ def _runs(tmp_path):
 
 
 def test_search_json_runs_and_report_agree(inputs, tmp_path):
-    r = runner.invoke(app, _args(inputs, tmp_path, "--budget", "3", "--json"))
+    r = runner.invoke(app, _args(inputs, tmp_path, "--max-steps", "3", "--json"))
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout)
     assert set(obj) >= {"run_id", "front", "evaluations", "reuse", "seconds"}
@@ -71,14 +72,14 @@ def test_search_json_runs_and_report_agree(inputs, tmp_path):
 
 @pytest.mark.parametrize(("change", "message"), [
     (["--target-pr", "1.5"], "--target-pr: must be in (0, 1)"),
-    (["--budget", "0"], "--budget: must be at least 1"),
+    (["--budget", "0"], "--budget: must be more than 0"),
     (["--strategy", "nope"], "unknown strategy 'nope'"),
     (["--resume", "nope"], "no search run 'nope'"),
     (["--time-limit", "soon"], "--time-limit"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(inputs, tmp_path, change, message):
     open_store(f"ladybug://{tmp_path / 'kb'}").close()  # an existing, empty store
-    r = runner.invoke(app, _args(inputs, tmp_path, "--budget", "2", *change))
+    r = runner.invoke(app, _args(inputs, tmp_path, "--max-steps", "2", *change))
     assert r.exit_code == 1, r.output
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
@@ -86,7 +87,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(inputs, tmp_path, change
 
 
 def test_resume_on_other_data_is_refused(inputs, tmp_path, tmp_path_factory):
-    r = runner.invoke(app, _args(inputs, tmp_path, "--budget", "1", "--json"))
+    r = runner.invoke(app, _args(inputs, tmp_path, "--max-steps", "1", "--json"))
     assert r.exit_code == 0, r.output
     run_id = json.loads(r.stdout)["run_id"]
     other, _ = write_inputs(tmp_path_factory.mktemp("other-data"), seed=1)
@@ -101,7 +102,7 @@ def test_sigkill_mid_run_then_resume_ends_with_the_budget(inputs, tmp_path):
     budget = 6
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", "from automc.cli.app import main; main()",
-           *_args(inputs, tmp_path, "--budget", str(budget), "--json")]
+           *_args(inputs, tmp_path, "--max-steps", str(budget), "--json")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cache = tmp_path / "cache" / "cache"
     deadline = time.monotonic() + 180

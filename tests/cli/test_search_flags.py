@@ -39,8 +39,9 @@ def inputs(tmp_path_factory):
 def _args(inputs, tmp_path, *extra, cache: bool = True):
     data, weights = inputs
     return ["search", "--model", "resnet8", "--width", "4", "--weights", str(weights), "--data", str(data),
-            "--target-pr", "0.4", "--epochs", "0.3", "--final-epochs", "0", "--strategy", "random", "--no-reuse",
-            "--per-round", "2", "--max-length", "2", "--batch-size", "32", "--lr", "0.05", "--device", "cpu",
+            "--target-pr", "0.4", "--budget", "1000", "--epochs", "0.3", "--final-epochs", "0", "--strategy", "random",
+            "--no-reuse", "--per-round", "2", "--max-length", "2", "--batch-size", "32", "--lr", "0.05",
+            "--device", "cpu",
             "--store", f"ladybug://{tmp_path / 'kb'}", *(["--cache-dir", str(tmp_path / "cache")] if cache else []),
             *extra]
 
@@ -96,7 +97,7 @@ def test_an_unusable_out_or_cache_dir_is_refused_before_anything_is_written(inpu
     args = _args(inputs, tmp_path, *extra, cache=flag != "--cache-dir")
     if flag == "--cache-dir":
         args += ["--cache-dir", str(path)]
-    line = _one_error(runner.invoke(app, [*args, "--budget", "2"]), f"error: {flag}: ")
+    line = _one_error(runner.invoke(app, [*args, "--max-steps", "2"]), f"error: {flag}: ")
     assert str(path) in line
     assert _tree(tmp_path) == before  # no store created, no folder made, no SearchRun
     if store_exists:
@@ -109,7 +110,7 @@ def test_a_read_only_file_system_is_refused_before_anything_is_written(inputs, t
     with _read_only_mount(tmp_path / "ro") as ro:
         for target in (ro, ro / "new" / "folder"):  # the mount itself, and a folder that would be made in it
             args = _args(inputs, tmp_path, cache=flag != "--cache-dir")
-            r = runner.invoke(app, [*args, flag, str(target), "--budget", "2"])
+            r = runner.invoke(app, [*args, flag, str(target), "--max-steps", "2"])
             line = _one_error(r, f"error: {flag}: ")
             assert str(target) in line and "ead-only" in line
             assert _tree(ro) == []
@@ -130,7 +131,7 @@ def test_the_library_refuses_an_unusable_out_before_the_store_is_created(inputs,
 def one_run(inputs, tmp_path_factory):
     """A finished one-step search to build reports from."""
     d = tmp_path_factory.mktemp("one-run")
-    r = runner.invoke(app, _args(inputs, d, "--budget", "1", "--json"))
+    r = runner.invoke(app, _args(inputs, d, "--max-steps", "1", "--json"))
     assert r.exit_code == 0, r.output
     return d, json.loads(r.stdout)["run_id"]
 
@@ -167,24 +168,28 @@ def test_a_writable_out_that_does_not_exist_yet_is_accepted_and_nothing_stays_be
 # -- item 9: the budget (and the seed) are bounded -------------------------------------------------------------
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--budget", str(10**30), f"error: --budget: must be at most {MAX_BUDGET:,} evaluated steps"),
-    ("--budget", str(2**63 - 1), f"error: --budget: must be at most {MAX_BUDGET:,} evaluated steps"),
-    ("--budget", str(MAX_BUDGET + 1), f"error: --budget: must be at most {MAX_BUDGET:,} evaluated steps"),
+    ("--budget", str(10**30), f"error: --budget: must be more than 0 and at most {MAX_BUDGET:,} epoch-equivalents"),
+    ("--budget", str(2**63 - 1), f"error: --budget: must be more than 0 and at most {MAX_BUDGET:,} epoch-equivalents"),
+    ("--budget", str(MAX_BUDGET + 1), f"error: --budget: must be more than 0 and at most {MAX_BUDGET:,} epoch-"),
+    ("--budget", "nan", "error: --budget: must be a number of epoch-equivalents"),
+    ("--max-steps", str(10**30), f"error: --max-steps: must be 1 to {MAX_BUDGET:,} evaluated steps"),
+    ("--max-steps", str(MAX_BUDGET + 1), f"error: --max-steps: must be 1 to {MAX_BUDGET:,} evaluated steps"),
+    ("--max-steps", "0", f"error: --max-steps: must be 1 to {MAX_BUDGET:,} evaluated steps"),
     ("--max-length", str(10**24), f"error: --max-length: must be at most {MAX_LENGTH} strategies in a scheme"),
     ("--seed", str(2**64), f"error: --seed: must be a whole number in 0..{MAX_SEED}"),
     ("--seed", "-1", f"error: --seed: must be a whole number in 0..{MAX_SEED}"),
 ])
 def test_huge_budgets_and_seeds_are_refused_naming_the_flag(inputs, tmp_path, flag, value, message):
     open_store(f"ladybug://{tmp_path / 'kb'}").close()
-    extra = [flag, value] if flag == "--budget" else [flag, value, "--budget", "2"]
+    extra = [flag, value] if flag in ("--budget", "--max-steps") else [flag, value, "--max-steps", "2"]
     _one_error(runner.invoke(app, _args(inputs, tmp_path, *extra)), message)
     assert _runs(tmp_path) == []
     assert not (tmp_path / "cache").exists()
 
 
-def test_a_float_budget_is_a_usage_error_naming_the_flag(inputs, tmp_path):
-    r = runner.invoke(app, _args(inputs, tmp_path, "--budget", "1e30"))
-    assert r.exit_code == 2 and "'--budget'" in r.stderr and "Traceback" not in r.output
+def test_a_fractional_step_cap_is_a_usage_error_naming_the_flag(inputs, tmp_path):
+    r = runner.invoke(app, _args(inputs, tmp_path, "--max-steps", "2.5"))
+    assert r.exit_code == 2 and "'--max-steps'" in r.stderr and "Traceback" not in r.output
 
 
 def test_the_help_states_the_budget_bound():
@@ -192,7 +197,7 @@ def test_the_help_states_the_budget_bound():
     assert r.exit_code == 0 and f"1 to {MAX_BUDGET}" in r.stdout and f"at most {MAX_LENGTH}" in r.stdout
 
 
-@pytest.mark.parametrize("budget", [1e30, 10**30, 2**63 - 1, 2.5, True])
+@pytest.mark.parametrize("budget", [1e30, 10**30, 2**63 - 1, float("nan"), True, "2"])
 def test_the_library_bounds_the_budget(inputs, tmp_path, budget):
     data, weights = inputs
     cfg = SearchConfig(model="resnet8", width=4, weights=str(weights), data=str(data), budget=budget, device="cpu",
@@ -209,7 +214,7 @@ def test_gpus_per_worker_beyond_the_machine_is_refused_before_writing(inputs, tm
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if store_exists:
         open_store(f"ladybug://{tmp_path / 'kb'}").close()
-    r = runner.invoke(app, _args(inputs, tmp_path, "--budget", "2", "--workers", "2", "--gpus-per-worker",
+    r = runner.invoke(app, _args(inputs, tmp_path, "--max-steps", "2", "--workers", "2", "--gpus-per-worker",
                                  str(have + 1)))
     line = _one_error(r, "error: --gpus-per-worker: ")
     if store_exists:
@@ -254,15 +259,15 @@ def test_a_16x16_validation_set_for_the_8x8_digits_is_refused_naming_file_and_ar
 
 def _digits_args(tmp_path, *extra):
     return ["search", "--model", "smallcnn", "--width", "4", "--data", "digits", "--train-epochs", "0.2",
-            "--target-pr", "0.4", "--epochs", "0.1", "--final-epochs", "0", "--strategy", "random", "--no-reuse",
-            "--per-round", "1", "--max-length", "1", "--batch-size", "64", "--device", "cpu",
+            "--target-pr", "0.4", "--budget", "1000", "--epochs", "0.1", "--final-epochs", "0", "--strategy", "random",
+            "--no-reuse", "--per-round", "1", "--max-length", "1", "--batch-size", "64", "--device", "cpu",
             "--store", f"ladybug://{tmp_path / 'kb'}", "--cache-dir", str(tmp_path / "cache"), *extra]
 
 
 def test_search_on_digits_refuses_a_16x16_val_data_before_writing(tmp_path):
     open_store(f"ladybug://{tmp_path / 'kb'}").close()
     val = _digits_val(tmp_path / "val16.npz", size=16)
-    r = runner.invoke(app, _digits_args(tmp_path, "--val-data", str(val), "--budget", "1"))
+    r = runner.invoke(app, _digits_args(tmp_path, "--val-data", str(val), "--max-steps", "1"))
     line = _one_error(r, "error: ")
     assert str(val) in line and "x_val: 16x16x1 images" in line
     assert _runs(tmp_path) == []
@@ -271,7 +276,7 @@ def test_search_on_digits_refuses_a_16x16_val_data_before_writing(tmp_path):
 @pytest.mark.slow
 def test_search_on_digits_selects_on_the_given_val_data(tmp_path):
     val = _digits_val(tmp_path / "val.npz")
-    r = runner.invoke(app, _digits_args(tmp_path, "--val-data", str(val), "--budget", "1", "--json"))
+    r = runner.invoke(app, _digits_args(tmp_path, "--val-data", str(val), "--max-steps", "1", "--json"))
     assert r.exit_code == 0, r.output
     run_id = json.loads(r.stdout)["run_id"]
     with open_store(f"ladybug://{tmp_path / 'kb'}") as s:
@@ -288,7 +293,7 @@ def test_search_on_digits_selects_on_the_given_val_data(tmp_path):
 def test_a_flag_another_flag_makes_ineffective_is_refused(inputs, tmp_path, extra, message):
     open_store(f"ladybug://{tmp_path / 'kb'}").close()
     val = _digits_val(tmp_path / "val.npz")  # any existing file: the refusal comes before it is read
-    args = _args(inputs, tmp_path, "--budget", "2", *extra)
+    args = _args(inputs, tmp_path, "--max-steps", "2", *extra)
     if "--val-from" in extra:
         args += ["--val-data", str(val)]
     _one_error(runner.invoke(app, args), message)
@@ -309,7 +314,7 @@ def test_the_resume_command_after_ctrl_c_is_one_line_that_resumes_the_run(inputs
     env = {**os.environ, "COLUMNS": "80", "OMP_NUM_THREADS": "1", "TERM": "xterm",
            "PATH": os.pathsep.join([str(Path(exe).parent), os.environ.get("PATH", "")])}
     args = [a if a != f"ladybug://{tmp_path / 'kb'}" else store
-            for a in _args(inputs, tmp_path, "--budget", str(budget))]
+            for a in _args(inputs, tmp_path, "--max-steps", str(budget))]
     proc = subprocess.Popen([exe, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cache = tmp_path / "cache" / "cache"
 
@@ -358,13 +363,13 @@ def _runs_at(store: str) -> list[dict]:
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2"])
 def test_a_bad_target_fr_is_one_error(inputs, tmp_path, value):
-    line = _one_error(runner.invoke(app, [*_args(inputs, tmp_path), "--budget", "2", "--target-fr", value]),
+    line = _one_error(runner.invoke(app, [*_args(inputs, tmp_path), "--max-steps", "2", "--target-fr", value]),
                       "error: --target-fr: ")
     assert "must be in (0, 1)" in line and not (tmp_path / "kb").exists()
 
 
 def test_target_fr_is_a_second_constraint_of_the_objective(inputs, tmp_path):
-    r = runner.invoke(app, [*_args(inputs, tmp_path), "--budget", "3", "--target-fr", "0.48", "--json"])
+    r = runner.invoke(app, [*_args(inputs, tmp_path), "--max-steps", "3", "--target-fr", "0.48", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     (run,) = _runs(tmp_path)

@@ -51,7 +51,7 @@ def test_bad_option_is_one_error_line_and_writes_nothing(inputs, tmp_path, optio
     extra: list[str] = []
     for item in options:
         extra += [item] if item.startswith("--") or extra[-1:] == ["--strategy"] else ["--strategy-option", item]
-    r = runner.invoke(app, _args(inputs, tmp_path, "--budget", "2", *extra))
+    r = runner.invoke(app, _args(inputs, tmp_path, "--max-steps", "2", *extra))
     assert r.exit_code == 1, r.output
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), lines
@@ -60,7 +60,7 @@ def test_bad_option_is_one_error_line_and_writes_nothing(inputs, tmp_path, optio
 
 
 def test_option_is_stored_with_the_run_and_shown_by_runs(inputs, tmp_path):
-    r = runner.invoke(app, _args(inputs, tmp_path, "--strategy", "progressive", "--budget", "2", "--per-round", "2",
+    r = runner.invoke(app, _args(inputs, tmp_path, "--strategy", "progressive", "--max-steps", "2", "--per-round", "2",
                                  "--strategy-option", "candidates=1", "--strategy-option", "explore=0", "--json"))
     assert r.exit_code == 0, r.output
     run_id = json.loads(r.stdout)["run_id"]

@@ -42,8 +42,9 @@ def store_uri(tmp_path: Path) -> str:
 def search_args(inputs, tmp_path: Path, *extra: str) -> list[str]:
     data, weights = inputs
     return ["search", "--model", "resnet8", "--width", "4", "--weights", str(weights), "--data", str(data),
-            "--target-pr", "0.4", "--epochs", "0.3", "--final-epochs", "0", "--strategy", "random", "--no-reuse",
-            "--per-round", "2", "--max-length", "2", "--batch-size", "32", "--lr", "0.05", "--device", "cpu",
+            "--target-pr", "0.4", "--budget", "1000", "--epochs", "0.3", "--final-epochs", "0", "--strategy", "random",
+            "--no-reuse", "--per-round", "2", "--max-length", "2", "--batch-size", "32", "--lr", "0.05",
+            "--device", "cpu",
             "--store", store_uri(tmp_path), "--cache-dir", str(tmp_path / "cache"), *extra]
 
 
@@ -115,11 +116,11 @@ def exported_matches_report(inputs, out: Path) -> None:
 
 @pytest.mark.slow
 def test_two_resumes_of_one_run_one_is_refused(inputs, tmp_path):
-    r = cli(*search_args(inputs, tmp_path, "--budget", "1", "--json"))
+    r = cli(*search_args(inputs, tmp_path, "--max-steps", "1", "--json"))
     assert r.returncode == 0, r.stderr
     run_id = json.loads(r.stdout)["run_id"]
     budget = 6
-    resume = ("search", "--resume", run_id, "--budget", str(budget), "--store", store_uri(tmp_path), "--json")
+    resume = ("search", "--resume", run_id, "--max-steps", str(budget), "--store", store_uri(tmp_path), "--json")
     procs = [popen(*resume)]
     time.sleep(1.0)  # a second apart: neither has loaded its data yet
     procs.append(popen(*resume))
@@ -146,7 +147,7 @@ def _one_error_line(stderr: str) -> str:
 
 def test_claim_is_atomic_in_the_store(inputs, tmp_path):
     """A claimed run cannot be claimed by another live process; a dead owner's run can."""
-    r = cli(*search_args(inputs, tmp_path, "--budget", "1", "--json"))
+    r = cli(*search_args(inputs, tmp_path, "--max-steps", "1", "--json"))
     run_id = json.loads(r.stdout)["run_id"]
     holder = subprocess.Popen([sys.executable, "-c", "import sys; "
                                "from automc.kb import open_store; "
@@ -168,12 +169,12 @@ def test_claim_is_atomic_in_the_store(inputs, tmp_path):
 # -- budgets and time ----------------------------------------------------------------------------------------
 
 def test_resume_with_a_budget_below_the_steps_done_is_refused(inputs, tmp_path):
-    r = cli(*search_args(inputs, tmp_path, "--budget", "3", "--json"))
+    r = cli(*search_args(inputs, tmp_path, "--max-steps", "3", "--json"))
     run_id = json.loads(r.stdout)["run_id"]
-    r = cli("search", "--resume", run_id, "--budget", "2", "--store", store_uri(tmp_path))
+    r = cli("search", "--resume", run_id, "--max-steps", "2", "--store", store_uri(tmp_path))
     assert r.returncode == 1
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: --budget:") and "already evaluated 3 steps" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: --max-steps:") and "already evaluated 3 steps" in lines[0]
     run = run_record(tmp_path, run_id)
     assert (run.state, run.budget) == ("COMPLETE", 3)
 
@@ -181,7 +182,7 @@ def test_resume_with_a_budget_below_the_steps_done_is_refused(inputs, tmp_path):
 @pytest.mark.slow
 def test_seconds_accumulate_across_a_killed_session(inputs, tmp_path):
     budget = 6
-    proc = popen(*search_args(inputs, tmp_path, "--budget", str(budget)))
+    proc = popen(*search_args(inputs, tmp_path, "--max-steps", str(budget)))
     try:
         wait_for(lambda: len(list((tmp_path / "cache" / "cache").glob("*.pt"))) >= 3, proc)
         time.sleep(0.5)
@@ -202,7 +203,7 @@ def test_seconds_accumulate_across_a_killed_session(inputs, tmp_path):
 
 @pytest.mark.slow
 def test_resume_of_a_complete_run_into_a_new_out_exports_the_reported_model(inputs, tmp_path):
-    r = cli(*search_args(inputs, tmp_path, "--budget", "3", "--final-epochs", "0.3", "--top-k", "1", "--out",
+    r = cli(*search_args(inputs, tmp_path, "--max-steps", "3", "--final-epochs", "0.3", "--top-k", "1", "--out",
                          str(tmp_path / "out1"), "--json"))
     assert r.returncode == 0, r.stderr
     run_id = json.loads(r.stdout)["run_id"]
@@ -250,7 +251,7 @@ def test_ctrl_c_inside_torch_pruning_tracing_stops_the_run(inputs, tmp_path):
     mark = tmp_path / "ctrl-c-sent"
     budget = 8
     r = subprocess.run([sys.executable, "-c", CTRL_C_IN_TRACING + MAIN,
-                        *search_args(inputs, tmp_path, "--budget", str(budget), "--seed", "1")],
+                        *search_args(inputs, tmp_path, "--max-steps", str(budget), "--seed", "1")],
                        env={**ENV, "MARK": str(mark)}, capture_output=True, text=True, timeout=600)
     assert mark.exists(), "no step traced a model with Torch-Pruning"
     assert r.returncode == 130, r.stderr

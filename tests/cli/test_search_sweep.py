@@ -44,7 +44,7 @@ def inputs(tmp_path_factory):
 def done_run(inputs, tmp_path_factory):
     """A COMPLETE run of 2 steps (the base of the resume cases), its store copied per test."""
     d = tmp_path_factory.mktemp("sweep-done")
-    r = runner.invoke(app, search_args(inputs, d, "--budget", "2", "--json"))
+    r = runner.invoke(app, search_args(inputs, d, "--max-steps", "2", "--json"))
     assert r.exit_code == 0, r.output
     return d, json.loads(r.stdout)["run_id"]
 
@@ -113,7 +113,7 @@ NEW_RUN_REFUSALS = [
 @pytest.mark.parametrize(("extra", "fragment"), NEW_RUN_REFUSALS, ids=[" ".join(e) for e, _ in NEW_RUN_REFUSALS])
 def test_refused_with_one_line_and_nothing_written(inputs, tmp_path, extra, fragment):
     extra = [e.format(file=_file(tmp_path), tmp=tmp_path) for e in extra]
-    r = runner.invoke(app, search_args(inputs, tmp_path, "--budget", "2", *extra))
+    r = runner.invoke(app, search_args(inputs, tmp_path, "--max-steps", "2", *extra))
     assert r.exit_code not in (0, None), r.output
     assert fragment in _one_error_line(r.stderr)
     assert _runs(tmp_path) == []
@@ -127,7 +127,7 @@ def test_out_on_a_read_only_file_system_is_refused(inputs, tmp_path):
         pytest.skip("cannot mount a read-only tmpfs here (not root)")
     try:
         for flag in ("--out", "--cache-dir"):
-            r = runner.invoke(app, search_args(inputs, tmp_path, "--budget", "2", flag, str(ro / "x")))
+            r = runner.invoke(app, search_args(inputs, tmp_path, "--max-steps", "2", flag, str(ro / "x")))
             assert r.exit_code == 1 and flag in _one_error_line(r.stderr)
             assert _runs(tmp_path) == []
     finally:
@@ -135,7 +135,7 @@ def test_out_on_a_read_only_file_system_is_refused(inputs, tmp_path):
 
 
 RESUME_REFUSALS = [
-    (["--budget", "1"], "--budget"),
+    (["--max-steps", "1"], "--max-steps"),
     (["--budget", "0"], "--budget"),
     (["--data", "{other}"], "another data content"),
     (["--seed", "7"], "another seed"),
@@ -182,7 +182,7 @@ PHASES = {
 def test_sigkill_at_each_phase_resumes_to_the_budget(inputs, tmp_path, phase):
     budget = 4
     final = "2" if phase == "final fine-tune" else "0.3"  # long enough to be seen RUNNING in the store
-    proc = popen(*search_args(inputs, tmp_path, "--budget", str(budget), "--final-epochs", final, "--top-k", "1",
+    proc = popen(*search_args(inputs, tmp_path, "--max-steps", str(budget), "--final-epochs", final, "--top-k", "1",
                               "--out", str(tmp_path / "out")))
     try:
         wait_for(lambda: PHASES[phase](tmp_path), proc, limit=600)
@@ -230,7 +230,7 @@ def test_hostile_or_missing_cache_is_rebuilt_not_blamed(inputs, tmp_path, how, m
     or the whole cache folder deleted, between a kill and the resume."""
     monkeypatch.chdir(tmp_path)  # where the payload would write its file
     budget = 6
-    proc = popen(*search_args(inputs, tmp_path, "--budget", str(budget), "--per-round", "3"))
+    proc = popen(*search_args(inputs, tmp_path, "--max-steps", str(budget), "--per-round", "3"))
     cache = tmp_path / "cache" / "cache"
     try:
         wait_for(lambda: len(list(cache.glob("*.pt"))) >= 3, proc)

@@ -42,7 +42,7 @@ def inputs(tmp_path_factory):
 def _searched(inputs, d: Path, *, out: bool = False, **kw):
     """A 3-step search with a final fine-tune of its best scheme (and a report folder with ``out``: slower, since
     the model is exported)."""
-    cfg = config(inputs, d, budget=3, final_epochs=0.3, top_k=1, out=str(d / "out") if out else None, **kw)
+    cfg = config(inputs, d, max_steps=3, final_epochs=0.3, top_k=1, out=str(d / "out") if out else None, **kw)
     return cfg, search(cfg)
 
 
@@ -208,7 +208,7 @@ def test_kb_choice_is_the_best_rated_single_method_reaching_gamma_on_the_most_si
 def test_a_search_takes_the_kb_choice_by_default(inputs, kb_copy, tmp_path):
     with open_store(f"ladybug://{kb_copy}") as s:
         planted = _plant(tmp_path / "planted.csv", s)
-    cfg = config(inputs, tmp_path, budget=2, final_epochs=0.3, top_k=1, store=f"ladybug://{kb_copy}")
+    cfg = config(inputs, tmp_path, max_steps=2, final_epochs=0.3, top_k=1, store=f"ladybug://{kb_copy}")
     result = search(cfg)
     rows, _ = _rows(cfg, result.run_id)
     assert [r["scheme"] for r in rows if r["fidelity"] == "baseline"] == [planted["best"]]

@@ -54,7 +54,8 @@ def weights(tmp_path_factory) -> Path:
 
 def _config(weights: Path, d: Path, **kw) -> SearchConfig:
     base = {"model": "smallcnn", "width": 4, "data": "digits", "weights": str(weights), "target_pr": 0.4,
-            "budget": BUDGET, "epochs": 0.2, "final_epochs": 0, "strategy": "random", "reuse": False, "per_round": 3,
+            "budget": 1000.0, "max_steps": BUDGET, "epochs": 0.2, "final_epochs": 0, "strategy": "random",
+            "reuse": False, "per_round": 3,
             "max_length": 2, "batch_size": 64, "lr": 0.05, "device": "cpu", "seed": 0,
             "store": f"ladybug://{d / 'kb'}", "cache_dir": str(d / "run")}
     return SearchConfig(**{**base, **kw})
@@ -62,7 +63,8 @@ def _config(weights: Path, d: Path, **kw) -> SearchConfig:
 
 def _cli_args(weights: Path, store: str, cache_dir: Path) -> list[str]:
     return ["search", "--model", "smallcnn", "--width", "4", "--data", "digits", "--weights", str(weights),
-            "--target-pr", "0.4", "--budget", str(BUDGET), "--epochs", "0.2", "--final-epochs", "0",
+            "--target-pr", "0.4", "--budget", "1000", "--max-steps", str(BUDGET), "--epochs", "0.2",
+            "--final-epochs", "0",
             "--strategy", "random", "--no-reuse", "--per-round", "3", "--max-length", "2", "--batch-size", "64",
             "--lr", "0.05", "--device", "cpu", "--seed", "0", "--store", store, "--cache-dir", str(cache_dir),
             "--json"]

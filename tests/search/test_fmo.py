@@ -35,7 +35,7 @@ def space():
 def progressive_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("fmo")
     inputs = write_inputs(d, seed=1)
-    cfg = config(inputs, d, strategy="progressive", budget=8, per_round=4, epochs=0.1, seed=3, max_length=1,
+    cfg = config(inputs, d, strategy="progressive", max_steps=8, per_round=4, epochs=0.1, seed=3, max_length=1,
                  strategy_options={"candidates": 40, "fit_steps": 100, "patience": 20})
     result = search(cfg)
     with open_store(cfg.store) as s:

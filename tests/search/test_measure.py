@@ -69,7 +69,7 @@ def test_a_search_step_never_evaluates_the_test_split(data, space, tmp_path, tes
 
 @pytest.mark.slow
 def test_a_search_stores_test_accuracy_for_final_models_only(inputs, tmp_path, test_predictions):
-    runs = [search(config(inputs, tmp_path, budget=5, final_epochs=0.3, top_k=2, strategy=s, out=str(tmp_path / s)))
+    runs = [search(config(inputs, tmp_path, max_steps=5, final_epochs=0.3, top_k=2, strategy=s, out=str(tmp_path / s)))
             for s in ("random", "tpe")]
     assert test_predictions and not any(test_predictions), "the test split was evaluated inside a search step"
     finals = []

@@ -136,7 +136,7 @@ def inputs(tmp_path_factory):
 
 def study(inputs, d, budget=5):
     """A real study (store, run, evaluator), as ``search()`` sets it up."""
-    return open_study(config(inputs, d, target_pr=0.8, budget=budget))
+    return open_study(config(inputs, d, target_pr=0.8, max_steps=budget))
 
 
 def two_rounds(st, executor):
@@ -167,7 +167,7 @@ def check_round(st, got, expected, watched):
     # FAIL fails: FAIL > AFTER is dropped, so LMA (the last proposal) gets the budget's last step
     assert [o.scheme for o in expected] == walk and [o.ok for o in expected] == [True, False, True, True, True]
     assert [dataclasses.replace(o, evaluation_id="") for o in got] == expected  # same steps, order, results
-    assert [o.scheme for o in st.history] == walk and len(st.history) == st.cfg.budget
+    assert [o.scheme for o in st.history] == walk and len(st.history) == st.cfg.max_steps
     assert not watched.orphans and watched.in_flight == 0 and watched.most <= watched.workers
     with open_store(st.store, read_only=True) as s:
         rows = s.run_evaluations(st.id)
@@ -206,7 +206,7 @@ def test_a_round_never_passes_the_budget(inputs, tmp_path):
     p = st.space.parse
     watched = Watched(SerialExecutor(st.evaluator.context(portable=False)), [()])
     got = _round(st, watched, [p(f"{NS} > {HALF}"), p(LMA)])
-    assert [o.scheme for o in got] == [p(NS), p(f"{NS} > {HALF}")] and len(st.history) == st.cfg.budget
+    assert [o.scheme for o in got] == [p(NS), p(f"{NS} > {HALF}")] and len(st.history) == st.cfg.max_steps
     assert _round(st, watched, [p(LMA)]) == []  # nothing is left
     with open_store(st.store, read_only=True) as s:
         assert len(s.run_evaluations(st.id)) == 2
@@ -234,7 +234,7 @@ class Fixed(SearchStrategy):
 def test_search_counts_a_failed_step_in_the_budget_and_the_result(inputs, tmp_path, monkeypatch):
     monkeypatch.setitem(STRATEGIES._paths, Fixed.name, f"{__name__}:Fixed")
     monkeypatch.setattr(Fixed, "observed", [])
-    cfg = config(inputs, tmp_path, strategy=Fixed.name, target_pr=0.8, budget=4, per_round=2)
+    cfg = config(inputs, tmp_path, strategy=Fixed.name, target_pr=0.8, max_steps=4, per_round=2)
     result = search(cfg)
     p = SearchSpace().parse
     # round 0: FAIL fails, so FAIL > AFTER is dropped and NS, NS > HALF fill the round's budget; round 1: LMA

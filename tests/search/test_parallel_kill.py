@@ -74,7 +74,8 @@ def test_sigkill_of_a_parallel_driver_keeps_every_finished_step_and_resume_ends_
                                                                                                  monkeypatch):
     store = f"ladybug://{tmp_path / 'kb'}"
     cfg = {"model": "smallcnn", "width": 4, "data": "digits", "train_epochs": 2.0, "target_pr": 0.4,
-           "budget": BUDGET, "epochs": 0.3, "final_epochs": 0, "strategy": "fixed", "reuse": False, "per_round": 3,
+           "budget": 1000.0, "max_steps": BUDGET, "epochs": 0.3, "final_epochs": 0, "strategy": "fixed",
+           "reuse": False, "per_round": 3,
            "max_length": 2, "batch_size": 64, "lr": 0.02, "device": "cpu", "store": store,
            "cache_dir": str(tmp_path / "cache"), "workers": 2}
     log, parked = tmp_path / "steps.log", tmp_path / "parked"

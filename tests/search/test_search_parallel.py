@@ -29,7 +29,7 @@ def test_two_workers_find_what_one_finds_and_only_the_driver_writes(inputs, tmp_
     runs = {}
     for workers in (1, 2):
         d = tmp_path / f"w{workers}"
-        cfg = config(inputs, d, strategy=strategy, budget=6, per_round=4, workers=workers, seed=3)
+        cfg = config(inputs, d, strategy=strategy, max_steps=6, per_round=4, workers=workers, seed=3)
         res = search(cfg)
         with open_store(cfg.store) as s:
             rows = s.run_evaluations(res.run_id)
@@ -42,6 +42,8 @@ def test_two_workers_find_what_one_finds_and_only_the_driver_writes(inputs, tmp_
         assert a["state"] == b["state"]
         if a["state"] == "COMPLETE":
             assert a["params"] == b["params"] and a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.02)
+            # a Ray worker meters its step as the driver's process does (``compress.compute``: per process)
+            assert a["compute"] > 0 and a["compute"] == pytest.approx(b["compute"])
     assert [f["scheme"] for f in r1.front] == [f["scheme"] for f in r2.front]
     assert [o["pid"] for o in owners2] == [os.getpid()]  # every record written by the driver, none by a worker
 
@@ -77,7 +79,7 @@ def test_a_worker_killed_mid_search_costs_one_evaluation_and_the_search_finishes
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    cfg = config(inputs, tmp_path / "killed", strategy="random", budget=6, per_round=4, workers=2, seed=3,
+    cfg = config(inputs, tmp_path / "killed", strategy="random", max_steps=6, per_round=4, workers=2, seed=3,
                  epochs=1.0)
     res = search(cfg)
     thread.join(timeout=5)
@@ -91,7 +93,7 @@ def test_a_worker_killed_mid_search_costs_one_evaluation_and_the_search_finishes
     lost = [r for r in rows if r["state"] == State.FAILED and "worker lost" in (r.get("error") or "")]
     assert len(lost) <= 1  # the killed step was retried (COMPLETE) or, at worst, that one step is FAILED
     # A retried step computes what an undisturbed one does: the serial run evaluates the same schemes alike.
-    serial = search(config(inputs, tmp_path / "serial", strategy="random", budget=6, per_round=4, workers=1, seed=3,
+    serial = search(config(inputs, tmp_path / "serial", strategy="random", max_steps=6, per_round=4, workers=1, seed=3,
                            epochs=1.0))
     with open_store(serial.store) as s:
         expected = s.run_evaluations(serial.run_id)

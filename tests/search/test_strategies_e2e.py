@@ -20,7 +20,7 @@ def inputs(tmp_path_factory):
 def test_strategy_spends_exactly_its_budget_and_repeats_for_a_seed(inputs, tmp_path, strategy):
     schemes = []
     for i in range(2):
-        cfg = config(inputs, tmp_path / str(i), strategy=strategy, budget=4, per_round=3, seed=5, epochs=0.1)
+        cfg = config(inputs, tmp_path / str(i), strategy=strategy, max_steps=4, per_round=3, seed=5, epochs=0.1)
         res = search(cfg)
         with open_store(cfg.store) as s:
             rows = s.run_evaluations(res.run_id)

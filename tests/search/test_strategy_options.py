@@ -101,8 +101,8 @@ def _steps_per_round(cfg: SearchConfig, run_id: str) -> list[int]:
 def test_an_option_reaches_the_strategy_stored_with_the_run(inputs, tmp_path):
     # progressive's ``candidates`` caps the candidate schemes scored per round: with one, a round of three
     # proposals can only propose one scheme (one step each: with --max-length 1 every proposal is one step)
-    plain = search(config(inputs, tmp_path, strategy="progressive", budget=3, per_round=3, max_length=1))
-    capped_cfg = config(inputs, tmp_path, strategy="progressive", budget=3, per_round=3, max_length=1,
+    plain = search(config(inputs, tmp_path, strategy="progressive", max_steps=3, per_round=3, max_length=1))
+    capped_cfg = config(inputs, tmp_path, strategy="progressive", max_steps=3, per_round=3, max_length=1,
                         cache_dir=str(tmp_path / "cache2"), strategy_options={"candidates": "1"})
     capped = search(capped_cfg)
     assert _steps_per_round(capped_cfg, plain.run_id) == [3]
@@ -118,7 +118,7 @@ def test_an_option_reaches_the_strategy_stored_with_the_run(inputs, tmp_path):
 @pytest.mark.slow
 def test_resume_keeps_the_stored_options_and_refuses_other_ones(inputs, tmp_path):
     # one scheme per round while ``candidates=1`` holds; with the default, round 2 would take the 2 steps left
-    cfg = config(inputs, tmp_path, strategy="progressive", budget=4, per_round=3, max_length=1,
+    cfg = config(inputs, tmp_path, strategy="progressive", max_steps=4, per_round=3, max_length=1,
                  strategy_options={"candidates": "1"})
 
     def stop_after(round_):

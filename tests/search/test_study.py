@@ -45,10 +45,11 @@ def inputs(tmp_path_factory):
 
 def config(inputs, tmp_path, **kw) -> SearchConfig:
     data, weights = inputs
+    # a compute budget that never binds: these tests count steps (--max-steps)
     base = {"model": "resnet8", "width": 4, "data": str(data), "weights": str(weights), "target_pr": 0.4,
-            "budget": 5, "epochs": 0.3, "final_epochs": 0, "strategy": "random", "reuse": False, "per_round": 3,
-            "max_length": 2, "batch_size": 32, "lr": 0.05, "device": "cpu", "store": f"ladybug://{tmp_path / 'kb'}",
-            "cache_dir": str(tmp_path / "cache")}
+            "budget": 1000.0, "max_steps": 5, "epochs": 0.3, "final_epochs": 0, "strategy": "random", "reuse": False,
+            "per_round": 3, "max_length": 2, "batch_size": 32, "lr": 0.05, "device": "cpu",
+            "store": f"ladybug://{tmp_path / 'kb'}", "cache_dir": str(tmp_path / "cache")}
     return SearchConfig(**{**base, **kw})
 
 
@@ -70,8 +71,8 @@ def test_budget_counts_steps_all_linked_to_run_and_parent(finished):
     cfg, result, events = finished
     rows = _rows(cfg, result.run_id)
     steps = search_rows(rows)
-    assert len(steps) == cfg.budget == result.evaluations
-    assert [e.done for e in events if e.kind == "step"] == list(range(1, cfg.budget + 1))
+    assert len(steps) == cfg.max_steps == result.evaluations
+    assert [e.done for e in events if e.kind == "step"] == list(range(1, cfg.max_steps + 1))
     # the store gives the steps back in evaluation order (what a resumed run rebuilds its history from)
     assert [e.message.split(" ", 1)[1] for e in events if e.kind == "step"] == [r["scheme"] for r in steps]
     with open_store(cfg.store) as s:
@@ -157,7 +158,7 @@ def test_no_strategy_can_read_test_accuracy(inputs, tmp_path, monkeypatch):
     monkeypatch.setitem(STRATEGIES._paths, "recording", f"{__name__}:Recording")
     monkeypatch.setattr(Recording, "seen", [])
     monkeypatch.setattr(Recording, "contexts", [])
-    result = search(config(inputs, tmp_path, strategy="recording", budget=3, per_round=1))
+    result = search(config(inputs, tmp_path, strategy="recording", max_steps=3, per_round=1))
     names = {f.name for f in dataclasses.fields(Observation)}
     assert not {n for n in names if "test" in n or n in ("accuracy", "accuracy_low", "accuracy_high", "ar")}
     assert Recording.seen and all(isinstance(h, History) for h in Recording.seen)
@@ -215,7 +216,7 @@ def test_resume_of_a_run_on_other_data_is_refused(finished, inputs, tmp_path_fac
 
 @pytest.mark.slow
 def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_the_budget(inputs, tmp_path):
-    cfg = config(inputs, tmp_path, budget=4, per_round=2)
+    cfg = config(inputs, tmp_path, max_steps=4, per_round=2)
 
     def stop(event):
         if event.kind == "step" and event.done == 2:
@@ -249,16 +250,16 @@ def test_time_limit_stops_the_search(inputs, tmp_path):
 
 @pytest.mark.slow
 def test_a_search_on_another_task_learns_from_the_first_only_with_reuse(inputs, tmp_path, tmp_path_factory):
-    first = search(config(inputs, tmp_path, budget=3))
+    first = search(config(inputs, tmp_path, max_steps=3))
     other = write_inputs(tmp_path_factory.mktemp("other-task"), seed=1)
-    learnt = search(config(other, tmp_path, strategy="progressive", reuse=True, budget=2, per_round=2,
+    learnt = search(config(other, tmp_path, strategy="progressive", reuse=True, max_steps=2, per_round=2,
                            cache_dir=str(tmp_path / "cache2")))
     assert learnt.task != first.task
     steps = len([r for r in search_rows(_rows(config(inputs, tmp_path), first.run_id))
                  if r["state"] == "COMPLETE"])
     assert learnt.reuse["evaluations"] == steps and learnt.reuse["tasks"] == 1
     assert learnt.learnt["trained_on"].get(first.task, 0) > 0  # F_mo was warm-started on the first task's steps
-    alone = search(config(other, tmp_path, strategy="progressive", reuse=False, budget=2, per_round=2,
+    alone = search(config(other, tmp_path, strategy="progressive", reuse=False, max_steps=2, per_round=2,
                           cache_dir=str(tmp_path / "cache3")))
     assert alone.reuse == {"evaluations": 0, "tasks": 0}
     trained = alone.learnt.get("trained_on", {})
