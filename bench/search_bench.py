@@ -75,7 +75,9 @@ def _search(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _base_kwargs(args: argparse.Namespace, model: str, weights: Path) -> dict[str, Any]:
     return {"model": model, "weights": str(weights), "data": str(args.data), "val_data": str(args.val_data),
-            "target_pr": args.target_pr, "budget": args.budget, "epochs": args.epochs,
+            # this (old) protocol counts steps: --max-steps, with a compute budget that never binds (issue 16
+            # rewrites the bench to count compute)
+            "target_pr": args.target_pr, "budget": 1e5, "max_steps": args.budget, "epochs": args.epochs,
             "final_epochs": args.final_epochs, "top_k": args.top_k, "device": args.device, "store": args.store,
             "per_round": args.per_round, "threads": args.threads, "data_fraction": args.data_fraction}
 
@@ -144,7 +146,7 @@ def run_reuse(args: argparse.Namespace, res: dict[str, Any], save) -> None:
         for reuse in (True, False):
             name = f"{'reuse' if reuse else 'noreuse'}-{seed}"
             kw = _base_kwargs(args, args.reuse_model, args.reuse_weights)
-            kw.update(budget=args.reuse_budget or args.budget, final_epochs=args.reuse_final_epochs)
+            kw.update(max_steps=args.reuse_budget or args.budget, final_epochs=args.reuse_final_epochs)
             kw.update(seed=seed, strategy="progressive", reuse=reuse, out=str(args.out / "reuse" / name),
                       cache_dir=str(args.out / "cache" / name), time_limit=args.time_limit,
                       store=copy_store(seed_store(args, seed), args.out / "stores" / name), _name=name)
