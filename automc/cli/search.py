@@ -78,6 +78,9 @@ def search_cmd(
     budget: float | None = typer.Option(None, "--budget", help="search compute in epoch-equivalents of the "
                                         "training split (images through forward + backward; a forward-only image "
                                         "counts 1/3), more than 0 [14]; a run from before counts steps"),
+    screen: int | None = typer.Option(None, "--screen", help="screen N x the proposals of a round without "
+                                      "fine-tuning (BatchNorm re-estimated) and evaluate the best 1/N at the search "
+                                      "fidelity [1: off]"),
     max_steps: int | None = typer.Option(None, "--max-steps", help="also stop after this many evaluated steps, 1 to "
                                          "100000 [no cap]"),
     weights: Path | None = typer.Option(None, "--weights", help="pretrained state dict; without it a base model "
@@ -134,8 +137,8 @@ def search_cmd(
         err_console.print("warning: a validation split from the training data is biased for a model trained on "
                           "those images", style="yellow", highlight=False, soft_wrap=True)
     cfg = SearchConfig(model=model, data=data, target_pr=target_pr, target_fr=target_fr, budget=budget,
-                       max_steps=max_steps, weights=_s(weights), epochs=epochs, final_epochs=final_epochs,
-                       data_fraction=data_fraction,
+                       max_steps=max_steps, screen=screen, weights=_s(weights), epochs=epochs,
+                       final_epochs=final_epochs, data_fraction=data_fraction,
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,

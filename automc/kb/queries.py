@@ -159,7 +159,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           "e.step_ar AS step_ar, e.step_pr AS step_pr, e.epochs AS epochs, e.data_fraction AS data_fraction, "
           "e.seed AS seed, e.val_source AS val_source, e.seconds AS seconds, e.train_seconds AS train_seconds, "
           "e.device AS device, e.error AS error, e.created AS created, e.finished AS finished, e.step AS step, "
-          "e.compute AS compute "
+          "e.compute AS compute, e.rung AS rung, e.prediction AS prediction "
           "ORDER BY step, round, created, length, scheme, id", (Param("run"),)),
     Query("best-schemes", "the most accurate complete schemes reaching a parameter reduction on one model's tasks "
           "(final models by test accuracy first, then search steps), e.g. model=resnet56 min_pr=0.4",

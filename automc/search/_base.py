@@ -99,6 +99,12 @@ class History:
         return cls(base, [observation(r) for r in search_rows(rows)])
 
 
+def charged_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The evaluations whose compute the search budget counts: its steps (``search_rows``) and the screening of
+    proposals (fidelity "screen", ``--screen``)."""
+    return [r for r in rows if r.get("fidelity") in ("search", "screen") and r.get("state") in EVALUATED]
+
+
 def search_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The evaluations that count as a run's steps: search fidelity, COMPLETE or FAILED (an INTERRUPTED one is
     evaluated again)."""

@@ -121,15 +121,48 @@ def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
         if study.time_up():
             return "time limit reached"
         n = min(int(cfg.per_round), study.steps_allowed())
-        proposals = strategy.propose(study.history, n, round_rng(int(cfg.seed), study.round))
+        proposals = _promoted(study, strategy.propose(study.history, n * int(cfg.screen or 1),
+                                                      round_rng(int(cfg.seed), study.round)), n)
         new = _round(study, executor, proposals, strategy.predictions(study.history, proposals))
-        if not new and not study.time_up():
+        if not new and not study.time_up() and study.steps_allowed() > 0:
             return "the strategy proposed nothing new: the search space is exhausted"
         strategy.observe(study.history, new)
         study.end_round(study.round, strategy.state_dict())
         study.emit("round", study.round)
         study.round += 1
     return ""
+
+
+def _promoted(study: Study, proposals: list[SchemeKey], n: int) -> list[SchemeKey]:
+    """The ``n`` proposals that go to the search fidelity: with ``--screen`` > 1, the best ``n`` by their rung-0
+    validation accuracy (``Evaluator.screen``, each written as it finishes and read back on resume; a failed or
+    unscreened one ranks last), in the strategy's order; else all of them."""
+    if int(study.cfg.screen or 1) <= 1 or len(proposals) <= n:
+        return proposals
+    from automc.catalog import scheme_key
+    from automc.kb.states import EVALUATED
+
+    with study.opened() as s:
+        known = {scheme_key(r["scheme"]): r for r in s.run_evaluations(study.id)
+                 if r.get("fidelity") == "screen" and r.get("state") in EVALUATED}
+    score: list[float] = []
+    for key in proposals:
+        row = known.get(tuple(key))
+        if row is None and study.steps_allowed() > 0 and not study.time_up():
+            token = study.begin(key, fidelity="screen", round_=study.round)
+            try:
+                result = study.evaluator.screen(key)
+                check_interrupt()
+            except BaseException as e:
+                study.cut_short([token], e)
+                raise
+            study.end(token, result, study.round)
+            study.emit("screen", study.round, f"{'ok' if result.ok else 'FAIL'} {scheme_text(key)} (rung 0)")
+            row = {"state": result.state, "val_accuracy": result.val_accuracy}
+        ok = row is not None and row["state"] == State.COMPLETE and row.get("val_accuracy") is not None
+        score.append(float(row["val_accuracy"]) if ok else float("-inf"))
+    best = sorted(range(len(proposals)), key=lambda i: (-score[i], i))[:n]
+    return [proposals[i] for i in sorted(best)]
 
 
 def _walk(proposals: Iterable[Sequence[str]], history: History | None = None) -> Iterator[SchemeKey]:

@@ -23,7 +23,7 @@ from typing import Any
 from automc.errors import AutomcError, ValidationError
 
 DEFAULTS: dict[str, Any] = {
-    "target_pr": 0.4, "budget": 14.0, "budget_unit": "compute", "epochs": 1.0, "final_epochs": 10.0,
+    "screen": 1, "target_pr": 0.4, "budget": 14.0, "budget_unit": "compute", "epochs": 1.0, "final_epochs": 10.0,
     "data_fraction": 1.0, "val_from": "test",
     "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5, "reuse": True, "top_k": 3,
     "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0, "workers": 1,
@@ -35,6 +35,7 @@ IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "va
 # The meaning of a scheme: 2 since ``target_ratio_factor`` is a share of γ (``compress.base.step_ratio``); a run
 # stored under another meaning evaluated other models under the same scheme texts and is not resumed.
 SPACE_VERSION = 2
+MAX_SCREEN = 20  # proposals screened per promoted one: more spends the budget on rung 0 alone
 # A step takes seconds to minutes: more steps than this is a typo (and a larger number overflows the store's int64);
 # the same bound holds a compute budget (in epoch-equivalents: months of training on one machine).
 MAX_BUDGET = 100_000
@@ -86,6 +87,8 @@ class SearchConfig:
     # (skipped) or a scheme text as ``automc compress --scheme`` takes it; not part of the run's identity
     baseline: str | None = None
     max_steps: int | None = None  # an optional cap on evaluated steps, beside the compute budget
+    # rung 0: propose ``screen`` x the round's schemes, screen each without fine-tuning, promote the best (1: off)
+    screen: int | None = None
     budget_unit: str | None = None  # "compute" (new runs) or "steps" (runs stored before compute was counted)
 
 
@@ -124,6 +127,9 @@ def check(cfg: SearchConfig) -> None:
             raise bad("--max-steps", f"must be a whole number of evaluated steps, got {cfg.max_steps!r}")
         if not 1 <= cfg.max_steps <= MAX_BUDGET:
             raise bad("--max-steps", f"must be 1 to {MAX_BUDGET:,} evaluated steps, got {cfg.max_steps:,}")
+    if cfg.screen is not None and (isinstance(cfg.screen, bool) or not isinstance(cfg.screen, numbers.Integral)
+                                   or not 1 <= cfg.screen <= MAX_SCREEN):
+        raise bad("--screen", f"must be a whole number from 1 (no screening) to {MAX_SCREEN}, got {cfg.screen!r}")
     if cfg.budget_unit is not None and cfg.budget_unit not in BUDGET_UNITS:
         raise bad("budget_unit", f"must be one of {', '.join(BUDGET_UNITS)}, got {cfg.budget_unit!r}")
     if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, numbers.Integral)
@@ -322,6 +328,8 @@ def identity(cfg: SearchConfig) -> dict[str, Any]:
     if cfg.strategy_options:  # absent without options: runs stored before options existed resume unchanged
         out["strategy_options"] = dict(sorted(cfg.strategy_options.items()))
     out["space"] = SPACE_VERSION
+    if cfg.screen and int(cfg.screen) > 1:  # absent without screening: runs stored before it resume unchanged
+        out["screen"] = int(cfg.screen)
     return out
 
 
@@ -334,7 +342,7 @@ def compare_identity(run_id: str, stored: Mapping[str, Any], ident: Mapping[str,
         raise ValidationError(f"search run {run_id} was stored when target_ratio_factor was a share of what was left "
                               f"to the target (it is now a share of the target itself), so its schemes meant other "
                               f"models; start a new search", field="--resume")
-    for k in (*IDENTITY, "strategy_options"):
+    for k in (*IDENTITY, "strategy_options", "screen"):
         if stored.get(k) != ident.get(k):
             what = "content" if k in ("weights", "data", "val_data") else "value"
             own = "strategy options (leave --strategy-option out)" if k == "strategy_options" else (

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from automc.search.space import SearchSpace
 
 PREFIX_FAILED = "its prefix cannot be built: "
+SCREEN_IMAGES = 1024  # training images that re-estimate BatchNorm statistics at rung 0 (``Evaluator.screen``)
 
 
 # -- the driver's side ------------------------------------------------------------------------------------------
@@ -182,6 +183,45 @@ class Evaluator:
             meta = {"params": count_params(model)}
             self.cache.put(scheme[:i], model, meta)
         return model, meta
+
+    def screen(self, scheme: Sequence[str], *, recalibration_images: int = SCREEN_IMAGES) -> EvalResult:
+        """Rung 0 of ``scheme`` (``fidelity="screen"``): its steps after its longest cached prefix applied with no
+        fine-tuning (every ``*_epochs_factor`` times 0 epochs, the same per-step seeds), BatchNorm statistics
+        re-estimated on ``recalibration_images`` training images, validation accuracy measured. Never cached and
+        never remembered as a failure: a cheap look that decides which proposals get the search fidelity."""
+        from automc.compress.compute import metered
+        from automc.compress.layers import recalibrate_bn
+        from automc.compress.scheme import apply_step, measure
+
+        key, t0 = tuple(scheme), time.perf_counter()
+        why = self.space.why_not(key)
+        if not key or why:
+            return self._failed(key, f"not allowed: {why or 'the base model'}", 0.0, fidelity="screen")
+        start = len(key) - 1
+        while start > 0 and key[:start] not in self.cache:
+            start -= 1
+        base = self.base_measurement()  # measured once per run, never the screen's compute
+        with metered(self.task.data) as meter:
+            try:
+                model, _ = self._replay(key[:start])
+                task = dataclasses.replace(self.task, budget=dataclasses.replace(self.task.budget, epochs=0.0))
+                for i in range(start + 1, len(key) + 1):
+                    model = apply_step(model, self.space.strategy(key[i - 1]), task,
+                                       params_original=base.params, seed=step_seed(self.seed, key[:i]),
+                                       methods=self.methods)[0]
+                batch = int(self.task.budget.batch_size)
+                model.to(self.task.device)
+                recalibrate_bn(model, (x for x, _ in self.task.data.batches(
+                    "train", batch, augment=False, max_batches=max(1, -(-int(recalibration_images) // batch)))))
+                m = measure(model, self.task, test=False)
+            except DiskError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a proposal that cannot be screened is simply not promoted
+                r = self._failed(key, reason(e), time.perf_counter() - t0, fidelity="screen")
+                return dataclasses.replace(r, epochs=0.0, compute=meter.epochs)
+        return completed(key, m, None, base, task, run_seed=self.seed,
+                         seconds=time.perf_counter() - t0, train_seconds=0.0, fidelity="screen",
+                         data_fraction=self.data_fraction, compute=meter.epochs)
 
     def model(self, scheme: Sequence[str]) -> nn.Module:
         """The (search-fidelity) model of ``scheme``; raises what rebuilding it raises."""

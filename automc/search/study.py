@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from automc.errors import AutomcError, ValidationError
 from automc.kb.states import State
 from automc.search import config as conf
-from automc.search._base import History, Observation, SchemeKey, search_rows
+from automc.search._base import History, Observation, SchemeKey, charged_rows, search_rows
 from automc.search.config import SearchConfig
 
 if TYPE_CHECKING:
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from automc.search.evaluator import Evaluator
     from automc.search.space import SearchSpace
     from automc.search.step import EvalResult
+
+
+# The rung of a search evaluation: 0 screens a proposal (its new steps without fine-tuning, BatchNorm re-estimated),
+# 1 is the search fidelity (``--epochs``); final and baseline fine-tunes have none.
+RUNGS = {"screen": 0, "search": 1}
 
 
 @dataclass(frozen=True)
@@ -199,8 +204,9 @@ class Study:
         cfg, task = self.cfg, task or self.evaluator.task
         full = self.space.to_scheme(scheme)
         final = fidelity in ("final", "baseline")  # the baseline gets the final fine-tune's budget
+        epochs = 0.0 if fidelity == "screen" else float(cfg.final_epochs if final else cfg.epochs)
         extra = {"fidelity": fidelity, "round": round_, "parent": Scheme(full.strategies[:-1]).id,
-                 "epochs": float(cfg.final_epochs if final else cfg.epochs), "step": self.next_step,
+                 "epochs": epochs, "step": self.next_step, "rung": RUNGS.get(fidelity),
                  "data_fraction": 1.0 if final else float(cfg.data_fraction), "seed": step_seed(int(cfg.seed), scheme),
                  "val_source": task.data.sources.get("val")}
         if prediction:
@@ -220,7 +226,7 @@ class Study:
         eval_id, t = token
         with self.opened() as s:
             s.end_evaluation(eval_id, result.record())
-        if result.fidelity == "search":
+        if result.fidelity in ("search", "screen"):  # what the budget counts (``charged_rows``)
             self.step_seconds.append(time.monotonic() - t)
             self.spent += float(result.compute or 0.0)
             self._session_spent += float(result.compute or 0.0)
@@ -285,8 +291,8 @@ def open_study(config: SearchConfig, progress: Callable[[SearchEvent], None] | N
     if config.resume:
         with open_store(store_uri, create=False) as s:
             stored = s.load_run(config.resume)
-            steps = search_rows(s.run_evaluations(stored.id))
-            done, spent = len(steps), spent_compute(steps)
+            rows = s.run_evaluations(stored.id)
+            done, spent = len(search_rows(rows)), spent_compute(charged_rows(rows))
     cfg = conf.resolve(config, stored.config.get("config") if stored else None)
     if stored is not None:
         _check_budget_kept(stored, cfg, done, spent)
@@ -310,8 +316,8 @@ def open_study(config: SearchConfig, progress: Callable[[SearchEvent], None] | N
 
 
 def spent_compute(steps: list[Mapping[str, Any]]) -> float:
-    """Search compute of a run's evaluated steps (``search_rows``), in epoch-equivalents; a step without a record
-    of it (cut short with its worker) counts 0."""
+    """Search compute of a run's evaluated steps and screenings (``charged_rows``), in epoch-equivalents; a step
+    without a record of it (cut short with its worker) counts 0."""
     return sum(float(r.get("compute") or 0.0) for r in steps)
 
 
@@ -420,7 +426,7 @@ def _start(run_id: str, cfg: SearchConfig, ident: dict[str, Any], store_uri: str
     study = Study(run_id, cfg, store_uri, features, evaluator, space, history, config_json, t0,
                   stored.seconds if stored else 0.0, progress, full,
                   deadline=None if cfg.time_limit is None else t0 + float(cfg.time_limit))
-    study.spent = spent_compute(search_rows(rows))
+    study.spent = spent_compute(charged_rows(rows))
     study.next_step = 1 + max((int(r["step"]) for r in rows if r.get("step") is not None), default=len(rows) - 1)
     if stored is not None:
         study.round = stored.round + 1  # the round after the last whose strategy state was stored

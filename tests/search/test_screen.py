@@ -1,0 +1,81 @@
+"""Rung 0 (``--screen``): proposals screened without fine-tuning, the best promoted to the search fidelity."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from automc.catalog import scheme_key
+from automc.compress.base import Task, TrainBudget
+from automc.compress.compute import FORWARD_ONLY
+from automc.compress.models import build_model
+from automc.compress.train import finetune
+from automc.errors import ValidationError
+from automc.kb import open_store
+from automc.kb.states import State
+from automc.search import search
+from automc.search.evaluator import SCREEN_IMAGES, Evaluator
+from automc.search.study import open_study
+from tests.search.test_study import config, write_inputs
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_inputs(tmp_path_factory.mktemp("screen-inputs"))
+
+
+def test_screening_trains_nothing_and_measures_validation_only(data, space, tmp_path):
+    torch.manual_seed(0)
+    base = build_model("resnet8", data.num_classes, width=4)
+    task = Task(data, 0.4, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+    finetune(base, task, 2)
+    ev = Evaluator(base, task, cache_dir=tmp_path / "cache", space=space)
+    # SFP's own steps train and forward nothing at zero epochs, so the compute is the screen's own
+    key = space.parse("SFP(target_ratio_factor=0.5) > SFP(target_ratio_factor=0.5)")
+    r = ev.screen(key)
+    assert r.ok and r.fidelity == "screen" and r.epochs == 0.0 and r.test_accuracy is None
+    assert r.pr == pytest.approx(0.4, abs=0.05) and key not in ev.cache and key[:1] not in ev.cache
+    # forward passes only: BatchNorm re-estimation on the training batches, then the validation split
+    n_train, batch = data.size("train"), 32
+    recal = min(n_train, math.ceil(SCREEN_IMAGES / batch) * batch)
+    assert r.compute == pytest.approx(FORWARD_ONLY * (recal + data.size("val")) / n_train)
+    assert dataclasses.replace(ev.screen(key), seconds=0.0) == dataclasses.replace(r, seconds=0.0)  # same seeds
+    assert ev.screen(space.parse("NS(target_ratio_factor=0.5) > LMA(target_ratio_factor=0.5)")).ok
+    bad = ev.screen(space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=0.7)"))
+    assert bad.state == State.FAILED and bad.error.startswith("not allowed:")
+
+
+def test_promotion_keeps_the_best_of_the_rung(inputs, tmp_path):
+    cfg = config(inputs, tmp_path, strategy="random", max_steps=4, per_round=2, screen=3)
+    result = search(cfg)
+    assert result.state == State.COMPLETE
+    with open_store(cfg.store) as s:
+        rows = s.run_evaluations(result.run_id)
+        stored = s.load_run(result.run_id).config
+    assert stored["identity"]["screen"] == 3
+    screened = [r for r in rows if r["fidelity"] == "screen"]
+    steps = [r for r in rows if r["fidelity"] == "search"]
+    assert screened and all(r["rung"] == 0 and r["epochs"] == 0.0 for r in screened)
+    assert all(r["rung"] == 1 for r in steps)
+    for rnd in sorted({r["round"] for r in screened}):
+        mine = [r for r in screened if r["round"] == rnd]
+        assert len(mine) == 6  # 3 x the 2 proposals of a round
+        evaluated = {scheme_key(r["scheme"]) for r in steps if r["round"] == rnd}
+        promoted = [r for r in mine if scheme_key(r["scheme"]) in evaluated]
+        dropped = [r for r in mine if scheme_key(r["scheme"]) not in evaluated]
+        assert len(promoted) == 2
+        worst_promoted = min(r["val_accuracy"] if r["state"] == State.COMPLETE else -1.0 for r in promoted)
+        assert all((r["val_accuracy"] if r["state"] == State.COMPLETE else -1.0) <= worst_promoted for r in dropped)
+    # the budget counts the screening too
+    assert result.compute == pytest.approx(sum(float(r["compute"] or 0.0) for r in screened + steps))
+
+
+def test_screen_is_checked_and_part_of_the_run(inputs, tmp_path):
+    for bad in (0, 21, 1.5):
+        with pytest.raises(ValidationError, match="--screen"):
+            open_study(config(inputs, tmp_path, screen=bad))
