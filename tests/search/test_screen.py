@@ -79,3 +79,38 @@ def test_screen_is_checked_and_part_of_the_run(inputs, tmp_path):
     for bad in (0, 21, 1.5):
         with pytest.raises(ValidationError, match="--screen"):
             open_study(config(inputs, tmp_path, screen=bad))
+
+
+@pytest.mark.slow
+def test_a_resumed_round_reads_its_screens_back(inputs, tmp_path):
+    """Ctrl-C in the middle of a round's screening: the resumed round proposes the same schemes and screens only those
+    not screened yet (no scheme screened twice), then promotes as an uninterrupted run would."""
+    from automc.search import SearchConfig
+    from automc.search.study import SearchInterrupted
+
+    cfg = config(inputs, tmp_path, strategy="random", max_steps=8, per_round=2, screen=3)
+    seen = []
+
+    def stop(event):
+        if event.kind == "screen" and event.round == 1:
+            seen.append(event)
+            if len(seen) == 2:  # two screens into round 1
+                raise KeyboardInterrupt
+
+    with pytest.raises(SearchInterrupted) as info:
+        search(cfg, progress=stop)
+    run_id = info.value.run_id
+    result = search(SearchConfig(resume=run_id, store=cfg.store, device="cpu"))
+    assert result.state == State.COMPLETE
+    with open_store(cfg.store) as s:
+        rows = s.run_evaluations(run_id)
+    screened = [(r["round"], r["scheme"]) for r in rows if r["fidelity"] == "screen" and r["state"] != "INTERRUPTED"]
+    assert len(screened) == len(set(screened)) and len([x for x in screened if x[0] == 1]) == 6
+    other = search(config(inputs, tmp_path / "b", strategy="random", max_steps=8, per_round=2, screen=3))
+    with open_store(cfg.store.replace(str(tmp_path), str(tmp_path / "b"))) as s:
+        plain = s.run_evaluations(other.run_id)
+
+    def searched(rs):
+        return [(r["round"], r["scheme"]) for r in rs if r["fidelity"] == "search"]
+
+    assert searched(rows) == searched(plain)
