@@ -121,10 +121,11 @@ def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
         if study.time_up():
             return "time limit reached"
         n = min(int(cfg.per_round), study.steps_allowed())
-        proposals = _promoted(study, strategy.propose(study.history, n * int(cfg.screen or 1),
-                                                      round_rng(int(cfg.seed), study.round)), n)
+        raw = strategy.propose(study.history, n * int(cfg.screen or 1), round_rng(int(cfg.seed), study.round))
+        proposals = _promoted(study, raw, n)
         new = _round(study, executor, proposals, strategy.predictions(study.history, proposals))
-        if not new and not study.time_up() and study.steps_allowed() > 0:
+        screened_out = bool(raw) and not proposals  # rung 0 dropped them all: the next round proposes anew
+        if not new and not screened_out and not study.time_up() and study.steps_allowed() > 0:
             return "the strategy proposed nothing new: the search space is exhausted"
         strategy.observe(study.history, new)
         study.end_round(study.round, strategy.state_dict())
@@ -135,12 +136,14 @@ def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
 
 def _promoted(study: Study, proposals: list[SchemeKey], n: int) -> list[SchemeKey]:
     """The ``n`` proposals that go to the search fidelity: with ``--screen`` > 1, the best ``n`` by their rung-0
-    validation accuracy (``Evaluator.screen``, each written as it finishes and read back on resume; a failed or
-    unscreened one ranks last), in the strategy's order; else all of them."""
+    validation accuracy (``Evaluator.screen``, each written as it finishes and read back on resume), in the
+    strategy's order; one that failed its screen, was not screened (budget or time ran out) or whose rung-0 PR or FR
+    misses the targets is never trained. Without screening, all of them."""
     if int(study.cfg.screen or 1) <= 1 or len(proposals) <= n:
         return proposals
     from automc.catalog import scheme_key
     from automc.kb.states import EVALUATED
+    from automc.search.objective import meets
 
     with study.opened() as s:
         known = {scheme_key(r["scheme"]): r for r in s.run_evaluations(study.id)
@@ -158,10 +161,12 @@ def _promoted(study: Study, proposals: list[SchemeKey], n: int) -> list[SchemeKe
                 raise
             study.end(token, result, study.round)
             study.emit("screen", study.round, f"{'ok' if result.ok else 'FAIL'} {scheme_text(key)} (rung 0)")
-            row = {"state": result.state, "val_accuracy": result.val_accuracy}
+            row = {"state": result.state, "val_accuracy": result.val_accuracy, "pr": result.pr, "fr": result.fr}
         ok = row is not None and row["state"] == State.COMPLETE and row.get("val_accuracy") is not None
+        # the pruned shapes are built at rung 0: a proposal whose FLOPs miss --target-fr is not trained
+        ok = ok and meets(row.get("pr"), row.get("fr"), float(study.cfg.target_pr), study.cfg.target_fr)
         score.append(float(row["val_accuracy"]) if ok else float("-inf"))
-    best = sorted(range(len(proposals)), key=lambda i: (-score[i], i))[:n]
+    best = [i for i in sorted(range(len(proposals)), key=lambda i: (-score[i], i))[:n] if score[i] > float("-inf")]
     return [proposals[i] for i in sorted(best)]
 
 

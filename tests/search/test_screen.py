@@ -114,3 +114,17 @@ def test_a_resumed_round_reads_its_screens_back(inputs, tmp_path):
         return [(r["round"], r["scheme"]) for r in rs if r["fidelity"] == "search"]
 
     assert searched(rows) == searched(plain)
+
+
+def test_a_proposal_missing_the_flops_target_at_rung_0_is_never_trained(inputs, tmp_path):
+    """--target-fr with --screen: the shapes are built at rung 0, so proposals whose FLOPs reduction misses the target
+    are dropped before any fine-tuning; a target nothing reaches trains nothing and the budget still ends the run."""
+    cfg = config(inputs, tmp_path, strategy="random", max_steps=4, per_round=2, screen=3, target_fr=0.95,
+                 budget=0.5)
+    result = search(cfg)
+    with open_store(cfg.store) as s:
+        rows = s.run_evaluations(result.run_id)
+    screened = [r for r in rows if r["fidelity"] == "screen"]
+    assert screened and all(r["fr"] is None or r["fr"] < 0.945 for r in screened)
+    assert [r for r in rows if r["fidelity"] == "search"] == []  # nothing trained
+    assert result.compute >= 0.5 and result.state == State.COMPLETE
