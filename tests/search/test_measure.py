@@ -82,7 +82,8 @@ def test_a_search_stores_test_accuracy_for_final_models_only(inputs, tmp_path, t
             final = [r for r in rows if r["fidelity"] == "final" and r["state"] == "COMPLETE"]
             assert final and all(r["accuracy"] is not None and r["ar"] is not None for r in final)
             records = s.named("test-records", {"run": run.run_id})
-            assert {r["id"] for r in records} == {r["id"] for r in final}  # no search step has a test record
+            tested = {r["id"] for r in rows if r["fidelity"] in ("final", "baseline") and r["state"] == "COMPLETE"}
+            assert {r["id"] for r in records} == tested  # final models and the baseline; no search step
             finals.append(records[0])
             for row in run.front:  # the front shows test accuracy for final rows only, never 0.0 for the others
                 assert (row["test_accuracy"] is not None) == (row["fidelity"] == "final")
