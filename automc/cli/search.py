@@ -72,7 +72,11 @@ def search_cmd(
                                         "is trained first (--train-epochs)"),
     epochs: float | None = typer.Option(None, "--epochs", help="search fidelity: base fine-tune epochs [1]"),
     final_epochs: float | None = typer.Option(None, "--final-epochs",
-                                              help="final fine-tune of the top front schemes; 0 skips it [10]"),
+                                              help="total final fine-tune of each top front scheme, the same "
+                                              "for every scheme; 0 skips it [10]"),
+    final_mode: str | None = typer.Option(None, "--final-mode", help="reapply: the scheme again from the base "
+                                          "model with its shares of --final-epochs, then a distillation polish; "
+                                          "polish: the searched model, polished for all of it [reapply]"),
     data_fraction: float | None = typer.Option(None, "--data-fraction",
                                                help="search fidelity: share of the training data [1]"),
     val_data: Path | None = typer.Option(None, "--val-data", help="a separate validation set (selection only)"),
@@ -118,7 +122,7 @@ def search_cmd(
         err_console.print("warning: a validation split from the training data is biased for a model trained on "
                           "those images", style="yellow", highlight=False, soft_wrap=True)
     cfg = SearchConfig(model=model, data=data, target_pr=target_pr, budget=budget, weights=_s(weights),
-                       epochs=epochs, final_epochs=final_epochs, data_fraction=data_fraction,
+                       epochs=epochs, final_epochs=final_epochs, final_mode=final_mode, data_fraction=data_fraction,
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,

@@ -23,13 +23,14 @@ from typing import Any
 from automc.errors import ValidationError
 
 DEFAULTS: dict[str, Any] = {
-    "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "data_fraction": 1.0, "val_from": "test",
-    "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5, "reuse": True, "top_k": 3,
-    "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0, "workers": 1,
+    "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "final_mode": "reapply",
+    "data_fraction": 1.0, "val_from": "test", "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5,
+    "reuse": True, "top_k": 3, "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0,
+    "workers": 1,
 }
 # What defines a run: resuming with any of these changed would mix two experiments in one history.
 IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "data_fraction",
-            "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr")
+            "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr", "final_mode")
 # A step takes seconds to minutes: more steps than this is a typo (and a larger number overflows the store's int64).
 MAX_BUDGET = 100_000
 MAX_SEED = 2**32 - 1  # what numpy and torch seed generators take
@@ -46,7 +47,8 @@ class SearchConfig:
     budget: int | None = None  # evaluated strategy steps
     weights: str | None = None  # without weights, a base model is trained first (train_epochs)
     epochs: float | None = None  # search fidelity: base fine-tune epochs the catalogue factors multiply
-    final_epochs: float | None = None  # final fine-tune of the front's top schemes; 0 skips it
+    final_epochs: float | None = None  # TOTAL final fine-tune of each of the front's top schemes; 0 skips it
+    final_mode: str | None = None  # "reapply" the scheme from the base model, or "polish" the searched model
     data_fraction: float | None = None  # search fidelity: stratified share of the training data
     val_data: str | None = None
     val_from: str | None = None  # "test" | "train"
@@ -112,6 +114,11 @@ def check(cfg: SearchConfig) -> None:
                         ("--train-epochs", cfg.train_epochs)):
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise bad(flag, f"must be ≥ 0, got {value}")
+    if cfg.final_mode is not None:
+        from automc.compress.budget import FINAL_MODES
+
+        if cfg.final_mode not in FINAL_MODES:
+            raise bad("--final-mode", f"must be one of {', '.join(FINAL_MODES)}, got {cfg.final_mode!r}")
     if cfg.data_fraction is not None and not 0.0 < cfg.data_fraction <= 1.0:
         raise bad("--data-fraction", f"must be in (0, 1], got {cfg.data_fraction}")
     if cfg.val_from is not None and cfg.val_from not in ("test", "train"):
@@ -146,6 +153,8 @@ def resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfig
         for k in ("time_limit", "workers", "gpus_per_worker", "ray_address"):  # per session, not per run
             base.pop(k, None)
         base["workers"] = DEFAULTS["workers"]
+        if stored.get("final_mode") is None:  # stored before --final-mode existed: those runs re-applied
+            base["final_mode"] = "reapply"
     if stored and "strategy_options" in given:  # on top of the stored ones: repeating them is no change
         given["strategy_options"] = {**(base.get("strategy_options") or {}), **given["strategy_options"]}
     out = SearchConfig(**{**base, **given})
@@ -256,11 +265,13 @@ def fingerprint(ident: Mapping[str, Any]) -> str:
 
 
 def compare_identity(run_id: str, stored: Mapping[str, Any], ident: Mapping[str, Any]) -> None:
+    # runs stored before --final-mode existed re-applied their schemes: that is their mode
+    stored = {"final_mode": "reapply", **stored} if stored.get("final_mode") is None else stored
     for k in (*IDENTITY, "strategy_options"):
         if stored.get(k) != ident.get(k):
             what = "content" if k in ("weights", "data", "val_data") else "value"
-            own = "strategy options (leave --strategy-option out)" if k == "strategy_options" else (
-                "model, weights and data")
+            own = {"strategy_options": "strategy options (leave --strategy-option out)",
+                   "final_mode": "final mode (leave --final-mode out)"}.get(k, "model, weights and data")
             raise ValidationError(f"search run {run_id} was started with another {k.replace('_', '-')} {what} "
                                   f"({stored.get(k)!r}, now {ident.get(k)!r}); resume it with the run's own "
                                   f"{own}", field="--resume")

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 
 def fine_tune(study: Study) -> None:
-    """Fine-tune the top-k front schemes again from the base model at full fidelity (skipped by final_epochs 0)."""
+    """The final models of the top-k front schemes, each trained ``final_epochs`` in total on all the training data
+    (``final_mode``: re-applied from the base model, or the searched model polished; skipped by final_epochs 0)."""
     from automc.search.pareto import front
 
     cfg = study.cfg
@@ -43,7 +44,7 @@ def fine_tune(study: Study) -> None:
         study.emit("final", study.round, f"final fine-tune of {text}")
         token = study.begin(o.scheme, fidelity="final", round_=study.round, task=task)
         try:
-            result, model = study.evaluator.final(o.scheme, task)
+            result, model = study.evaluator.final(o.scheme, task, mode=final_mode(cfg))
             check_interrupt()
             if result.ok and cfg.out:  # saved before it is recorded: a recorded final model exists
                 _save_model(model, Path(cfg.out) / "final" / study.space.to_scheme(o.scheme).id, task, text,
@@ -55,12 +56,18 @@ def fine_tune(study: Study) -> None:
 
 
 def final_task(study: Study) -> Any:
-    """The final fine-tune's task: all the training data and ``final_epochs``, the run's seed and device."""
+    """The final fine-tune's task: all the training data and ``final_epochs`` (the total, split by
+    ``Evaluator.final_split``), the run's seed and device."""
     from automc.compress.base import Task
 
     cfg, task = study.cfg, study.evaluator.task
     return Task(study.full_data, float(cfg.target_pr), dataclasses.replace(task.budget, epochs=float(cfg.final_epochs)),
                 task.device, int(cfg.seed))
+
+
+def final_mode(cfg: Any) -> str:
+    """The run's final mode (a run stored before the setting existed re-applied its schemes)."""
+    return str(cfg.final_mode or "reapply")
 
 
 def finish(study: Study, reuse: Mapping[str, Any], message: str, learnt: Mapping[str, Any]) -> SearchResult:
@@ -114,7 +121,7 @@ def _export(study: Study, best: Mapping[str, Any], target: Path) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
     if best["fidelity"] == "final":
         task = final_task(study)
-        result, model = study.evaluator.final(key, task)
+        result, model = study.evaluator.final(key, task, mode=final_mode(study.cfg))
         measured = result.val_accuracy if result.ok else None
     else:
         task = study.evaluator.task
