@@ -4,6 +4,8 @@ fine-tune of a search does; the final evaluation's compute is the total ``--fina
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +75,14 @@ def test_a_bad_final_mode_is_one_error_line_naming_the_flag(inputs, tmp_path):
     assert r.exit_code not in (0, None) and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     assert "--final-mode" in lines[0] and "reapply, polish" in lines[0]
     assert not (tmp_path / "kb").exists() and not (tmp_path / "cache").exists()
+
+
+def test_resuming_a_complete_polish_run_into_a_new_out_rebuilds_the_polished_model(polished, tmp_path):
+    cfg, result = polished
+    assert not (Path(cfg.cache_dir) / "cache").exists()  # the model cache went at COMPLETE: nothing to copy
+    again = search(dataclasses.replace(cfg, resume=result.run_id, out=str(tmp_path / "out2")))
+    # rebuilt from a replayed searched model and polished again: it must measure the recorded validation accuracy
+    assert "model" in again.files and "could not be rebuilt" not in again.message
+    first, second = (json.loads((Path(d) / "model" / "architecture.json").read_text())["extra"]
+                     for d in (cfg.out, tmp_path / "out2"))
+    assert first == second
