@@ -74,9 +74,10 @@ def search_cmd(
     final_epochs: float | None = typer.Option(None, "--final-epochs",
                                               help="total final fine-tune of each top front scheme, the same "
                                               "for every scheme; 0 skips it [10]"),
-    final_mode: str | None = typer.Option(None, "--final-mode", help="reapply: the scheme again from the base "
-                                          "model with its shares of --final-epochs, then a distillation polish; "
-                                          "polish: the searched model, polished for all of it [reapply]"),
+    final_mode: str | None = typer.Option(None, "--final-mode", help="polish: the searched model, polished "
+                                          "(distilling from the base) for all of --final-epochs; reapply: the "
+                                          "scheme again from the base model with its shares of it, then the "
+                                          "polish [polish]"),
     data_fraction: float | None = typer.Option(None, "--data-fraction",
                                                help="search fidelity: share of the training data [1]"),
     val_data: Path | None = typer.Option(None, "--val-data", help="a separate validation set (selection only)"),

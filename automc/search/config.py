@@ -23,7 +23,7 @@ from typing import Any
 from automc.errors import ValidationError
 
 DEFAULTS: dict[str, Any] = {
-    "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "final_mode": "reapply",
+    "target_pr": 0.4, "budget": 60, "epochs": 1.0, "final_epochs": 10.0, "final_mode": "polish",
     "data_fraction": 1.0, "val_from": "test", "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5,
     "reuse": True, "top_k": 3, "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0,
     "workers": 1,
