@@ -87,7 +87,12 @@ def search_cmd(
                                         "is trained first (--train-epochs)"),
     epochs: float | None = typer.Option(None, "--epochs", help="search fidelity: base fine-tune epochs [1]"),
     final_epochs: float | None = typer.Option(None, "--final-epochs",
-                                              help="final fine-tune of the top front schemes; 0 skips it [10]"),
+                                              help="total final fine-tune of each top front scheme, the same "
+                                              "for every scheme; 0 skips it [10]"),
+    final_mode: str | None = typer.Option(None, "--final-mode", help="polish: the searched model, polished "
+                                          "(distilling from the base) for all of --final-epochs; reapply: the "
+                                          "scheme again from the base model with its shares of it, then the "
+                                          "polish [polish]"),
     data_fraction: float | None = typer.Option(None, "--data-fraction",
                                                help="search fidelity: share of the training data [1]"),
     val_data: Path | None = typer.Option(None, "--val-data", help="a separate validation set (selection only)"),
@@ -138,7 +143,7 @@ def search_cmd(
                           "those images", style="yellow", highlight=False, soft_wrap=True)
     cfg = SearchConfig(model=model, data=data, target_pr=target_pr, target_fr=target_fr, budget=budget,
                        max_steps=max_steps, screen=screen, weights=_s(weights), epochs=epochs,
-                       final_epochs=final_epochs, data_fraction=data_fraction,
+                       final_epochs=final_epochs, final_mode=final_mode, data_fraction=data_fraction,
                        val_data=_s(val_data), val_from=val_from, seed=seed, strategy=strategy,
                        time_limit=parse_duration(time_limit), store=store, out=_s(out), per_round=per_round,
                        max_length=max_length, reuse=reuse, top_k=top_k, device=device, batch_size=batch_size, lr=lr,

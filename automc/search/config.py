@@ -24,14 +24,15 @@ from automc.errors import AutomcError, ValidationError
 
 DEFAULTS: dict[str, Any] = {
     "screen": 1, "target_pr": 0.4, "budget": 14.0, "budget_unit": "compute", "epochs": 1.0, "final_epochs": 10.0,
-    "data_fraction": 1.0, "val_from": "test",
+    "final_mode": "polish", "data_fraction": 1.0, "val_from": "test",
     "seed": 0, "strategy": "progressive", "per_round": 10, "max_length": 5, "reuse": True, "top_k": 3,
     "batch_size": 128, "lr": 0.01, "cache_bytes": 2 * 1024**3, "train_epochs": 10.0, "workers": 1,
     "baseline": "kb",
 }
 # What defines a run: resuming with any of these changed would mix two experiments in one history.
 IDENTITY = ("model", "weights", "train_epochs", "width", "data", "val_data", "val_from", "target_pr", "target_fr",
-            "data_fraction", "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr")
+            "data_fraction", "epochs", "seed", "strategy", "max_length", "reuse", "batch_size", "lr",
+            "final_mode")
 # The meaning of a scheme: 2 since ``target_ratio_factor`` is a share of γ (``compress.base.step_ratio``); a run
 # stored under another meaning evaluated other models under the same scheme texts and is not resumed.
 SPACE_VERSION = 2
@@ -57,7 +58,8 @@ class SearchConfig:
     budget: float | None = None  # search compute in epoch-equivalents (evaluated steps when budget_unit is "steps")
     weights: str | None = None  # without weights, a base model is trained first (train_epochs)
     epochs: float | None = None  # search fidelity: base fine-tune epochs the catalogue factors multiply
-    final_epochs: float | None = None  # final fine-tune of the front's top schemes; 0 skips it
+    final_epochs: float | None = None  # TOTAL final fine-tune of each of the front's top schemes; 0 skips it
+    final_mode: str | None = None  # "reapply" the scheme from the base model, or "polish" the searched model
     data_fraction: float | None = None  # search fidelity: stratified share of the training data
     val_data: str | None = None
     val_from: str | None = None  # "test" | "train"
@@ -141,6 +143,11 @@ def check(cfg: SearchConfig) -> None:
                         ("--train-epochs", cfg.train_epochs)):
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise bad(flag, f"must be ≥ 0, got {value}")
+    if cfg.final_mode is not None:
+        from automc.compress.budget import FINAL_MODES
+
+        if cfg.final_mode not in FINAL_MODES:
+            raise bad("--final-mode", f"must be one of {', '.join(FINAL_MODES)}, got {cfg.final_mode!r}")
     if cfg.data_fraction is not None and not 0.0 < cfg.data_fraction <= 1.0:
         raise bad("--data-fraction", f"must be in (0, 1], got {cfg.data_fraction}")
     if cfg.val_from is not None and cfg.val_from not in ("test", "train"):
@@ -211,6 +218,8 @@ def resolve(cfg: SearchConfig, stored: Mapping[str, Any] | None) -> SearchConfig
         for k in ("time_limit", "workers", "gpus_per_worker", "ray_address"):  # per session, not per run
             base.pop(k, None)
         base["workers"] = DEFAULTS["workers"]
+        if stored.get("final_mode") is None:  # stored before --final-mode existed: those runs re-applied
+            base["final_mode"] = "reapply"
     if stored and "strategy_options" in given:  # on top of the stored ones: repeating them is no change
         given["strategy_options"] = {**(base.get("strategy_options") or {}), **given["strategy_options"]}
     out = SearchConfig(**{**base, **given})
@@ -342,11 +351,13 @@ def compare_identity(run_id: str, stored: Mapping[str, Any], ident: Mapping[str,
         raise ValidationError(f"search run {run_id} was stored when target_ratio_factor was a share of what was left "
                               f"to the target (it is now a share of the target itself), so its schemes meant other "
                               f"models; start a new search", field="--resume")
+    # runs stored before --final-mode existed re-applied their schemes: that is their mode
+    stored = {"final_mode": "reapply", **stored} if stored.get("final_mode") is None else stored
     for k in (*IDENTITY, "strategy_options", "screen"):
         if stored.get(k) != ident.get(k):
             what = "content" if k in ("weights", "data", "val_data") else "value"
-            own = "strategy options (leave --strategy-option out)" if k == "strategy_options" else (
-                "model, weights and data")
+            own = {"strategy_options": "strategy options (leave --strategy-option out)",
+                   "final_mode": "final mode (leave --final-mode out)"}.get(k, "model, weights and data")
             raise ValidationError(f"search run {run_id} was started with another {k.replace('_', '-')} {what} "
                                   f"({stored.get(k)!r}, now {ident.get(k)!r}); resume it with the run's own "
                                   f"{own}", field="--resume")

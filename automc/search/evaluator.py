@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from automc.compress.base import Method, Task
+    from automc.compress.budget import FinalSplit
     from automc.search.space import SearchSpace
 
 PREFIX_FAILED = "its prefix cannot be built: "
@@ -239,30 +240,66 @@ class Evaluator:
                                val_total=total, val_correct=int(meta["val_correct"]))
         return measure(parent, self.task, test=False)
 
-    def final(self, scheme: Sequence[str], task: Task, *, data_fraction: float = 1.0) -> tuple[EvalResult, nn.Module]:
-        """Re-apply the whole ``scheme`` from the base model on ``task`` (a higher fidelity: more epochs, all the
-        training data) with the same per-step seeds, and measure it (``fidelity="final"``).
+    def final_split(self, scheme: Sequence[str], epochs: float, mode: str = "reapply") -> FinalSplit:
+        """How ``epochs`` of final fine-tune are spent on ``scheme`` (``compress.budget.final_split``)."""
+        from automc.compress.budget import final_split
 
-        Returns a FAILED result and the base model when a step fails.
+        return final_split([self.space.epochs_factor(s) for s in scheme], float(epochs),
+                           float(self.space.rules.max_epochs_factor_sum), mode)
+
+    def final(self, scheme: Sequence[str], task: Task, *, mode: str = "reapply",
+              data_fraction: float = 1.0) -> tuple[EvalResult, nn.Module]:
+        """The final model of ``scheme`` on ``task`` (all the training data; ``task.budget.epochs`` is the TOTAL
+        fine-tune, the same for every scheme, split by ``final_split``), measured with ``fidelity="final"``.
+
+        ``mode`` "reapply": the whole scheme again from the base model, each step with its share of the total and the
+        same per-step seeds, then a distillation polish from the base model with the rest. "polish": the searched
+        (search-fidelity, cached) model of ``scheme``, polished for the whole total. Returns a FAILED result and the
+        base model when a step fails.
         """
         from automc.compress.scheme import measure
 
         key, t0 = tuple(scheme), time.perf_counter()
         if task.teacher is None:
             task = dataclasses.replace(task, teacher=self.base_model)
+        split = self.final_split(key, task.budget.epochs, mode)
         base_m = self.base_measurement(task)
         model, parent_m, train_s = self._fresh(), base_m, 0.0
-        for i in range(1, len(key) + 1):
-            try:
-                if i == len(key) and i > 1:
-                    parent_m = measure(model, task, test=False)  # an intermediate model: no test
-                t = time.perf_counter()
-                model = self._step(model, key[:i], task)
-                train_s += time.perf_counter() - t
-            except Exception as e:  # noqa: BLE001 - as in execute
-                return (self._failed(key, reason(e), time.perf_counter() - t0, task=task, fidelity="final",
-                                     data_fraction=data_fraction), self._fresh())
+        step_task = dataclasses.replace(task, budget=dataclasses.replace(task.budget, epochs=split.step_scale))
+        try:
+            if mode == "polish":
+                parent, meta = self._replay(key[:-1])
+                parent_m = self._parent_measurement(key[:-1], parent, meta)
+                model = self.model(key)
+            else:
+                for i in range(1, len(key) + 1):
+                    if i == len(key) and i > 1:
+                        parent_m = measure(model, task, test=False)  # an intermediate model: no test
+                    t = time.perf_counter()
+                    model = self._step(model, key[:i], step_task)
+                    train_s += time.perf_counter() - t
+            t = time.perf_counter()
+            self._polish(model, key, task, split.polish)
+            train_s += time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - as in execute
+            return (self._failed(key, reason(e), time.perf_counter() - t0, task=task, fidelity="final",
+                                 data_fraction=data_fraction), self._fresh())
         result = completed(key, measure(model, task), parent_m, base_m, task, run_seed=self.seed,
                            seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="final",
                            data_fraction=data_fraction)
-        return result, model
+        # training compute in epoch-equivalents of the training split: the split's total, whatever the scheme
+        return dataclasses.replace(result, measured={**result.measured, "compute": split.total}), model
+
+    def _polish(self, model: nn.Module, key: SchemeKey, task: Task, epochs: float) -> None:
+        """Fine-tune ``model`` in place for ``epochs``, distilling from the base model (``task.teacher``) with the
+        same loss weights as the methods' fine-tunes (``TrainBudget.distill_alpha``/``distill_temperature``)."""
+        from automc.compress.scheme import seed_everything
+        from automc.compress.train import finetune
+
+        if epochs <= 0:
+            return
+        seed = step_seed(self.seed, (*key, "final polish"))  # its own seed: not the last step's again
+        seed_everything(seed)
+        b = task.budget
+        finetune(model, dataclasses.replace(task, seed=seed), epochs, teacher=task.teacher,
+                 kd_alpha=b.distill_alpha, kd_temperature=b.distill_temperature)

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 
 def fine_tune(study: Study) -> None:
-    """Fine-tune the top-k schemes (best validation accuracy among those meeting the targets, ``objective``) again
-    from the base model at full fidelity (skipped by final_epochs 0)."""
+    """The final models of the top-k schemes (best validation accuracy among those meeting the targets,
+    ``objective``), each trained ``final_epochs`` in total on all the training data (``final_mode``: re-applied from
+    the base model, or the searched model polished; skipped by final_epochs 0)."""
     from automc.search.objective import ranked
 
     cfg = study.cfg
@@ -47,7 +48,7 @@ def fine_tune(study: Study) -> None:
         study.emit("final", study.round, f"final fine-tune of {text}")
         token = study.begin(o.scheme, fidelity="final", round_=study.round, task=task)
         try:
-            result, model = study.evaluator.final(o.scheme, task)
+            result, model = study.evaluator.final(o.scheme, task, mode=final_mode(cfg))
             check_interrupt()
             if result.ok and cfg.out:  # saved before it is recorded: a recorded final model exists
                 _save_model(model, Path(cfg.out) / "final" / study.space.to_scheme(o.scheme).id, task, text,
@@ -99,7 +100,8 @@ def baseline(study: Study) -> None:
     study.emit("final", study.round, f"baseline: final fine-tune of {text} ({why})")
     token = study.begin(key, fidelity=BASELINE, round_=study.round, task=task)
     try:
-        result, _ = study.evaluator.final(key, task)
+        # reapply, whatever --final-mode: one method given the whole final budget from the base model
+        result, _ = study.evaluator.final(key, task, mode="reapply")
         check_interrupt()
     except BaseException as e:
         study.cut_short([token], e)
@@ -161,12 +163,18 @@ def kb_baseline(store: Store, task: TaskFeatures, target_pr: float, space: Searc
 
 
 def final_task(study: Study) -> Any:
-    """The final fine-tune's task: all the training data and ``final_epochs``, the run's seed and device."""
+    """The final fine-tune's task: all the training data and ``final_epochs`` (the total, split by
+    ``Evaluator.final_split``), the run's seed and device."""
     from automc.compress.base import Task
 
     cfg, task = study.cfg, study.evaluator.task
     return Task(study.full_data, float(cfg.target_pr), dataclasses.replace(task.budget, epochs=float(cfg.final_epochs)),
                 task.device, int(cfg.seed))
+
+
+def final_mode(cfg: Any) -> str:
+    """The run's final mode (a run stored before the setting existed re-applied its schemes)."""
+    return str(cfg.final_mode or "reapply")
 
 
 def finish(study: Study, reuse: Mapping[str, Any], message: str, learnt: Mapping[str, Any]) -> SearchResult:
@@ -220,7 +228,7 @@ def _export(study: Study, best: Mapping[str, Any], target: Path) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
     if best["fidelity"] == "final":
         task = final_task(study)
-        result, model = study.evaluator.final(key, task)
+        result, model = study.evaluator.final(key, task, mode=final_mode(study.cfg))
         measured = result.val_accuracy if result.ok else None
     else:
         task = study.evaluator.task

@@ -172,17 +172,30 @@ _TEST_FIELDS = ("accuracy", "accuracy_low", "accuracy_high", "ar", "test_correct
 
 
 def test_final_replays_the_whole_scheme_at_another_fidelity(base, task, space, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
     ev = make(base, task, space, tmp_path)
     key = space.parse("NS(target_ratio_factor=0.5) > SFP")
     search = ev.evaluate(key)
-    again, model = ev.final(key, task)
-    assert again.fidelity == "final" and again.test_accuracy is not None and search.test_accuracy is None
-    def untested(r):
-        # the same model and measurements; the search compute is recorded for search steps only
-        return dataclasses.replace(r, measured={k: v for k, v in r.measured.items() if k not in _TEST_FIELDS},
-                                   compute=None)
+    # a total of cap x the search's epochs gives each step the search's own budget; the rest is the polish, whose
+    # optimiser is the last one made: its first step starts from the re-applied scheme's model
+    total = space.rules.max_epochs_factor_sum * task.budget.epochs
+    starts: list[tuple[object, list[torch.Tensor]]] = []  # each optimiser (kept alive) and its first weights
 
-    assert same(untested(dataclasses.replace(again, fidelity="search")), untested(search))
+    def first_weights(opt, _args, _kwargs) -> None:  # a pre-hook's return value would replace the step's arguments
+        if not starts or starts[-1][0] is not opt:
+            starts.append((opt, [p.detach().clone() for g in opt.param_groups for p in g["params"]]))
+
+    handle = register_optimizer_step_pre_hook(first_weights)
+    try:
+        again, model = ev.final(key, dataclasses.replace(task, budget=dataclasses.replace(task.budget, epochs=total)))
+    finally:
+        handle.remove()
+    assert again.fidelity == "final" and again.test_accuracy is not None and search.test_accuracy is None
+    assert again.ok and again.epochs == total and ev.final_split(key, total).polish > 0
+    replayed = starts[-1][1]
+    assert all(torch.equal(a, b) for a, b in zip(replayed, ev.model(key).parameters(), strict=True))
+    assert again.params == search.params == sum(p.numel() for p in model.parameters())
     longer = dataclasses.replace(task, budget=TrainBudget(epochs=2, batch_size=32, lr=0.05))
     final, model = ev.final(key, longer, data_fraction=1.0)
     assert final.ok and final.epochs == 2.0 and final.params == sum(p.numel() for p in model.parameters())
@@ -221,9 +234,13 @@ def test_every_search_step_distils_from_the_base_model(base, task, space, tmp_pa
     tiny.base()  # the base model's own measurement is not a teacher's forward
     n, r = forwards_of(base, lambda: tiny.evaluate(key))
     assert r.ok and n == one + two
-    # the final fine-tune re-applies both steps from the base model, on a task without a teacher of its own
-    n, (final, _) = forwards_of(base, lambda: ev.final(key, task))
-    assert final.ok and task.teacher is None and n == one + two
+    # the final fine-tune re-applies both steps from the base model with their shares of the total (cap x the
+    # search's epochs: the search's own budget), then polishes with the rest, on a task without a teacher of its own
+    total = space.rules.max_epochs_factor_sum * task.budget.epochs
+    polish = steps_for(task, ev.final_split(key, total).polish)
+    final_task = dataclasses.replace(task, budget=dataclasses.replace(task.budget, epochs=total))
+    n, (final, _) = forwards_of(base, lambda: ev.final(key, final_task))
+    assert final.ok and task.teacher is None and final_task.teacher is None and n == one + two + polish > one + two
 
 
 def test_a_worker_teaches_with_the_base_model_it_was_sent(base, task, space, tmp_path):
