@@ -24,12 +24,14 @@ Commands. CPU protocol (hours on 2 cores; the results are rendered into bench/re
     python bench/search_bench.py --shared ../shared --out bench/out/search-cpu --seeds 0 1 2 --jobs 2 --threads 1
     python bench/search_bench.py --render bench/out/search-cpu --results bench/results
 
-GPU session (ResNet-56, 30-epoch final fine-tune; about 10 minutes of one H200 for ``--only progressive`` on one
-seed: prepare and test it on the CPU first, then the remaining runs as device time allows):
+GPU session (ResNet-56, search budget and final fine-tune of 30 epoch-equivalents each; the issue's target is a
+search + final fine-tune inside 10 minutes of one H200, so with 10 minutes of device time run one seed of
+progressive and the two strongest single methods first, the rest in later sessions; prepare it on the CPU first):
 
-    python bench/search_bench.py --shared ../shared --model resnet56 --device cuda --final-epochs 30 --budget 30 \\
-        --seeds 0 --only progressive single-SFP single-LMA --target-acc base --out bench/out/search-gpu
-    python bench/search_bench.py --render bench/out/search-gpu --results bench/results/h200 --name search_bench_gpu
+    python bench/search_bench.py --shared ../shared --model resnet56 --device cuda --budget 30 --final-epochs 30 \
+        --seeds 0 1 2 --jobs 3 --threads 4 --target-acc base --out bench/out/search-gpu \
+        --only base progressive-0 single-SFP-0 single-LMA-0
+    python bench/search_bench.py --render bench/out/search-gpu --results bench/results --name search_bench16_gpu
 
 Smoke mode (``--smoke``: a width-4 small CNN trained one epoch on the built-in ``digits``, tiny budgets, one seed,
 progressive and random, NS and SFP; a few minutes on 2 cores) is what ``tests/bench/test_search_bench.py`` runs.
@@ -218,9 +220,9 @@ def _single_run(spec: dict[str, Any], proto: dict[str, Any], out: Path) -> dict[
         from methods import tp_l2_baseline
 
         torch.manual_seed(seed)
-        with metered(data) as meter:
+        with metered(data) as meter:  # measuring included, as in the search's final path
             model = tp_l2_baseline(base, task, float(proto["target_pr"]), epochs)
-        m = measure(model, task)
+            m = measure(model, task)
         scheme = "Torch-Pruning MagnitudeImportance(p=2) + KD(T=4, alpha=0.5)"
         got = {"val_accuracy": m.acc_val, "test_accuracy": m.acc_test, "pr": 1 - m.params / before.params,
                "fr": 1 - m.flops / before.flops, "test_correct_bits": m.test_bits, "test_ids_hash": m.test_ids}

@@ -25,7 +25,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_smoke_runs_saves_skips_finished_runs_and_renders(tmp_path: Path) -> None:
     out, results = tmp_path / "out", tmp_path / "results"
-    first = _bench("--smoke", "--out", str(out), "--threads", "1")
+    first = _bench("--smoke", "--out", str(out), "--threads", "1", "--jobs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     res = json.loads((out / "search_bench.json").read_text())
     proto = res["protocol"]
