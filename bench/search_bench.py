@@ -94,7 +94,8 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
             "budget": args.budget, "final_epochs": args.final_epochs, "epochs": args.epochs,
             "single_epochs": args.budget + args.final_epochs, "top_k": args.top_k, "per_round": args.per_round,
             "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr, "reuse": args.reuse,
-            "baseline": args.baseline, "device": args.device, "threads": args.threads, "target_acc": args.target_acc,
+            "baseline": args.baseline, "screen": args.screen, "device": args.device, "threads": args.threads,
+            "target_acc": args.target_acc,
             "seeds": list(args.seeds), "strategies": list(args.strategies), "ablation": list(args.ablation),
             "singles": list(args.singles), "smoke": bool(args.smoke)}
 
@@ -126,6 +127,8 @@ def _search_run(spec: dict[str, Any], proto: dict[str, Any], out: Path, store: s
     from automc.search import SearchConfig, search
 
     name = spec["name"]
+    for stale in (out / "stores" / name, out / "runs" / name):  # a run killed in an earlier session starts afresh
+        shutil.rmtree(stale, ignore_errors=True)
     run_store = copy_store(store, out / "stores" / name) if store else \
         f"ladybug://{(out / 'stores' / name / 'kb.lbug').resolve()}"
     cache = out / "cache" / name
@@ -135,7 +138,9 @@ def _search_run(spec: dict[str, Any], proto: dict[str, Any], out: Path, store: s
                        per_round=proto["per_round"], max_length=proto["max_length"], batch_size=proto["batch_size"],
                        lr=proto["lr"], reuse=proto["reuse"], baseline=proto["baseline"], device=proto["device"],
                        seed=int(spec["seed"]), strategy=spec["strategy"], strategy_options=spec["options"] or None,
-                       store=run_store, out=str(out / "runs" / name), cache_dir=str(cache))
+                       store=run_store, out=str(out / "runs" / name), cache_dir=str(cache),
+                       # rung 0 (``--screen``, newer than this bench's first version): passed only when set
+                       **({"screen": int(proto["screen"])} if proto.get("screen") else {}))
     try:
         res = search(cfg)
     finally:
@@ -335,8 +340,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fixed(proto: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs comparable: everything but the lists of what to run and how many threads."""
-    return {k: v for k, v in proto.items() if k not in ("seeds", "strategies", "ablation", "singles", "threads",
-                                                         "target_acc")}
+    return {k: v for k, v in proto.items() if v is not None and k not in (
+        "seeds", "strategies", "ablation", "singles", "threads", "target_acc")}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -359,6 +364,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--baseline", default="kb", help="each search run's --baseline [kb]")
     p.add_argument("--no-reuse", dest="reuse", action="store_false")
+    p.add_argument("--screen", type=int, default=None, help="each search run's --screen N (rung 0) [the tool's "
+                   "default: off]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--ablation", nargs="*", default=list(ABLATION), choices=list(ABLATION))

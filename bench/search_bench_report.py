@@ -260,8 +260,10 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
     if not any_q:
         lines.append("| (no round was measured) | | | | | | |")
     lines += ["", "## Rungs: not built yet", "",
-              "Multi-fidelity rungs do not exist in the search yet, so there is no rung whose rank correlation with "
-              "the final fine-tuned accuracy could be measured; this section stays empty until they do.", ""]
+              "No rung's rank correlation with the final fine-tuned accuracy is measured here: the search's rungs "
+              "above the search fidelity do not exist yet, and rung 0 (`--screen`, off by default; this run: "
+              f"{proto.get('screen') or 'off'}) would need final fine-tunes of many screened candidates, which this "
+              "protocol does not make (one final model per run). No number is given rather than an invented one.", ""]
     # -- targets -------------------------------------------------------------------------------------------------------
     targets = _targets(summary, proto, base)
     lines += ["## Targets", ""] + [f"- {t['text']}" for t in targets]
