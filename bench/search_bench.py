@@ -388,7 +388,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.model, args.width, args.data = "smallcnn", 4, "digits"
         args.weights = smoke_weights(args.out)
-        args.budget, args.final_epochs, args.epochs = 0.8, 0.3, 0.2
+        args.budget, args.final_epochs, args.epochs = 0.5, 0.3, 0.2
         args.per_round, args.max_length, args.batch_size, args.lr, args.reuse = 3, 1, 64, 0.05, False
         args.seeds, args.strategies, args.ablation, args.singles = args.seeds[:1], ["progressive", "random"], [], \
             ["NS", "SFP"]
