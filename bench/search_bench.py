@@ -1,24 +1,40 @@
-"""Search strategies head to head on one evaluator, knowledge reuse, hand-made schemes and validation honesty.
+"""Issue 16's benchmark: does a search beat compressing by hand at the same total compute?
 
-Phases (each writes ``search_bench.json`` in ``--out`` as it goes, so a cut-off run still leaves its data):
+Protocol (fixed before running; written at the top of the results markdown and in the JSON):
 
-- ``strategies``: progressive vs random vs evolution vs TPE vs RL, the same task and budget, ``--seeds`` each,
-  every run a real ``automc.search.search`` in its own process (``--jobs`` at a time, sharing one store and,
-  on a GPU, one device). Anytime hypervolume of (validation accuracy, PR) above (0, gamma) after every
-  evaluation, final hypervolume, and the best test accuracy at PR >= gamma after the final fine-tune.
-- ``reuse``: after the strategies' runs are in the store, ``--reuse-model`` searched with and without reuse
-  (each run on its own copy of that store): hypervolume at 25/50/100% of the budget.
-- ``handmade``: each method alone at PR gamma and the Torch-Pruning L2 + KD peer, fine-tuned for as many epochs
-  as the best found scheme used in its final fine-tune (the paper's Table 2 shape).
-- ``honesty``: random schemes evaluated once, each model measured on the validation split (JPEG images the base
-  model never saw), on a split carved from the training part (the old rule), and on test: Kendall tau of each
-  against test accuracy.
+- Task: a pretrained model (CPU: ResNet-20) on ``cifar10-search.npz`` (5 170 training, 5 000 validation and 3 000
+  test images, all exact CIFAR-10), γ = ``--target-pr`` (0.4). Selection on validation only; test accuracy is read
+  for final models only.
+- Search runs: progressive (ranking auto), random, evolution (NSGA-II), TPE and RL, each with a search budget of
+  ``--budget`` epoch-equivalents of compute (10) and a final fine-tune of ``--final-epochs`` (10, distillation from
+  the base) of the one scheme the tool reports (``--top-k 1``, so the final compute is the same for every run), on
+  every seed of ``--seeds`` (≥ 3). The F_mo ablation: progressive with ``ranking=prior`` and ``ranking=random``.
+  Each search run's model is the one the tool reports (best validation accuracy); its ``--baseline`` line is kept.
+- Single methods: each of the six methods alone at ``target_ratio_factor=1.0`` with the catalogue's middle settings,
+  plus Torch-Pruning L2 + KD, given the same total compute as a search run as its fine-tune (``--budget`` +
+  ``--final-epochs`` epochs, e.g. 20), distilling from the base, on the same seeds and the same test images, with
+  per-image correctness kept for the exact McNemar test.
+- Every run is its own process (``--jobs`` side by side), saved to ``<out>/search_bench.json`` as it finishes; a
+  finished run is skipped when the command is run again (so the benchmark spans sessions), a failed one is recorded
+  with its error and tried again on the next run. ``--only NAME...`` runs a subset (a run's name, e.g.
+  ``random-1``, or its group, e.g. ``single-SFP`` or ``progressive``).
 
-Usage (the GPU run committed under bench/results/; paths are arguments, nothing is copied):
+Commands. CPU protocol (hours on 2 cores; the results are rendered into bench/results/):
 
-    python bench/search_bench.py --shared ../shared --device cuda --jobs 8 --out bench/out/search \\
-        --budget 30 --epochs 0.5 --final-epochs 5 --seeds 0 1 2
-    python bench/search_bench.py --render bench/out/search --results bench/results
+    python bench/search_bench.py --shared ../shared --out bench/out/search-cpu --seeds 0 1 2 --jobs 2 --threads 1
+    python bench/search_bench.py --render bench/out/search-cpu --results bench/results
+
+GPU session (ResNet-56, search budget and final fine-tune of 30 epoch-equivalents each; the issue's target is a
+search + final fine-tune inside 10 minutes of one H200, so with 10 minutes of device time run one seed of
+progressive and the two strongest single methods first, the rest in later sessions; prepare it on the CPU first):
+
+    python bench/search_bench.py --shared ../shared --model resnet56 --device cuda --budget 30 --final-epochs 30 \
+        --seeds 0 1 2 --jobs 3 --threads 4 --target-acc base --out bench/out/search-gpu \
+        --only base progressive-0 single-SFP-0 single-LMA-0
+    python bench/search_bench.py --render bench/out/search-gpu --results bench/results --name search_bench16_gpu
+
+Smoke mode (``--smoke``: a width-4 small CNN trained one epoch on the built-in ``digits``, tiny budgets, one seed,
+progressive and random, NS and SFP; a few minutes on 2 cores) is what ``tests/bench/test_search_bench.py`` runs.
 """
 
 from __future__ import annotations
@@ -26,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,98 +52,201 @@ from pathlib import Path
 from typing import Any
 
 STRATEGIES = ("progressive", "random", "evolution", "tpe", "rl")
+# the F_mo ablation: progressive ranking its candidates by the prior only, and in random order
+ABLATION = {"progressive-prior": {"ranking": "prior"}, "progressive-random": {"ranking": "random"}}
+SINGLE = ("NS", "SFP", "LeGR", "HOS", "LFB", "LMA", "TP-L2")
+RESULTS = "search_bench.json"
 
 
-def machine(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
+def machine(device: str | None = None) -> dict[str, Any]:
+    """The machine (``bench/_common.py``); ``device`` is accepted for the callers of the old signature."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _common import machine as _machine
 
-    info["torch"] = torch.__version__
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    return _machine()
 
 
-def _search(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """One search in a worker process; returns its JSON summary (or the error)."""
-    import torch
+# -- the plan -----------------------------------------------------------------------------------------------------
 
-    torch.set_num_threads(int(kwargs.pop("threads", 2)))
-    from automc.search import SearchConfig, search
-
-    t0 = time.time()
-    try:
-        res = search(SearchConfig(**kwargs))
-        out = res.to_dict()
-        out["trained_on"] = res.learnt.get("trained_on", {})
-    except Exception as e:  # noqa: BLE001 - a failed run is a result to report, not a reason to stop the bench
-        out = {"error": f"{type(e).__name__}: {e}"}
-    out["wall"] = time.time() - t0
-    return out
-
-
-def _base_kwargs(args: argparse.Namespace, model: str, weights: Path) -> dict[str, Any]:
-    return {"model": model, "weights": str(weights), "data": str(args.data), "val_data": str(args.val_data),
-            # this (old) protocol counts steps: --max-steps, with a compute budget that never binds (issue 16
-            # rewrites the bench to count compute)
-            "target_pr": args.target_pr, "budget": 1e5, "max_steps": args.budget, "epochs": args.epochs,
-            "final_epochs": args.final_epochs, "top_k": args.top_k, "device": args.device, "store": args.store,
-            "per_round": args.per_round, "threads": args.threads, "data_fraction": args.data_fraction}
-
-
-def run_strategies(args: argparse.Namespace, res: dict[str, Any], save) -> None:
-    jobs = []
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every run of the protocol, named ``<group>-<seed>``, in the order they start (seed by seed)."""
+    runs: list[dict[str, Any]] = [{"name": "base", "group": "base", "kind": "base", "seed": 0}]
     for seed in args.seeds:
         for strategy in args.strategies:
-            name = f"{strategy}-{seed}"
-            kw = _base_kwargs(args, args.model, args.weights)
-            kw.update(seed=seed, strategy=strategy, out=str(args.out / "runs" / name), store=seed_store(args, seed),
-                      cache_dir=str(args.out / "cache" / name), time_limit=args.time_limit, _name=name)
-            jobs.append(kw)
-    _pool_named(jobs, args.jobs, res, "strategies", save, args)
+            runs.append({"name": f"{strategy}-{seed}", "group": strategy, "kind": "search", "strategy": strategy,
+                         "options": {}, "seed": seed})
+        for group in args.ablation:
+            runs.append({"name": f"{group}-{seed}", "group": group, "kind": "search", "strategy": "progressive",
+                         "options": dict(ABLATION[group]), "seed": seed})
+        for method in args.singles:
+            runs.append({"name": f"single-{method}-{seed}", "group": f"single-{method}", "kind": "single",
+                         "method": method, "seed": seed})
+    if args.only:
+        wanted = set(args.only)
+        runs = [r for r in runs if r["name"] in wanted or r["group"] in wanted]
+    return runs
 
 
-def _pool_named(jobs: list[dict[str, Any]], workers: int, res: dict[str, Any], key: str, save,
-                args: argparse.Namespace) -> None:
-    named = []
-    for j in jobs:
-        j = dict(j)
-        named.append((j.pop("_name"), j))
-    done = res.setdefault(key, {})
-    named = [(n, j) for n, j in named if "run_id" not in done.get(n, {})]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
-        futs = {ex.submit(_search, j): (name, j) for name, j in named}
-        for fut in as_completed(futs):
-            name, job = futs[fut]
-            r = done[name] = fut.result()
-            if r.get("run_id"):
-                r["evaluated"] = run_points(job["store"], r["run_id"])
-            print(f"[{time.strftime('%H:%M:%S')}] {key} {name}: run {r.get('run_id')} "
-                  f"{r.get('evaluations')} evaluations in {r.get('wall', 0):.0f} s {r.get('error', '')}", flush=True)
-            save()
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """What every run of this benchmark shares (a re-run with another protocol into the same --out is refused)."""
+    return {"model": args.model, "width": args.width, "weights": str(args.weights), "data": str(args.data),
+            "val_data": str(args.val_data) if args.val_data else None, "target_pr": args.target_pr,
+            "budget": args.budget, "final_epochs": args.final_epochs, "epochs": args.epochs,
+            "single_epochs": args.budget + args.final_epochs, "top_k": args.top_k, "per_round": args.per_round,
+            "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr, "reuse": args.reuse,
+            "baseline": args.baseline, "screen": args.screen, "device": args.device, "threads": args.threads,
+            "target_acc": args.target_acc,
+            "seeds": list(args.seeds), "strategies": list(args.strategies), "ablation": list(args.ablation),
+            "singles": list(args.singles), "smoke": bool(args.smoke)}
 
 
-def run_points(store_uri: str, run_id: str) -> list[dict[str, Any]]:
-    """Every evaluation of a run in order: fidelity, state, validation and test accuracy, PR, seconds."""
+# -- one run, in its own process -----------------------------------------------------------------------------------
+
+def run_one(spec: dict[str, Any], proto: dict[str, Any], out: str, store: str | None) -> dict[str, Any]:
+    """One run of the plan in a worker process; returns its JSON record (``error`` set when it failed)."""
+    import torch
+
+    torch.set_num_threads(int(proto["threads"]))
+    t0 = time.time()
+    try:
+        if spec["kind"] == "search":
+            rec = _search_run(spec, proto, Path(out), store)
+        elif spec["kind"] == "single":
+            rec = _single_run(spec, proto, Path(out))
+        else:
+            rec = _base_run(proto)
+    except Exception as e:  # noqa: BLE001 - a failed run is a result to report, not a reason to stop the bench
+        rec = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    rec.update(name=spec["name"], group=spec["group"], kind=spec["kind"], seed=spec["seed"], wall=time.time() - t0,
+               finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return rec
+
+
+def _search_run(spec: dict[str, Any], proto: dict[str, Any], out: Path, store: str | None) -> dict[str, Any]:
     from automc.kb import open_store
+    from automc.search import SearchConfig, search
 
-    with open_store(store_uri) as s:
-        rows = s.run_evaluations(run_id)
-    keys = ("scheme", "state", "fidelity", "val_accuracy", "accuracy", "pr", "fr", "seconds", "train_seconds",
-            "round")
-    return [{k: r.get(k) for k in keys} for r in rows]
+    name = spec["name"]
+    for stale in (out / "stores" / name, out / "runs" / name):  # a run killed in an earlier session starts afresh
+        shutil.rmtree(stale, ignore_errors=True)
+    run_store = copy_store(store, out / "stores" / name) if store else \
+        f"ladybug://{(out / 'stores' / name / 'kb.lbug').resolve()}"
+    cache = out / "cache" / name
+    cfg = SearchConfig(model=proto["model"], width=proto["width"], weights=proto["weights"], data=proto["data"],
+                       val_data=proto["val_data"], target_pr=proto["target_pr"], budget=float(proto["budget"]),
+                       epochs=proto["epochs"], final_epochs=proto["final_epochs"], top_k=proto["top_k"],
+                       per_round=proto["per_round"], max_length=proto["max_length"], batch_size=proto["batch_size"],
+                       lr=proto["lr"], reuse=proto["reuse"], baseline=proto["baseline"], device=proto["device"],
+                       seed=int(spec["seed"]), strategy=spec["strategy"], strategy_options=spec["options"] or None,
+                       store=run_store, out=str(out / "runs" / name), cache_dir=str(cache),
+                       # rung 0 (``--screen``, newer than this bench's first version): passed only when set
+                       **({"screen": int(proto["screen"])} if proto.get("screen") else {}))
+    try:
+        res = search(cfg)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # the models of every step: gigabytes over a benchmark
+    with open_store(run_store) as s:
+        rows = s.run_evaluations(res.run_id)
+        tests = {r["id"]: r for r in s.named("test-records", {"run": res.run_id})}
+    found = found_row(res.best or res.front)
+    rec: dict[str, Any] = {"run_id": res.run_id, "state": res.state, "store": run_store, "compute": res.compute,
+                           "budget": res.budget, "evaluations": res.evaluations, "failed": res.failed,
+                           "seconds": res.seconds, "overhead": res.overhead, "baseline": dict(res.baseline),
+                           "quality": list(res.learnt.get("quality") or []), "options": spec["options"]}
+    if found is not None:
+        t = tests.get(found.get("evaluation_id")) or {}
+        final = next((r for r in rows if r["id"] == found.get("evaluation_id")), {})
+        rec["final_compute"] = final.get("compute") if found.get("fidelity") == "final" else None
+        rec["found"] = {"scheme": found["scheme"], "evaluation_id": found.get("evaluation_id"),
+                        "fidelity": found.get("fidelity"), "pr": found.get("pr"), "fr": found.get("fr"),
+                        "val_accuracy": found.get("val_accuracy"), "test_accuracy": found.get("test_accuracy"),
+                        "test_correct_bits": t.get("test_correct_bits"), "test_ids_hash": t.get("test_ids_hash")}
+    base_rows = [r for r in rows if r.get("fidelity") == "baseline" and r["id"] in tests]
+    if base_rows:
+        b = base_rows[-1]
+        rec["baseline"].update(test_correct_bits=b.get("test_correct_bits") or tests[b["id"]]["test_correct_bits"],
+                               test_ids_hash=tests[b["id"]]["test_ids_hash"], test_accuracy=b.get("accuracy"))
+    rec["points"] = [{k: r.get(k) for k in ("step", "scheme", "state", "fidelity", "val_accuracy", "pr", "fr",
+                                            "compute", "seconds")}
+                     for r in rows if r.get("fidelity") == "search"]
+    return rec
 
 
-def seed_store(args: argparse.Namespace, seed: int) -> str:
-    """The store one seed's strategy runs share (a store per seed keeps the single-writer lock uncontended)."""
-    return f"ladybug://{(args.out / f'store-{seed}' / 'kb.lbug').resolve()}"
+def found_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The model the tool reports (``search.report``'s rule): among the rows meeting the targets, a final model
+    before a search point, the best validation accuracy (then PR); never chosen by test accuracy."""
+    rows = [r for r in rows if r.get("fidelity") == "final"] or list(rows)
+    return max(rows, key=lambda r: (r.get("val_accuracy") or 0.0, r.get("pr") or 0.0), default=None)
 
+
+def _task(proto: dict[str, Any], seed: int, epochs: float) -> tuple[Any, Any, Any]:
+    """The data (as the search loads it), the base model and a task of ``epochs`` that distils from the base."""
+    import torch
+
+    from automc.compress.base import Task, TrainBudget
+    from automc.compress.data import load_data
+    from automc.compress.models import model_for_data
+
+    dev = torch.device(proto["device"])
+    data = load_data(proto["data"], val_data=proto["val_data"], val_from="test", seed=seed, device=dev)
+    base = model_for_data(proto["model"], data, proto["weights"], width=proto["width"]).to(dev)
+    budget = TrainBudget(epochs=float(epochs), batch_size=int(proto["batch_size"]), lr=float(proto["lr"]))
+    return data, base, Task(data, float(proto["target_pr"]), budget, dev, seed, teacher=base)
+
+
+def _base_run(proto: dict[str, Any]) -> dict[str, Any]:
+    from automc.compress.scheme import measure
+
+    _, base, task = _task(proto, 0, 0.0)
+    m = measure(base, task)
+    return {"test_accuracy": m.acc_test, "val_accuracy": m.acc_val, "params": m.params, "flops": m.flops,
+            "test_images": m.test_total, "test_ids_hash": m.test_ids}
+
+
+def _single_run(spec: dict[str, Any], proto: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One method alone at share 1.0 (catalogue middle settings) through the search's final path, or TP-L2 + KD;
+    fine-tuned for the search's total compute (budget + final epochs), metered."""
+    import tempfile
+
+    from automc.catalog import scheme_text
+    from automc.compress.compute import metered
+    from automc.compress.scheme import measure
+    from automc.search.config import baseline_scheme
+    from automc.search.evaluator import Evaluator
+    from automc.search.space import SearchSpace
+
+    seed, method = int(spec["seed"]), spec["method"]
+    epochs = float(proto["budget"]) + float(proto["final_epochs"])
+    data, base, task = _task(proto, seed, epochs)
+    before = measure(base, task, test=False)
+    if method == "TP-L2":
+        sys.path.insert(0, str(Path(__file__).parent))
+        import torch
+        from methods import tp_l2_baseline
+
+        torch.manual_seed(seed)
+        with metered(data) as meter:  # measuring included, as in the search's final path
+            model = tp_l2_baseline(base, task, float(proto["target_pr"]), epochs)
+            m = measure(model, task)
+        scheme = "Torch-Pruning MagnitudeImportance(p=2) + KD(T=4, alpha=0.5)"
+        got = {"val_accuracy": m.acc_val, "test_accuracy": m.acc_test, "pr": 1 - m.params / before.params,
+               "fr": 1 - m.flops / before.flops, "test_correct_bits": m.test_bits, "test_ids_hash": m.test_ids}
+    else:
+        key = baseline_scheme(f"{method}(target_ratio_factor=1.0)")
+        scheme = scheme_text(key)
+        with tempfile.TemporaryDirectory(dir=out) as cache:
+            ev = Evaluator(base, task, cache_dir=cache, seed=seed, space=SearchSpace())
+            ev.base_measurement(task)  # cached; outside the meter, as the search measures its base in its setup
+            with metered(data) as meter:
+                result, _ = ev.final(key, task)
+        if not result.ok:
+            raise RuntimeError(f"{scheme} failed: {result.error}")
+        got = {k: result.measured.get(k) for k in ("val_accuracy", "pr", "fr", "test_correct_bits", "test_ids_hash")}
+        got["test_accuracy"] = result.test_accuracy
+    return {"scheme": scheme, "epochs": epochs, "compute": meter.epochs, "found": {"scheme": scheme, **got}}
+
+
+# -- the store every search run starts from -------------------------------------------------------------------------
 
 def copy_store(src: str, dst: Path) -> str:
     """A private copy of a LadybugDB store (the file and its side files)."""
@@ -137,228 +255,159 @@ def copy_store(src: str, dst: Path) -> str:
     for f in path.parent.iterdir():
         if f.name.startswith(path.name):
             shutil.copy(f, dst / f.name)
-    return f"ladybug://{dst / path.name}"
+    return f"ladybug://{(dst / path.name).resolve()}"
 
 
-def run_reuse(args: argparse.Namespace, res: dict[str, Any], save) -> None:
-    jobs = []
-    for seed in args.seeds:
-        for reuse in (True, False):
-            name = f"{'reuse' if reuse else 'noreuse'}-{seed}"
-            kw = _base_kwargs(args, args.reuse_model, args.reuse_weights)
-            kw.update(max_steps=args.reuse_budget or args.budget, final_epochs=args.reuse_final_epochs)
-            kw.update(seed=seed, strategy="progressive", reuse=reuse, out=str(args.out / "reuse" / name),
-                      cache_dir=str(args.out / "cache" / name), time_limit=args.time_limit,
-                      store=copy_store(seed_store(args, seed), args.out / "stores" / name), _name=name)
-            jobs.append(kw)
-    _pool_named(jobs, args.jobs, res, "reuse", save, args)
+def prepare_store(out: Path, embed: bool) -> str:
+    """A knowledge base (catalogue, paper tables, measured experience; embeddings unless ``embed`` is False) built
+    once; every search run starts from its own copy, so runs neither share history nor wait on one writer."""
+    uri = f"ladybug://{(out / 'kb' / 'kb.lbug').resolve()}"
+    if not (out / "kb" / "ready").is_file():
+        shutil.rmtree(out / "kb", ignore_errors=True)
+        (out / "kb").mkdir(parents=True)
+        for cmd in (["kb", "init"], ["kb", "embed"]) if embed else (["kb", "init"],):
+            subprocess.run([sys.executable, "-c", "from automc.cli.app import main; main()", *cmd, "--store", uri],
+                           check=True, stdout=subprocess.DEVNULL)
+        (out / "kb" / "ready").write_text("")
+    return uri
 
 
-def run_handmade(args: argparse.Namespace, res: dict[str, Any], save) -> None:
-    """Each method alone at PR gamma and TP-L2 + KD, with the epochs of the best found scheme's final fine-tune."""
-    from automc.catalog import scheme_key
-    from automc.compress import METHODS
-    from automc.search.space import SearchSpace
+def smoke_weights(out: Path) -> Path:
+    """The smoke mode's base model: a width-4 small CNN trained one epoch on the built-in digits (once)."""
+    path = out / "smallcnn4-digits.pt"
+    if not path.is_file():
+        import torch
 
-    best = best_run(res.get("strategies", {}), "progressive")
-    epochs = args.final_epochs
-    if best is not None:
-        space = SearchSpace()
-        factor = sum(space.epochs_factor(s) for s in scheme_key(best["scheme"]))
-        epochs = args.final_epochs * factor
-        res["handmade_epochs"] = {"scheme": best["scheme"], "epochs_factor_sum": factor, "epochs": epochs}
-    out = res.setdefault("handmade", {})
-    names = [n for n in (*METHODS, "TP-L2", "base") if n not in out]
-    job = {"weights": str(args.weights), "data": str(args.data), "val_data": str(args.val_data), "model": args.model,
-           "device": args.device, "target_pr": args.target_pr, "epochs": epochs, "threads": args.threads}
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as ex:
-        futs = {ex.submit(_handmade_one, name, job): name for name in names}
+        from automc.compress.builtin import train_base
+        from automc.compress.data import load_data
+        from automc.compress.models import model_for_data
+
+        data = load_data("digits", seed=0, device="cpu")
+        torch.manual_seed(0)
+        model = model_for_data("smallcnn", data, width=4)
+        train_base(model, data, 1.0, batch_size=64, seed=0, device="cpu")
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return path
+
+
+# -- the driver -----------------------------------------------------------------------------------------------------
+
+def load_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_results(path: Path, res: dict[str, Any]) -> None:
+    """Atomically: a kill while writing leaves the previous file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every run of the plan not yet finished in ``args.out``; returns the results."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / RESULTS
+    res = load_results(path)
+    proto = protocol(args)
+    if res.get("protocol") and _fixed(res["protocol"]) != _fixed(proto):
+        raise SystemExit(f"error: {path} holds runs of another protocol; use another --out")
+    res["protocol"] = proto
+    res.setdefault("machine", machine())
+    res.setdefault("runs", {})
+    todo = [r for r in plan(args) if "error" in res["runs"].get(r["name"], {"error": ""})]
+    save_results(path, res)
+    if not todo:
+        return res
+    store = None
+    if any(r["kind"] == "search" for r in todo) and not args.smoke:
+        store = prepare_store(args.out, embed=True)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as ex:
+        futs = {ex.submit(run_one, r, proto, str(args.out.resolve()), store): r for r in todo}
         for fut in as_completed(futs):
-            out[futs[fut]] = fut.result()
-            print(f"[{time.strftime('%H:%M:%S')}] handmade {futs[fut]}: {out[futs[fut]]}", flush=True)
-            save()
+            spec = futs[fut]
+            try:
+                rec = fut.result()
+            except Exception as e:  # noqa: BLE001 - a worker that died (killed, out of memory) is a failed run
+                rec = {"name": spec["name"], "group": spec["group"], "kind": spec["kind"], "seed": spec["seed"],
+                       "error": f"{type(e).__name__}: {e}"}
+            res["runs"][spec["name"]] = rec
+            save_results(path, res)
+            acc = (rec.get("found") or {}).get("test_accuracy", rec.get("test_accuracy"))
+            what = rec.get("error") or (f"test accuracy {acc:.2%}" if acc is not None else "no model")
+            print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {what} in {rec.get('wall', 0):.0f} s", flush=True)
+    return res
 
 
-def _handmade_one(name: str, job: dict[str, Any]) -> dict[str, Any]:
-    """One method alone (or the peer, or the unpruned base) in a worker process."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import torch
-    from methods import SETTINGS, tp_l2_baseline
-
-    from automc.compress import METHODS
-    from automc.compress.base import Task, TrainBudget
-    from automc.compress.data import load_data
-    from automc.compress.metrics import wilson_interval
-    from automc.compress.models import build_model, load_weights
-    from automc.compress.scheme import measure
-
-    torch.set_num_threads(int(job["threads"]))
-    torch.manual_seed(0)
-    dev = torch.device(job["device"])
-    t0 = time.time()
-    try:
-        data = load_data(job["data"], val_data=job["val_data"], seed=0, device=dev)
-        base = build_model(job["model"], data.num_classes)
-        load_weights(base, job["weights"])
-        task = Task(data, job["target_pr"], TrainBudget(epochs=job["epochs"]), dev, 0)
-        before = measure(base, task)
-        if name == "base":
-            return {"test": before.acc_test, "val": before.acc_val, "params": before.params}
-        if name == "TP-L2":
-            model = tp_l2_baseline(base, task, job["target_pr"], job["epochs"])
-        else:
-            model = METHODS[name]().compress(base, task, SETTINGS[name], job["target_pr"])
-        m = measure(model, task)
-        lo, hi = wilson_interval(m.test_correct, m.test_total)
-        return {"pr": 1 - m.params / before.params, "test": m.acc_test, "test_low": lo, "test_high": hi,
-                "val": m.acc_val, "seconds": time.time() - t0, "epochs": job["epochs"]}
-    except Exception as e:  # noqa: BLE001
-        return {"error": f"{type(e).__name__}: {e}"}
+def _fixed(proto: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs comparable: everything but the lists of what to run and how many threads."""
+    return {k: v for k, v in proto.items() if v is not None and k not in (
+        "seeds", "strategies", "ablation", "singles", "threads", "target_acc")}
 
 
-def run_honesty(args: argparse.Namespace, res: dict[str, Any], save) -> None:
-    """Random one-to-three-step schemes; each model on the JPEG validation split, a train-carved split and test."""
-    import numpy as np
-    import torch
-
-    from automc.catalog import scheme_text
-    from automc.compress.base import Task, TrainBudget
-    from automc.compress.data import load_data
-    from automc.compress.models import build_model, load_weights
-    from automc.compress.train import evaluate
-    from automc.search.evaluator import Evaluator
-    from automc.search.space import SearchSpace
-
-    dev = torch.device(args.device)
-    data = load_data(args.data, val_data=args.val_data, seed=0, device=dev)
-    carved = load_data(args.data, val_from="train", seed=0, device=dev)
-    base = build_model(args.model, data.num_classes)
-    load_weights(base, args.weights)
-    space = SearchSpace()
-    task = Task(data, args.target_pr, TrainBudget(epochs=args.epochs), dev, 0)
-    ev = Evaluator(base, task, cache_dir=args.out / "honesty-cache", seed=0, space=space)
-    rng = np.random.default_rng(0)
-    rows = res.setdefault("honesty", {"rows": []})["rows"]
-    m = ev.base()
-    rows.append({"scheme": "", "val": m.val_accuracy, "test": m.test_accuracy,
-                 "carved": evaluate(base.to(dev), carved, "val", device=dev).top1})
-    while len(rows) < args.honesty + 1:
-        scheme = space.random_scheme(rng, int(rng.integers(1, 4)))
-        if not scheme:
-            continue
-        for i in range(1, len(scheme) + 1):
-            r = ev.evaluate(tuple(scheme[:i]))
-            if not r.ok:
-                break
-            model = ev.model(tuple(scheme[:i]))
-            rows.append({"scheme": scheme_text(scheme[:i]), "val": r.val_accuracy, "pr": r.pr,
-                         "carved": evaluate(model.to(dev), carved, "val", device=dev).top1, "test": r.test_accuracy})
-        save()
-
-
-def val_subsample(path: Path, n: int, out: Path) -> Path:
-    """A seeded, stratified subsample of a validation file, written under ``out`` (cheaper selection on a CPU)."""
-    import numpy as np
-
-    dst = out / f"val-subsample-{n}.npz"
-    if not dst.is_file():
-        with np.load(path) as z:
-            x, y = z["x_val"], z["y_val"]
-        rng = np.random.default_rng(0)
-        keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), n // 10, replace=False)
-                                       for c in np.unique(y)]))
-        np.savez(dst, x_val=x[keep], y_val=y[keep])
-    return dst
-
-
-def best_run(runs: dict[str, Any], strategy: str) -> dict[str, Any] | None:
-    """The front row with the best test accuracy after the final fine-tune over the runs of one strategy."""
-    best = None
-    for name, r in runs.items():
-        if not name.startswith(strategy + "-"):
-            continue
-        for row in r.get("front", []):
-            if row.get("fidelity") == "final" and (best is None or row["test_accuracy"] > best["test_accuracy"]):
-                best = row
-    return best
-
-
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=Path("../shared"))
-    p.add_argument("--model", default="resnet56")
-    p.add_argument("--weights", type=Path)
-    p.add_argument("--reuse-model", default="resnet20")
-    p.add_argument("--reuse-weights", type=Path)
-    p.add_argument("--reuse-budget", type=int, default=None, help="budget of the reuse runs [--budget]")
-    p.add_argument("--reuse-final-epochs", type=float, default=0.0, help="the reuse runs compare hypervolume at "
-                   "search fidelity, so no final fine-tune by default")
-    p.add_argument("--data", type=Path)
-    p.add_argument("--val-data", type=Path)
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--width", type=int, default=None, help="first-stage width of a built-in model (smoke: 4)")
+    p.add_argument("--weights", type=Path, help="[<shared>/models/<model>-cifar10.th]")
+    p.add_argument("--data", help="[<shared>/datasets/cifar10-search.npz]")
+    p.add_argument("--val-data", default=None, help="[the data's own validation part]")
     p.add_argument("--target-pr", type=float, default=0.4)
-    p.add_argument("--budget", type=int, default=30)
-    p.add_argument("--epochs", type=float, default=0.5)
-    p.add_argument("--final-epochs", type=float, default=5.0)
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--per-round", type=int, default=10)
+    p.add_argument("--budget", type=float, default=10.0, help="search compute, epoch-equivalents [10]")
+    p.add_argument("--final-epochs", type=float, default=10.0, help="final fine-tune of every compared model [10]")
+    p.add_argument("--epochs", type=float, default=None, help="search fidelity [the tool's default]")
+    p.add_argument("--top-k", type=int, default=1, help="final models per search [1: the same final compute for "
+                   "every run]")
+    p.add_argument("--per-round", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--baseline", default="kb", help="each search run's --baseline [kb]")
+    p.add_argument("--no-reuse", dest="reuse", action="store_false")
+    p.add_argument("--screen", type=int, default=None, help="each search run's --screen N (rung 0) [the tool's "
+                   "default: off]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    p.add_argument("--phases", nargs="+", default=["strategies", "reuse", "handmade", "honesty"])
-    p.add_argument("--honesty", type=int, default=24, help="evaluations in the honesty phase")
-    p.add_argument("--val-subsample", type=int, default=0, help="select on a seeded stratified subsample of "
-                   "--val-data of this size (0: all of it)")
-    p.add_argument("--data-fraction", type=float, default=1.0, help="search fidelity: share of the training data")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--jobs", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--time-limit", type=float, default=None, help="seconds per search run")
-    p.add_argument("--store", default=None)
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--ablation", nargs="*", default=list(ABLATION), choices=list(ABLATION))
+    p.add_argument("--singles", nargs="*", default=list(SINGLE), choices=SINGLE)
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="runs or groups to run (e.g. random-1, "
+                   "single-SFP, progressive)")
+    p.add_argument("--target-acc", default="0.905", help="the accuracy target the report checks: a share, or "
+                   "'base' (the base model's test accuracy: the GPU target)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side, each in its own process [1]")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run [2]")
+    p.add_argument("--smoke", action="store_true", help="tiny model on digits, tiny budgets, 1 seed, 2 strategies, "
+                   "2 single methods (a few minutes on 2 cores)")
     p.add_argument("--out", type=Path, default=Path("bench/out/search"))
-    p.add_argument("--render", type=Path, default=None, help="render a finished --out into --results and exit")
+    p.add_argument("--render", type=Path, default=None, help="render a --out folder into --results and exit")
     p.add_argument("--results", type=Path, default=Path("bench/results"))
-    args = p.parse_args()
-    if args.render:
-        from search_bench_report import render
-
-        render(args.render, args.results)
-        return
+    p.add_argument("--name", default="search_bench16", help="file stem of the rendered results [search_bench16]")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.width, args.data = "smallcnn", 4, "digits"
+        args.weights = smoke_weights(args.out)
+        args.budget, args.final_epochs, args.epochs = 0.5, 0.3, 0.2
+        args.per_round, args.max_length, args.batch_size, args.lr, args.reuse = 3, 1, 64, 0.05, False
+        args.seeds, args.strategies, args.ablation, args.singles = args.seeds[:1], ["progressive", "random"], [], \
+            ["NS", "SFP"]
+        args.target_acc = "base"
     s = args.shared
     args.weights = args.weights or s / "models" / f"{args.model}-cifar10.th"
-    args.reuse_weights = args.reuse_weights or s / "models" / f"{args.reuse_model}-cifar10.th"
-    args.data = args.data or s / "datasets" / "cifar10-subset.npz"
-    args.val_data = args.val_data or s / "datasets" / "cifar10-val-jpeg.npz"
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.val_subsample:
-        args.val_data = val_subsample(args.val_data, args.val_subsample, args.out)
-    args.store = args.store or f"ladybug://{(args.out / 'store' / 'kb.lbug').resolve()}"
-    # one JSON per phase group, so groups can run side by side (the renderer merges them)
-    path = args.out / f"search_bench_{'_'.join(args.phases)}.json"
-    res: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    if "strategies" not in args.phases and (args.out / "search_bench_strategies.json").is_file():
-        res["strategies"] = json.loads((args.out / "search_bench_strategies.json").read_text())["strategies"]
-    res.update(machine=machine(args.device), args={k: str(v) for k, v in vars(args).items()})
+    args.data = args.data or str(s / "datasets" / "cifar10-search.npz")
+    return args
 
-    def save() -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1, default=str))
-        tmp.replace(path)
 
-    if "strategies" in args.phases and not (args.out / "store").exists():
-        t0 = time.time()
-        # one knowledge base with embeddings before the runs start, so none of them re-fits them concurrently
-        for cmd in (["kb", "init"], ["kb", "embed"]):
-            subprocess.run([sys.executable, "-c", "from automc.cli.app import main; main()", *cmd, "--store",
-                            args.store], check=True,
-                           stdout=subprocess.DEVNULL)
-        for seed in args.seeds:
-            copy_store(args.store, args.out / f"store-{seed}")
-        res["kb_seconds"] = time.time() - t0
-    phases = {"strategies": run_strategies, "reuse": run_reuse, "handmade": run_handmade, "honesty": run_honesty}
-    for name in args.phases:
-        t0 = time.time()
-        phases[name](args, res, save)
-        res.setdefault("phase_seconds", {})[name] = time.time() - t0
-        save()
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.render:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from search_bench_report import render
+
+        render(args.render, args.results, args.name)
+        return
+    bench(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Render ``search_bench.py``'s JSON into markdown and PNG plots (no store needed: the JSON carries the points)."""
+"""Render ``search_bench.py``'s JSON into markdown, a JSON copy and two PNG plots (no store needed: the JSON carries
+every run's points, found model and per-image test correctness). Nothing here is chosen by test accuracy: each run's
+model is the one the tool reported (best validation accuracy)."""
 
 from __future__ import annotations
 
@@ -9,255 +11,322 @@ from typing import Any
 
 import numpy as np
 
-STRATEGIES = ("progressive", "random", "evolution", "tpe", "rl")
+PR_TOLERANCE = 0.005  # a method lands within a few tenths of a point of its ratio; below this it missed γ
 
 
-def _runs(res: dict[str, Any], key: str, prefix: str) -> list[dict[str, Any]]:
-    return [r for n, r in sorted(res.get(key, {}).items()) if n.startswith(prefix + "-") and r.get("curve")]
+def _groups(runs: dict[str, Any], kind: str) -> dict[str, list[dict[str, Any]]]:
+    """Finished runs of ``kind`` by group (plan order kept), each group's runs by seed."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in runs.values():
+        if r.get("kind") == kind:
+            out.setdefault(r["group"], []).append(r)
+    return {g: sorted(rs, key=lambda r: r["seed"]) for g, rs in out.items()}
 
 
-def _curves(res: dict[str, Any]) -> None:
-    """The anytime hypervolume and best validation accuracy at PR >= gamma of every run, from its evaluations
-    (search fidelity, in evaluation order)."""
-    from automc.catalog import scheme_key
-    from automc.search._base import Observation
-    from automc.search.indicators import anytime_best_at_target, anytime_hypervolume
-
-    gamma = float(res["args"]["target_pr"])
-    for key in ("strategies", "reuse"):
-        for r in res.get(key, {}).values():
-            pts = [p for p in r.get("evaluated", []) if p["fidelity"] == "search"]
-            obs = [Observation(scheme_key(p["scheme"]), p["state"], p["val_accuracy"], p["pr"]) for p in pts]
-            r["curve"] = anytime_hypervolume(obs, gamma) if obs else []
-            r["best"] = anytime_best_at_target(obs, gamma) if obs else []
+def _acc(run: dict[str, Any], gamma: float) -> float | None:
+    """Final test accuracy of a run's model when it reaches γ (None: failed, no final model, or PR below γ)."""
+    f = run.get("found") or {}
+    if "error" in run or f.get("test_accuracy") is None or (f.get("pr") or 0.0) < gamma - PR_TOLERANCE:
+        return None
+    return float(f["test_accuracy"])
 
 
-def _final_best(run: dict[str, Any], target_pr: float) -> dict[str, Any] | None:
-    """The best test accuracy at PR >= gamma among a run's final fine-tunes."""
-    rows = [p for p in run.get("evaluated", []) if p["fidelity"] == "final" and p["state"] == "COMPLETE"
-            and (p["pr"] or 0) >= target_pr]
-    return max(rows, key=lambda p: p["accuracy"], default=None)
+def mean_sd(values: list[float | None]) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation (0 for one value) and count of the values that exist."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return None
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
 
 
-def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
+def _ms(values: list[float | None], pct: bool = True) -> str:
+    m = mean_sd(values)
+    if m is None:
+        return "–"
+    if pct:
+        return f"{m[0]:.2%} ± {m[1] * 100:.2f} (n={m[2]})"
+    return f"{m[0]:.2f} ± {m[1]:.2f} (n={m[2]})"
 
 
-def _at(curve: list[float], share: float) -> float:
-    if not curve:
-        return 0.0
-    return curve[max(0, min(len(curve), math.ceil(share * len(curve))) - 1)]
+def anytime(run: dict[str, Any], gamma: float, target_fr: float | None = None) -> list[tuple[float, float | None]]:
+    """(compute spent so far, best validation accuracy at PR >= γ so far) after every evaluated search step."""
+    spent, best, out = 0.0, None, []
+    for p in sorted(run.get("points") or [], key=lambda p: (p.get("step") is None, p.get("step") or 0)):
+        spent += float(p.get("compute") or 0.0)
+        ok = p.get("state") == "COMPLETE" and (p.get("pr") or 0.0) >= gamma - 1e-9 and \
+            (target_fr is None or (p.get("fr") or 0.0) >= target_fr)
+        if ok and p.get("val_accuracy") is not None:
+            best = max(best or 0.0, float(p["val_accuracy"]))
+        out.append((spent, best))
+    return out
 
 
-def _overhead(run: dict[str, Any]) -> float | None:
-    return run.get("overhead")
+def _at(curve: list[tuple[float, float | None]], compute: float) -> float | None:
+    """The best validation accuracy once ``compute`` was spent (the last point at or below it)."""
+    got = [b for c, b in curve if c <= compute + 1e-9]
+    return got[-1] if got else None
 
 
-def render(out: Path, results: Path) -> dict[str, Any]:
+def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Exact McNemar of two models' per-image test correctness (None when either lacks it or the images differ)."""
+    from automc.compress.paired import decode_bits, mcnemar
+
+    if not a.get("test_correct_bits") or not b.get("test_correct_bits") or a.get("test_ids_hash") != b.get(
+            "test_ids_hash"):
+        return None
+    ca, cb = decode_bits(a["test_correct_bits"]), decode_bits(b["test_correct_bits"])
+    m = mcnemar(ca, cb)
+    return {"diff": float(ca.mean() - cb.mean()), "only_a": m.b10, "only_b": m.b01, "p_value": m.p_value, "n": m.n}
+
+
+def _cell(t: dict[str, Any] | None) -> str:
+    if t is None:
+        return "–"
+    return f"{t['diff'] * 100:+.2f} pp (p={t['p_value']:.2g})"
+
+
+def load(out: Path) -> dict[str, Any]:
+    return json.loads((Path(out) / "search_bench.json").read_text())
+
+
+def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, Any]:
+    """Write ``<results>/<name>.md``, ``.json`` (the raw results), ``_anytime.png`` and ``_final.png``; returns
+    the summary (also under ``summary`` in the JSON copy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.stats import kendalltau, wilcoxon
 
-    res: dict[str, Any] = {}
-    for f in sorted(Path(out).glob("search_bench_*.json")):  # one file per phase group
-        for k, v in json.loads(f.read_text()).items():
-            if isinstance(v, dict) and isinstance(res.get(k), dict):
-                res[k] = {**res[k], **v}
-            else:
-                res.setdefault(k, v)
-    args = res["args"]
-    gamma = float(args["target_pr"])
-    _curves(res)
-    n_test = int(args.get("n_test", 1017))
+    res = load(out)
+    proto, runs, mach = res["protocol"], res.get("runs", {}), res.get("machine", {})
+    gamma = float(proto["target_pr"])
+    searches, singles = _groups(runs, "search"), _groups(runs, "single")
+    base = runs.get("base") if "error" not in runs.get("base", {"error": ""}) else None
     results.mkdir(parents=True, exist_ok=True)
-    lines = ["# Search strategies, knowledge reuse and validation honesty (`bench/search_bench.py`)", ""]
-    m = res["machine"]
-    lines += [f"Machine: {m.get('gpu', 'CPU only')}; {m.get('cpu', '')} ({m.get('cpus')} cores); torch "
-              f"{m.get('torch')}. Task: {args['model']} on `{Path(args['data']).name}`, fine-tune on its train part, "
-              f"select on `{Path(args['val_data']).name}` (JPEG, never seen by the base model), report on the "
-              f"{n_test} exact test images. gamma = {gamma}, budget {args['budget']} evaluated steps, search "
-              f"fidelity {args['epochs']} epochs, final fine-tune {args['final_epochs']} epochs (top "
-              f"{args['top_k']}), seeds {args['seeds']}.", ""]
+    seeds = sorted({r["seed"] for r in runs.values() if r.get("kind") != "base"})
+    total = float(proto["budget"]) + float(proto["final_epochs"])
+    smoke = ", smoke mode" if proto.get("smoke") else ""
+    width = f" (width {proto['width']})" if proto.get("width") else ""
+    lines = [f"# Search vs compressing by hand at the same total compute (`bench/search_bench.py`{smoke})", "",
+             "## Protocol (fixed before running)", "",
+             f"- Model `{proto['model']}`{width}, weights "
+             f"`{Path(str(proto['weights'])).name}`, data `{Path(str(proto['data'])).name}` (selection on its "
+             f"validation part, test accuracy of final models only), γ = {gamma} (PR ≥ γ - {PR_TOLERANCE} counts).",
+             f"- Search runs: {', '.join(proto['strategies'])}"
+             f"{' and the F_mo ablation ' + ', '.join(proto['ablation']) if proto['ablation'] else ''}; search budget "
+             f"{proto['budget']:g} epoch-equivalents of compute, fidelity "
+             f"{proto['epochs'] if proto['epochs'] is not None else 'the tool default'} epochs, final fine-tune "
+             f"{proto['final_epochs']:g} epochs of the top {proto['top_k']} (distillation from the base), baseline "
+             f"`{proto['baseline']}`, reuse {'on' if proto['reuse'] else 'off'}. The model compared is the one the "
+             f"tool reports (best validation accuracy), never chosen by test accuracy.",
+             f"- Single methods: {', '.join(proto['singles'])}, each alone at `target_ratio_factor=1.0` with the "
+             f"catalogue's middle settings (TP-L2: Torch-Pruning L2 + KD), fine-tuned {total:g} epochs (the search's "
+             f"budget + final fine-tune), distilling from the base.",
+             f"- Seeds {', '.join(map(str, proto['seeds']))}; device {proto['device']}, {proto['threads']} torch "
+             f"threads per run.",
+             f"- Machine: {mach.get('gpu') or 'CPU only'}; {mach.get('cpu')} ({mach.get('cores')} cores); torch "
+             f"{mach.get('torch')}, Python {mach.get('python')}.", ""]
+    if base:
+        lines += [f"Base model: {base['test_accuracy']:.2%} test accuracy on {base['test_images']} images, "
+                  f"{base['params']:,} parameters.", ""]
+    failed = [r for r in runs.values() if "error" in r]
+    # -- per seed --------------------------------------------------------------------------------------------------
+    lines += ["## Final test accuracy at PR ≥ γ, per seed", "",
+              "| run | seed | scheme | test acc | val acc | PR | FR | search compute | total compute | wall s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     summary: dict[str, Any] = {}
-    # -- strategies ------------------------------------------------------------------------------------------
-    indicators = (("curve", f"hypervolume (val acc x PR above {gamma})", "hypervolume", "{:.4f}"),
-                  ("best", f"best val acc at PR >= {gamma}", "hypervolume_best", "{:.3f}"))
-    finals: dict[str, dict[str, list[float]]] = {key: {} for key, *_ in indicators}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for (key, label, _, _), ax in zip(indicators, axes, strict=True):
-        for strat in STRATEGIES:
-            runs = _runs(res, "strategies", strat)
-            if not runs:
-                continue
-            n = min(len(r[key]) for r in runs)
-            curves = np.array([r[key][:n] for r in runs])
-            x = np.arange(1, n + 1)
-            ax.plot(x, curves.mean(0), label=strat)
-            ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.15)
-            finals[key][strat] = [r[key][-1] for r in runs]
-        ax.set_xlabel("evaluated steps")
-        ax.set_ylabel(label)
-        ax.legend()
-    axes[0].set_title("Anytime hypervolume, mean and min-max over seeds")
-    axes[1].set_title("Anytime best validation accuracy at the target")
-    fig.tight_layout()
-    fig.savefig(results / "search_bench_hypervolume.png", dpi=120)
-    plt.close(fig)
-    rows = []
-    for strat in STRATEGIES:
-        runs = _runs(res, "strategies", strat)
-        if not runs:
-            continue
-        bests = [_final_best(r, gamma) for r in runs]
-        best = max((b for b in bests if b), key=lambda b: b["accuracy"], default=None)
-        walls = [r.get("wall", 0) for r in runs]
-        over = [_overhead(r) for r in runs if _overhead(r) is not None]
-        lo, hi = _wilson(best["accuracy"], n_test) if best else (None, None)
-        rows.append((strat, finals["curve"][strat], finals["best"][strat], best, lo, hi, float(np.mean(walls)),
-                     float(np.mean(over)) if over else None, [b["accuracy"] if b else None for b in bests]))
-    lines += ["## Strategies, same evaluator and budget", "",
-              "| strategy | final hypervolume per seed (mean) | best val acc at PR >= gamma per seed (mean) | "
-              "best test acc at PR >= gamma after final fine-tune [95% CI] | per seed | wall s per run | "
-              "outside fine-tuning |",
-              "|---|---|---|---|---|---|---|"]
-    for strat, hv, bv, best, lo, hi, wall, over, per_seed in rows:
-        acc = f"{best['accuracy']:.2%} [{lo:.1%}, {hi:.1%}] (PR {best['pr']:.1%})" if best else "none"
-        seeds = ", ".join(f"{a:.2%}" if a is not None else "-" for a in per_seed)
-        lines.append(f"| {strat} | {', '.join(f'{h:.4f}' for h in hv)} ({np.mean(hv):.4f}) | "
-                     f"{', '.join(f'{h:.3f}' for h in bv)} ({np.mean(bv):.3f}) | {acc} | {seeds} | "
-                     f"{wall:.0f} | {f'{over:.0%}' if over is not None else '-'} |")
-    summary["strategies"] = {s: {"final_hv": hv, "final_best_val": bv, "best_test": b and b["accuracy"],
-                                 "per_seed_best": ps} for s, hv, bv, b, _, _, _, _, ps in rows}
-    for key, label, _, fmt in indicators:
-        final = finals[key]
-        if "progressive" not in final:
-            continue
-        lines += ["", f"Paired comparison of the final {label} (progressive minus other, same seed):", ""]
-        for strat, values in final.items():
-            if strat == "progressive" or len(values) != len(final["progressive"]):
-                continue
-            d = np.array(final["progressive"]) - np.array(values)
-            wins = int((d > 0).sum())
-            p = wilcoxon(d).pvalue if len(d) >= 3 and np.any(d != 0) else float("nan")
-            per_seed = ", ".join(("+" if x >= 0 else "") + fmt.format(x) for x in d)
-            lines.append(f"- vs {strat}: mean difference {'+' if d.mean() >= 0 else ''}{fmt.format(d.mean())} "
-                         f"(per seed {per_seed}); progressive higher in {wins}/{len(d)} seeds; Wilcoxon p = {p:.2f} "
-                         f"(3 seeds cannot reach p < 0.05)")
-    lines += ["", "![anytime hypervolume and best accuracy at the target](search_bench_hypervolume.png)", ""]
-    # fronts overlay
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for strat in STRATEGIES:
-        pts = [(p["pr"], p["val_accuracy"]) for r in _runs(res, "strategies", strat) for p in r["evaluated"]
-               if p["fidelity"] == "search" and p["state"] == "COMPLETE"]
-        if pts:
-            a = np.array(pts)
-            ax.scatter(a[:, 0], a[:, 1], s=8, alpha=0.5, label=strat)
-    ax.axvline(gamma, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("PR")
-    ax.set_ylabel("validation accuracy (JPEG split)")
-    ax.legend()
-    ax.set_title("Every search-fidelity evaluation, all seeds")
-    fig.tight_layout()
-    fig.savefig(results / "search_bench_points.png", dpi=120)
-    plt.close(fig)
-    lines += ["![evaluations](search_bench_points.png)", ""]
-    # -- hand-made -------------------------------------------------------------------------------------------
-    hm = res.get("handmade")
-    if hm:
-        base = hm.get("base", {"test": float("nan")})
-        ep = res.get("handmade_epochs", {})
-        lines += ["## Against hand-made schemes and the Torch-Pruning peer (Table 2 shape)", "",
-                  f"Each method alone in one step to PR {gamma}, fine-tuned for {ep.get('epochs', '?')} epochs — the "
-                  f"epochs of the best found scheme's final fine-tune (`{ep.get('scheme', '?')}`, epoch factors "
-                  f"summing to {ep.get('epochs_factor_sum', '?')}). Base model: {base['test']:.2%} test.", "",
-                  "| scheme | PR | test acc [95% CI] | AR |", "|---|---|---|---|"]
-        prog = [b for s, _, _, b, *_ in rows if s == "progressive"]
-        if prog and prog[0]:
-            b = prog[0]
-            lo, hi = _wilson(b["accuracy"], n_test)
-            lines.append(f"| **AutoMC progressive** `{b['scheme']}` | {b['pr']:.1%} | {b['accuracy']:.2%} "
-                         f"[{lo:.1%}, {hi:.1%}] | {(b['accuracy'] - base['test']) / base['test']:+.2%} |")
-        for name, r in hm.items():
-            if name == "base":
-                continue
-            if "error" in r:
-                lines.append(f"| {name} | - | failed: {r['error'][:80]} | - |")
-                continue
-            lines.append(f"| {name} | {r['pr']:.1%} | {r['test']:.2%} [{r['test_low']:.1%}, {r['test_high']:.1%}] | "
-                         f"{(r['test'] - base['test']) / base['test']:+.2%} |")
-        lines += ["", "Reference (paper, ResNet-56/CIFAR-10, full data, 3 GPU-days of search): AutoMC PR 39% with "
-                  "92.61% (base 91.04%).", ""]
-    # -- reuse -----------------------------------------------------------------------------------------------
-    if res.get("reuse"):
-        lines += ["## Knowledge reuse", "", f"`{args['reuse_model']}` searched after the runs above are in the store, "
-                  "with reuse (F_mo warm-started on their evaluations, transfer of their fronts) and with "
-                  "`--no-reuse`, same budget; each indicator at 25 / 50 / 100% of the budget.", ""]
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-        seeds = args["seeds"].strip("[]").split(", ")
-        summary["reuse"] = {}
-        for (key, label, _, fmt), ax in zip(indicators, axes, strict=True):
-            lines += [f"{label}:", "", "| seed | reuse 25% | 50% | 100% | no-reuse 25% | 50% | 100% | reuse reaches "
-                      "no-reuse final at |", "|---|---|---|---|---|---|---|---|"]
-            reached = []
-            for seed in seeds:
-                a = res["reuse"].get(f"reuse-{seed}", {}).get(key)
-                b = res["reuse"].get(f"noreuse-{seed}", {}).get(key)
-                if not a or not b:
+    for kind, groups in (("search", searches), ("single", singles)):
+        for g, rs in groups.items():
+            for r in rs:
+                f = r.get("found") or {}
+                if "error" in r:
+                    lines.append(f"| {g} | {r['seed']} | failed: {r['error'][:100]} | | | | | | | "
+                                 f"{r.get('wall', 0):.0f} |")
                     continue
-                target = b[-1]
-                hit = next((i + 1 for i, v in enumerate(a) if v >= target and target > 0), None)
-                reached.append(hit / len(a) if hit else None)
-                f = fmt.format
-                lines.append(f"| {seed} | {f(_at(a, .25))} | {f(_at(a, .5))} | {f(a[-1])} | {f(_at(b, .25))} | "
-                             f"{f(_at(b, .5))} | {f(b[-1])} | {f'{hit}/{len(a)} steps' if hit else 'never'} |")
-                ax.plot(range(1, len(a) + 1), a, color="tab:blue", alpha=0.7,
-                        label="reuse" if seed == seeds[0] else None)
-                ax.plot(range(1, len(b) + 1), b, color="tab:orange", alpha=0.7,
-                        label="no reuse" if seed == seeds[0] else None)
-            ok = [r for r in reached if r is not None and r <= 0.5]
-            lines += ["", f"Claim tested: with reuse the search reaches the no-reuse final {label} within half the "
-                      f"budget — held in {len(ok)} of {len(reached)} seeds.", ""]
-            ax.set_xlabel("evaluated steps")
-            ax.set_ylabel(label)
-            ax.legend()
-            summary["reuse"][key] = {"reached_half": len(ok), "seeds": len(reached)}
-        lines += ["![reuse](search_bench_reuse.png)", ""]
-        fig.tight_layout()
-        fig.savefig(results / "search_bench_reuse.png", dpi=120)
-        plt.close(fig)
-    # -- honesty ---------------------------------------------------------------------------------------------
-    pts = [p for key in ("strategies", "reuse") for r in res.get(key, {}).values() for p in r.get("evaluated", [])
-           if p["state"] == "COMPLETE" and p["val_accuracy"] is not None and p["accuracy"] is not None]
-    hon = res.get("honesty", {}).get("rows", [])
-    if pts or hon:
-        lines += ["## Validation honesty (Kendall tau against test accuracy)", ""]
-        if pts:
-            t = kendalltau([p["val_accuracy"] for p in pts], [p["accuracy"] for p in pts])
-            lines.append(f"- every evaluation of the benchmark ({len(pts)}): JPEG validation vs test, tau = "
-                         f"{t.statistic:.3f}")
-            summary["tau_all"] = t.statistic
-        if hon:
-            t1 = kendalltau([r["val"] for r in hon], [r["test"] for r in hon])
-            t2 = kendalltau([r["carved"] for r in hon], [r["test"] for r in hon])
-            lines.append(f"- {len(hon)} models measured three ways: JPEG validation (never seen) tau = "
-                         f"{t1.statistic:.3f}; split carved from the training part (seen in pre-training) tau = "
-                         f"{t2.statistic:.3f}")
-            summary["tau_jpeg"], summary["tau_carved"] = t1.statistic, t2.statistic
+                acc = _acc(r, gamma)
+                search_c = r.get("compute") if kind == "search" else None
+                final_c = r.get("final_compute")
+                total_c = r.get("compute") if kind == "single" else \
+                    (search_c or 0.0) + (final_c if final_c is not None else float(proto["final_epochs"]))
+                acc_s = f"{acc:.2%}" if acc is not None else (
+                    f"{f['test_accuracy']:.2%} (PR below γ)" if f.get("test_accuracy") is not None else "no model")
+                lines.append(f"| {g} | {r['seed']} | `{f.get('scheme', '')}` | {acc_s} | "
+                             f"{_pct(f.get('val_accuracy'))} | {_pct(f.get('pr'))} | {_pct(f.get('fr'))} | "
+                             f"{_num(search_c)} | {_num(total_c)} | {r.get('wall', 0):.0f} |")
+    lines += ["", "Compute in epoch-equivalents of the training split (`compress.compute`: teacher forwards and "
+              "measuring included). A search run's total is its search compute plus its final model's (as the store "
+              "recorded it, else the nominal final epochs; the baseline's fine-tune is not counted); a single "
+              "method's is metered around it (its final measurement on validation and test included).", "",
+              "## Mean ± sd over seeds", "",
+              "| run | test acc at PR ≥ γ | PR | FR | compute (search; single method: total) | wall s |",
+              "|---|---|---|---|---|---|"]
+    for kind, groups in (("search", searches), ("single", singles)):
+        for g, rs in groups.items():
+            accs = [_acc(r, gamma) for r in rs]
+            ok = [r for r in rs if "error" not in r]
+            prs = [(r.get("found") or {}).get("pr") for r in ok]
+            frs = [(r.get("found") or {}).get("fr") for r in ok]
+            comp = [r.get("compute") for r in ok]
+            walls = [r.get("wall") for r in ok]
+            lines.append(f"| {g} | {_ms(accs)} | {_ms(prs)} | {_ms(frs)} | {_ms(comp, False)} | "
+                         f"{_ms(walls, False)} |")
+            m = mean_sd(accs)
+            summary[g] = {"kind": kind, "per_seed": {str(r["seed"]): _acc(r, gamma) for r in rs},
+                          "mean": m[0] if m else None, "sd": m[1] if m else None, "n": m[2] if m else 0}
+    # -- anytime -----------------------------------------------------------------------------------------------------
+    budget = float(proto["budget"])
+    lines += ["", "## Anytime best validation accuracy at PR ≥ γ vs search compute (mean over seeds)", "",
+              "| search | 25% of budget | 50% | 100% | end of run |", "|---|---|---|---|---|"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for g, rs in searches.items():
+        curves = [anytime(r, gamma) for r in rs if "error" not in r]
+        if not curves:
+            continue
+        cells = []
+        for share in (0.25, 0.5, 1.0):
+            cells.append(_ms([_at(c, share * budget) for c in curves]))
+        cells.append(_ms([c[-1][1] if c else None for c in curves]))
+        lines.append(f"| {g} | {' | '.join(cells)} |")
+        for i, c in enumerate(curves):
+            pts = [(x, y) for x, y in c if y is not None]
+            if pts:
+                ax.step(*zip(*pts, strict=True), where="post", color=f"C{list(searches).index(g)}",
+                        label=g if i == 0 else None, alpha=0.8)
+    ax.set_xlabel("search compute (epoch-equivalents)")
+    ax.set_ylabel(f"best validation accuracy at PR ≥ {gamma}")
+    ax.set_title("Anytime best validation accuracy (one line per seed)")
+    if searches:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / f"{name}_anytime.png", dpi=110)
+    plt.close(fig)
+    lines += ["", f"![anytime curves]({name}_anytime.png)", ""]
+    # -- final accuracies per seed plot ------------------------------------------------------------------------------
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(summary) + 2), 4.2))
+    for i, s in enumerate(summary.values()):
+        ys = [v for v in s["per_seed"].values() if v is not None]
+        ax.scatter([i] * len(ys), ys, color="C0" if s["kind"] == "search" else "C1", zorder=3)
+        if s["mean"] is not None:
+            ax.hlines(s["mean"], i - 0.3, i + 0.3, color="k")
+    if base:
+        ax.axhline(base["test_accuracy"], ls="--", color="grey", label="base model")
+    ax.set_xticks(range(len(summary)), list(summary), rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"final test accuracy at PR ≥ {gamma}")
+    ax.scatter([], [], color="C0", label="search run")
+    ax.scatter([], [], color="C1", label="single method")
+    ax.legend(fontsize=8)
+    ax.set_title("Final test accuracy per seed (bar: mean)")
+    fig.tight_layout()
+    fig.savefig(results / f"{name}_final.png", dpi=110)
+    plt.close(fig)
+    lines += [f"![final accuracies per seed]({name}_final.png)", ""]
+    # -- paired tests ------------------------------------------------------------------------------------------------
+    lines += ["## Exact McNemar tests, per seed (same test images)", "",
+              "Each cell: the search run's model minus the other model's test accuracy, and the two-sided exact "
+              "McNemar p-value over the images one gets right and the other wrong.", ""]
+    tests: dict[str, Any] = {}
+    others = [g for g in singles] + (["progressive"] if "progressive" in searches else [])
+    for seed in seeds:
+        by = {r["group"]: r for r in runs.values() if r.get("seed") == seed and "error" not in r
+              and r.get("kind") != "base"}
+        rows = [g for g in searches if g in by]
+        if not rows or not others:
+            continue
+        lines += [f"Seed {seed}:", "", f"| search \\ vs | {' | '.join(others)} |",
+                  f"|---|{'---|' * len(others)}"]
+        for g in rows:
+            cells = []
+            for o in others:
+                t = None if o == g or o not in by else paired(by[g].get("found") or {}, by[o].get("found") or {})
+                tests[f"{g}-{seed} vs {o}-{seed}"] = t
+                cells.append("·" if o == g else _cell(t))
+            lines.append(f"| {g} | {' | '.join(cells)} |")
         lines.append("")
-    ph = res.get("phase_seconds", {})
-    if ph:
-        lines += ["Wall time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in ph.items()), ""]
-    (results / "search_bench.md").write_text("\n".join(lines))
-    (results / "search_bench.json").write_text(json.dumps({"summary": summary, **res}, indent=1, default=str))
-    return summary
+    # -- baseline lines ----------------------------------------------------------------------------------------------
+    lines += ["## Each search run's baseline line (`--baseline`)", ""]
+    for g, rs in searches.items():
+        for r in rs:
+            if "error" not in r:
+                lines.append(f"- {g} seed {r['seed']}: {(r.get('baseline') or {}).get('summary') or 'no baseline'}")
+    # -- F_mo ----------------------------------------------------------------------------------------------------------
+    lines += ["", "## F_mo's per-round rank correlation (progressive runs' stored strategy state)", "",
+              "Spearman correlation of the predicted vs observed accuracy change on each round's new steps, before "
+              "F_mo is fitted on them, beside the prior's; `ranking` is what ranked the round's proposals.", "",
+              "| run | seed | round | steps | F_mo | prior | ranking |", "|---|---|---|---|---|---|---|"]
+    any_q = False
+    for g, rs in searches.items():
+        for r in rs:
+            for q in r.get("quality") or []:
+                any_q = True
+                lines.append(f"| {g} | {r['seed']} | {q.get('round')} | {q.get('steps')} | {_num(q.get('fmo'))} | "
+                             f"{_num(q.get('prior'))} | {q.get('ranking')} |")
+    if not any_q:
+        lines.append("| (no round was measured) | | | | | | |")
+    lines += ["", "## Rungs: not built yet", "",
+              "No rung's rank correlation with the final fine-tuned accuracy is measured here: the search's rungs "
+              "above the search fidelity do not exist yet, and rung 0 (`--screen`, off by default; this run: "
+              f"{proto.get('screen') or 'off'}) would need final fine-tunes of many screened candidates, which this "
+              "protocol does not make (one final model per run). No number is given rather than an invented one.", ""]
+    # -- targets -------------------------------------------------------------------------------------------------------
+    targets = _targets(summary, proto, base)
+    lines += ["## Targets", ""] + [f"- {t['text']}" for t in targets]
+    if failed:
+        lines += ["", "## Failed runs", ""] + [f"- {r['name']}: {r['error'][:300]}" for r in failed]
+    lines.append("")
+    (results / f"{name}.md").write_text("\n".join(lines))
+    copy = dict(res, summary=summary, paired=tests, targets=targets)
+    (results / f"{name}.json").write_text(json.dumps(copy, indent=1, default=str))
+    return copy
 
 
-if __name__ == "__main__":
-    import sys
+def _targets(summary: dict[str, Any], proto: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 16's targets, each met, missed or not measurable, with the numbers."""
+    out: list[dict[str, Any]] = []
+    prog = summary.get("progressive")
+    singles = {g: s for g, s in summary.items() if s["kind"] == "single" and s["mean"] is not None}
+    if not prog or prog["mean"] is None:
+        return [{"target": "all", "met": None,
+                 "text": "no progressive run produced a final model at PR ≥ γ: no target can be checked"}]
+    pm = prog["mean"]
+    if singles:
+        best_g, best = max(singles.items(), key=lambda kv: kv[1]["mean"])
+        below = [f"seed {s}: {v:.2%} vs {best['per_seed'].get(s):.2%}" for s, v in prog["per_seed"].items()
+                 if v is not None and best["per_seed"].get(s) is not None and v < best["per_seed"][s] - 0.01]
+        met = pm >= best["mean"] and not below
+        seeds_text = (f"seeds more than 1 pp below it: {', '.join(below)}" if below
+                      else "no seed more than 1 pp below it")
+        out.append({"target": "best single method", "met": met,
+                    "text": f"{'MET' if met else 'MISSED'}: progressive {pm:.2%} mean vs the best single method "
+                            f"({best_g}) {best['mean']:.2%} at equal total compute"
+                            f"; {seeds_text}"})
+    else:
+        out.append({"target": "best single method", "met": None, "text": "no single method finished: not measured"})
+    if str(proto.get("target_acc", "0.905")) == "base":
+        if base:
+            met = pm >= base["test_accuracy"]
+            out.append({"target": "base accuracy", "met": met,
+                        "text": f"{'MET' if met else 'MISSED'}: progressive {pm:.2%} mean vs the base model's "
+                                f"{base['test_accuracy']:.2%} (no accuracy loss)"})
+        else:
+            out.append({"target": "base accuracy", "met": None, "text": "the base run is missing: not measured"})
+    else:
+        goal = float(proto["target_acc"])
+        out.append({"target": "absolute accuracy", "met": pm >= goal,
+                    "text": f"{'MET' if pm >= goal else 'MISSED'}: progressive {pm:.2%} mean vs the target "
+                            f"{goal:.2%}"})
+    rivals = {g: s for g, s in summary.items() if s["kind"] == "search" and g in proto["strategies"]
+              and g != "progressive" and s["mean"] is not None}
+    if rivals:
+        worse = {g: s["mean"] for g, s in rivals.items() if s["mean"] > pm}
+        out.append({"target": "every baseline strategy", "met": not worse,
+                    "text": f"{'MET' if not worse else 'MISSED'}: progressive {pm:.2%} mean vs "
+                            + ", ".join(f"{g} {s['mean']:.2%}" for g, s in rivals.items())})
+    return out
 
-    render(Path(sys.argv[1]), Path(sys.argv[2]))
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2%}"
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"

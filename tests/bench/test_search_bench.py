@@ -1,0 +1,75 @@
+"""``bench/search_bench.py`` end to end in its smoke mode (a tiny CNN on the built-in digits, real searches, real
+single-method fine-tunes, each in its own process): the results JSON's shape, a re-run that skips finished runs,
+and the rendered markdown's per-seed rows and mean ± sd."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "bench" / "search_bench.py"
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_smoke_runs_saves_skips_finished_runs_and_renders(tmp_path: Path) -> None:
+    out, results = tmp_path / "out", tmp_path / "results"
+    first = _bench("--smoke", "--out", str(out), "--threads", "1", "--jobs", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    res = json.loads((out / "search_bench.json").read_text())
+    proto = res["protocol"]
+    assert proto["smoke"] and proto["seeds"] == [0] and proto["strategies"] == ["progressive", "random"]
+    assert proto["single_epochs"] == pytest.approx(proto["budget"] + proto["final_epochs"])
+    assert res["machine"]["cpu"] and res["machine"]["torch"]
+    runs = res["runs"]
+    assert set(runs) == {"base", "progressive-0", "random-0", "single-NS-0", "single-SFP-0"}
+    assert not [n for n, r in runs.items() if "error" in r], {n: r.get("error") for n, r in runs.items()}
+    gamma = proto["target_pr"]
+    hashes = {runs["base"]["test_ids_hash"]}
+    for name in ("progressive-0", "random-0", "single-NS-0", "single-SFP-0"):
+        r = runs[name]
+        assert r["seed"] == 0 and r["wall"] > 0
+        found = r["found"]
+        assert found["pr"] >= gamma - 0.005 and 0.0 <= found["test_accuracy"] <= 1.0
+        assert found["test_correct_bits"].startswith(f"{runs['base']['test_images']}:")
+        hashes.add(found["test_ids_hash"])
+    assert len(hashes) == 1  # every model measured on the same test images: the paired tests are valid
+    for name in ("progressive-0", "random-0"):
+        r = runs[name]
+        assert r["kind"] == "search" and r["state"] == "COMPLETE" and r["points"]
+        assert r["compute"] > 0 and all(p["compute"] is not None for p in r["points"])
+        assert r["baseline"].get("summary")
+    assert runs["progressive-0"]["quality"]  # F_mo's per-round measures, from the stored strategy state
+    for name in ("single-NS-0", "single-SFP-0"):
+        assert runs[name]["kind"] == "single" and runs[name]["epochs"] == proto["single_epochs"]
+        assert runs[name]["compute"] > 0
+
+    again = _bench("--smoke", "--out", str(out), "--threads", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "test accuracy" not in again.stdout  # nothing ran again
+    assert json.loads((out / "search_bench.json").read_text())["runs"] == runs
+
+    shown = _bench("--render", str(out), "--results", str(results))
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    md = (results / "search_bench16.md").read_text()
+    assert md.startswith("# Search vs compressing by hand") and "## Protocol (fixed before running)" in md
+    for group in ("progressive", "random", "single-NS", "single-SFP"):
+        assert f"| {group} | 0 | `" in md  # its seed-0 row
+        assert any(line.startswith(f"| {group} | ") and " ± " in line and "(n=1)" in line for line in md.splitlines())
+    assert "## Exact McNemar tests, per seed" in md and "## Rungs: not built yet" in md and "## Targets" in md
+    assert (results / "search_bench16_anytime.png").stat().st_size > 0
+    assert (results / "search_bench16_final.png").stat().st_size > 0
+    rendered = json.loads((results / "search_bench16.json").read_text())
+    assert rendered["summary"]["progressive"]["per_seed"]["0"] == runs["progressive-0"]["found"]["test_accuracy"]
+    assert rendered["paired"]["progressive-0 vs single-SFP-0"]["n"] == runs["base"]["test_images"]
