@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from automc.compress.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a subprocess that imports torch and runs two real steps and a reference loop
 def test_bench_runs_end_to_end(tmp_path):
-    data = synthetic(num_classes=4, per_class=24, size=16, seed=0)
+    data = synthetic(num_classes=4, per_class=16, size=16, seed=0)
 
     def hwc(split):
         return data.x[split].permute(0, 2, 3, 1).numpy()
@@ -28,7 +30,8 @@ def test_bench_runs_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--model", "resnet8",
                            "--width", "4", "--data", str(npz), "--device", "cpu", "--batch-size", "16",
-                           "--epochs", "0.5", "--threads", "1", "--out", str(out), "--name", "tiny"],
+                           "--epochs", "0.5", "--threads", "1", "--ref-min-steps", "3", "--out", str(out),
+                           "--name", "tiny"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "tiny.json").read_text())
@@ -38,6 +41,6 @@ def test_bench_runs_end_to_end(tmp_path):
         assert "target_ratio_factor=1" in s["strategy"]
         assert s["trained_images"] > 0 and s["forward_images"] > 0 and s["ratio"] > 0
         assert s["pr"] >= 0.39  # one step to the target
-    assert r["reference"]["images"] >= 20 * 16 and r["reference"]["images_per_s"] > 0
+    assert r["reference"]["images"] >= 3 * 16 and r["reference"]["images_per_s"] > 0
     md = (out / "tiny.md").read_text()
     assert "**CPU**" in md and "NOT measured" in md and "SFP" in md and "LMA" in md
