@@ -11,6 +11,7 @@ of the training part. ``Data.sources`` says which images each part holds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -71,8 +72,7 @@ class Data:
         return self.normalize(self.x["train"][:n])
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = _mean_std(tuple(self.mean), tuple(self.std), x.device)
         return (x.float() / 255.0 - mean) / std
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False, augment: bool | None = None,
@@ -101,6 +101,16 @@ class Data:
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         return max(1, self.size(split) // batch_size) if self.size(split) >= batch_size else 1
+
+
+@functools.lru_cache(maxsize=32)
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation constants as (1, C, 1, 1) tensors on ``device``, built once: a fresh host-to-GPU copy every
+    batch would make each step wait for the device."""
+    with torch.inference_mode(False):  # plain tensors even when first built under inference mode
+        return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
+                torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def _split(split: str) -> str:

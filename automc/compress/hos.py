@@ -60,13 +60,15 @@ class Moments:
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)  # (C, N*H*W)
-        powers = [x.sum(1), (x**2).sum(1), (x**3).sum(1), (x**4).sum(1), x.abs().sum(1)]
-        self.sums += torch.stack(powers).cpu()
+        powers = torch.stack([x.sum(1), (x**2).sum(1), (x**3).sum(1), (x**4).sum(1), x.abs().sum(1)])
+        if self.sums.device != powers.device:
+            self.sums = self.sums.to(powers.device)  # summed where the responses are: no transfer per batch
+        self.sums += powers
         self.count += x.shape[1]
 
     def central(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, variance, 3rd central moment, 4th central moment, E|x|)."""
-        e1, e2, e3, e4, ea = self.sums / max(self.count, 1)
+        e1, e2, e3, e4, ea = self.sums.cpu() / max(self.count, 1)
         m2 = (e2 - e1**2).clamp_min(0)
         m3 = e3 - 3 * e1 * e2 + 2 * e1**3
         m4 = e4 - 4 * e1 * e3 + 6 * e1**2 * e2 - 3 * e1**4

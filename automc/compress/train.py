@@ -4,7 +4,8 @@ SGD with Nesterov momentum and a cosine learning rate over the whole run; fracti
 (0.4 epochs = 40% of an epoch's batches). Methods change training only through ``Hooks`` (no-ops by
 default), e.g. NS adds an L1 penalty on BN scales with ``regularize`` and SFP zeroes filters in
 ``after_step``. Knowledge distillation from an optional ``teacher``. On CUDA: bf16 autocast and
-channels-last; on the CPU: fp32. Seeded by ``task.seed``.
+channels-last; on the CPU: fp32. Seeded by ``task.seed``. No step waits on the device: the loss's finiteness is
+tracked on the device and read every ``DIVERGENCE_CHECK_EVERY`` steps, logits stay on the device until the end.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from automc.compress.compute import charge
 from automc.compress.data import Data
 from automc.compress.metrics import Accuracy
 from automc.errors import CompressionError
+
+# steps between reads of the on-device finiteness flag: each read waits for the device to drain its queue, so reading
+# every step (or every 20) stalls a GPU; a diverged run is still stopped within this many steps
+DIVERGENCE_CHECK_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ def finetune(model: nn.Module, task: Task, epochs: float, *, hooks: Hooks | None
     spe = data.steps_per_epoch(budget.batch_size)
     amp = cuda and task.amp
     model.train()
-    step, loss_value = 0, float("nan")
+    step, loss = 0, None
+    finite = torch.ones((), dtype=torch.bool, device=dev)  # every loss so far was finite (kept on the device)
     while step < total:
         for x, y in data.batches("train", budget.batch_size, shuffle=True, generator=gen,
                                  drop_last=data.size("train") >= budget.batch_size):
@@ -128,21 +134,21 @@ def finetune(model: nn.Module, task: Task, epochs: float, *, hooks: Hooks | None
                 hooks.after_step(model, step, total)
             if hooks.after_epoch is not None and step % spe == 0:
                 hooks.after_epoch(model, step // spe)
-            if step % 20 == 0 or step == total:
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise CompressionError(f"training diverged (loss {loss_value}) after {step} steps; "
-                                           f"try a lower learning rate than {base_lr}")
+            finite &= torch.isfinite(loss.detach())
+            if (step % DIVERGENCE_CHECK_EVERY == 0 or step == total) and not bool(finite):
+                raise CompressionError(f"training diverged (loss {float(loss.detach())}) by step {step}; "
+                                       f"try a lower learning rate than {base_lr}")
             if step >= total:
                 break
     model.eval()
-    return TrainLog(total, total / spe, time.perf_counter() - t0, loss_value)
+    return TrainLog(total, total / spe, time.perf_counter() - t0, float(loss.detach()) if loss is not None else
+                    float("nan"))
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Data, split: str = "test", *, batch_size: int = 500,
-            device: torch.device | str | None = None, max_batches: int | None = None) -> torch.Tensor:
-    """Logits of ``model`` on a split (float32, on the CPU)."""
+def _logits(model: nn.Module, data: Data, split: str, batch_size: int, device: torch.device | str | None,
+            max_batches: int | None) -> torch.Tensor:
+    """Logits of ``model`` on a split (float32), left on the model's device (no transfer per batch)."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was = model.training
     model.eval()
@@ -153,16 +159,23 @@ def predict(model: nn.Module, data: Data, split: str = "test", *, batch_size: in
             if dev.type == "cuda":
                 x = x.to(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                out.append(model(x).float().cpu())
+                out.append(model(x).float())
             charge(x.shape[0], backward=False)
     finally:
         model.train(was)
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, device=dev)
+
+
+def predict(model: nn.Module, data: Data, split: str = "test", *, batch_size: int = 500,
+            device: torch.device | str | None = None, max_batches: int | None = None) -> torch.Tensor:
+    """Logits of ``model`` on a split (float32, on the CPU)."""
+    return _logits(model, data, split, batch_size, device, max_batches).cpu()
 
 
 def evaluate(model: nn.Module, data: Data, split: str = "test", *, batch_size: int = 500,
              device: torch.device | str | None = None, max_batches: int | None = None) -> Accuracy:
     """Top-1 accuracy of ``model`` on ``split`` (``"train"``, ``"val"``, ``"test"``), without augmentation."""
-    logits = predict(model, data, split, batch_size=batch_size, device=device, max_batches=max_batches)
-    y = data.y[split][: logits.shape[0]].cpu()
+    logits = _logits(model, data, split, batch_size, device, max_batches)
+    y = data.y[split][: logits.shape[0]].to(logits.device, non_blocking=True)
+    # counted on the device: the one value read back is the count
     return Accuracy(int((logits.argmax(1) == y).sum()), int(y.shape[0]))
