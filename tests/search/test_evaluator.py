@@ -14,10 +14,9 @@ from automc.compress import METHODS
 from automc.compress._common import resolve_params
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
-from automc.compress.models import build_model
 from automc.compress.ns import NetworkSlimming
 from automc.compress.scheme import apply_step
-from automc.compress.train import finetune, predict, steps_for
+from automc.compress.train import predict, steps_for
 from automc.errors import ValidationError
 from automc.kb.schema import NODE
 from automc.kb.states import State
@@ -39,19 +38,6 @@ class CountingNS(NetworkSlimming):
 
 
 METHODS_COUNTED = {**METHODS, "NS": CountingNS}
-
-
-@pytest.fixture(scope="module")
-def base(data):
-    torch.manual_seed(0)
-    model = build_model("resnet8", data.num_classes, width=4)
-    finetune(model, Task(data, 0.4, TrainBudget(epochs=12, batch_size=32, lr=0.05)), 12)
-    return model
-
-
-@pytest.fixture
-def task(data):
-    return Task(data, 0.4, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
 
 
 def make(base, task, space, tmp_path, name="cache", **kw):

@@ -11,8 +11,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from automc.compress.base import Task, TrainBudget
 from automc.compress.budget import final_split
-from automc.compress.models import build_model
-from automc.compress.train import finetune, steps_for
+from automc.compress.train import steps_for
 from automc.errors import ValidationError
 from automc.search.evaluator import Evaluator
 
@@ -20,21 +19,7 @@ torch.set_num_threads(1)
 
 # two schemes of very different epoch factors: 0.4 in all, and 1.5 + 0.8 = 2.3
 LIGHT = "SFP(target_ratio_factor=1.0, sfp_epochs_factor=0.4)"
-HEAVY = "NS(target_ratio_factor=0.5, finetune_epochs_factor=1.5) > SFP(target_ratio_factor=1.0, sfp_epochs_factor=0.8)"
-
-
-@pytest.fixture(scope="module")
-def base(data):
-    torch.manual_seed(0)
-    model = build_model("resnet8", data.num_classes, width=4)
-    finetune(model, Task(data, 0.4, TrainBudget(epochs=12, batch_size=32, lr=0.05)), 12)
-    return model
-
-
-@pytest.fixture
-def task(data):
-    """The search's task (a teacher-less task: the evaluator makes the base model its teacher)."""
-    return Task(data, 0.4, TrainBudget(epochs=1, batch_size=32, lr=0.05), torch.device("cpu"), seed=0)
+HEAVY = "NS(target_ratio_factor=0.5, finetune_epochs_factor=1.5) > SFP(target_ratio_factor=0.5, sfp_epochs_factor=0.8)"
 
 
 def final_task(task, epochs):
