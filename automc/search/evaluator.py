@@ -288,7 +288,7 @@ class Evaluator:
                            seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="final",
                            data_fraction=data_fraction)
         # training compute in epoch-equivalents of the training split: the split's total, whatever the scheme
-        return dataclasses.replace(result, measured={**result.measured, "compute": split.total}), model
+        return dataclasses.replace(result, compute=split.total), model
 
     def _polish(self, model: nn.Module, key: SchemeKey, task: Task, epochs: float) -> None:
         """Fine-tune ``model`` in place for ``epochs``, distilling from the base model (``task.teacher``) with the

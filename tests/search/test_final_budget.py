@@ -74,7 +74,7 @@ def test_the_final_budget_is_the_same_for_two_different_schemes(base, task, spac
         phases = sum(2 if s.startswith("NS(") else 1 for s in key) + (split.polish > 0)  # NS trains in two phases
         # every phase rounds its fractional epochs to whole optimiser steps: at most half a step each way
         assert result.ok and abs(n - want) <= phases / 2 + 0.5, (text, n, want)
-        assert result.epochs == epochs and result.measured["compute"] == epochs
+        assert result.epochs == epochs and result.compute == epochs and result.record()["compute"] == epochs
 
 
 def test_polish_mode_starts_from_the_cached_search_model(base, task, space, tmp_path):

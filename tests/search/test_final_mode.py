@@ -29,7 +29,7 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def polished(inputs, tmp_path_factory):
     d = tmp_path_factory.mktemp("polish-run")
-    cfg = config(inputs, d, final_epochs=0.6, final_mode="polish", top_k=2, budget=4, per_round=2,
+    cfg = config(inputs, d, final_epochs=0.6, final_mode="polish", top_k=2, max_steps=4, per_round=2,
                  out=str(d / "out"))
     return cfg, search(cfg)
 
