@@ -336,11 +336,15 @@ class ProgressiveStrategy(SearchStrategy):
         if fmo is None and prior is None:
             return {}
         used = prior if ranking == "prior" else fmo
-        acc = predicted_accuracy(history, steps, lambda ps, ss: self._step_ar(history, ps, ss, ranking)[2]) \
-            if used is not None else [None] * len(steps)
+        acc: dict[SchemeKey, float | None] = {}
+        for i, key in enumerate(steps):  # a prefix comes before its extensions: chain from the evaluated one
+            parent = history.get(key[:-1])
+            before = (parent.val_accuracy if parent is not None and parent.ok else None) if key[:-1] in history \
+                else acc.get(key[:-1])
+            acc[key] = None if before is None or used is None else finite(before * (1.0 + float(used[i])))
         return {key: {"step_ar": None if fmo is None else finite(fmo[i]),
                       "prior_ar": None if prior is None else finite(prior[i]), "ranked_by": ranking,
-                      "val_accuracy": None if acc[i] is None else finite(acc[i])}
+                      "val_accuracy": acc[key]}
                 for i, key in enumerate(steps)}
 
     def summary(self) -> dict[str, Any]:

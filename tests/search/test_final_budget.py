@@ -14,6 +14,7 @@ from automc.compress.budget import final_split
 from automc.compress.train import steps_for
 from automc.errors import ValidationError
 from automc.search.evaluator import Evaluator
+from tests.search.test_evaluator import forwards_of
 
 torch.set_num_threads(1)
 
@@ -36,16 +37,6 @@ def optimiser_steps(run):
         handle.remove()
     return len(steps), out
 
-
-def forwards_of(model, run):
-    """Forward passes of ``model`` itself (not of copies, which carry the hook too) during ``run()``, and its result."""
-    calls = []
-    handle = model.register_forward_hook(lambda m, _i, _o: calls.append(m is model))
-    try:
-        out = run()
-    finally:
-        handle.remove()
-    return sum(calls), out
 
 
 def test_split_gives_each_step_its_share_of_the_cap_and_the_rest_to_the_polish():
