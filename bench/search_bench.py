@@ -9,11 +9,14 @@ Protocol (fixed before running; written at the top of the results markdown and i
   ``--budget`` epoch-equivalents of compute (10) and a final fine-tune of ``--final-epochs`` (10, distillation from
   the base) of the one scheme the tool reports (``--top-k 1``, so the final compute is the same for every run), on
   every seed of ``--seeds`` (≥ 3). The F_mo ablation: progressive with ``ranking=prior`` and ``ranking=random``.
-  Each search run's model is the one the tool reports (best validation accuracy); its ``--baseline`` line is kept.
+  Each search run's model is the one the tool reports (best validation accuracy); its ``--baseline`` is ``none`` by
+  default (the single-method runs below are the baselines, with more compute than the report's would get).
 - Single methods: each of the six methods alone at ``target_ratio_factor=1.0`` with the catalogue's middle settings,
   plus Torch-Pruning L2 + KD, given the same total compute as a search run as its fine-tune (``--budget`` +
   ``--final-epochs`` epochs, e.g. 20), distilling from the base, on the same seeds and the same test images, with
-  per-image correctness kept for the exact McNemar test.
+  per-image correctness kept for the exact McNemar test. Outside that compute, each single scheme is also measured at
+  the search's rung 0 (screen) and rung 1 (search fidelity), so the report can rank the methods by each rung against
+  their final test accuracy (the rungs' rank correlation with the final).
 - Every run is its own process (``--jobs`` side by side), saved to ``<out>/search_bench.json`` as it finishes; a
   finished run is skipped when the command is run again (so the benchmark spans sessions), a failed one is recorded
   with its error and tried again on the next run. ``--only NAME...`` runs a subset (a run's name, e.g.
@@ -234,16 +237,39 @@ def _single_run(spec: dict[str, Any], proto: dict[str, Any], out: Path) -> dict[
     else:
         key = baseline_scheme(f"{method}(target_ratio_factor=1.0)")
         scheme = scheme_text(key)
+        space = SearchSpace(exclude=())  # a method the search excludes is still a hand-made competitor
         with tempfile.TemporaryDirectory(dir=out) as cache:
-            ev = Evaluator(base, task, cache_dir=cache, seed=seed, space=SearchSpace())
+            ev = Evaluator(base, task, cache_dir=cache, seed=seed, space=space)
             ev.base_measurement(task)  # cached; outside the meter, as the search measures its base in its setup
             with metered(data) as meter:
                 result, _ = ev.final(key, task)
+            rungs = _rungs(key, base, task, proto, seed, space, Path(cache))
         if not result.ok:
             raise RuntimeError(f"{scheme} failed: {result.error}")
         got = {k: result.measured.get(k) for k in ("val_accuracy", "pr", "fr", "test_correct_bits", "test_ids_hash")}
         got["test_accuracy"] = result.test_accuracy
+        return {"scheme": scheme, "epochs": epochs, "compute": meter.epochs, "rungs": rungs,
+                "found": {"scheme": scheme, **got}}
     return {"scheme": scheme, "epochs": epochs, "compute": meter.epochs, "found": {"scheme": scheme, **got}}
+
+
+def _rungs(key: tuple[str, ...], base: Any, task: Any, proto: dict[str, Any], seed: int, space: Any,
+           cache: Path) -> dict[str, Any]:
+    """What the search's rungs see of this scheme (validation accuracy at rung 0, the screen, and rung 1, the search
+    fidelity), outside the run's meter: the report ranks methods by each rung against their final test accuracy."""
+    import dataclasses
+
+    from automc.search.config import DEFAULTS
+    from automc.search.evaluator import Evaluator
+
+    epochs = float(proto["epochs"] if proto["epochs"] is not None else DEFAULTS["epochs"])
+    fid = dataclasses.replace(task, budget=dataclasses.replace(task.budget, epochs=epochs))
+    ev = Evaluator(base, fid, cache_dir=cache / "rungs", seed=seed, space=space)
+    out: dict[str, Any] = {}
+    for rung, result in (("screen", ev.screen(key)), ("search", ev.evaluate(key))):
+        out[rung] = {"val_accuracy": result.val_accuracy, "compute": result.compute, "seconds": result.seconds,
+                     "error": result.error or None}
+    return out
 
 
 # -- the store every search run starts from -------------------------------------------------------------------------
@@ -363,7 +389,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--baseline", default="kb", help="each search run's --baseline [kb]")
+    p.add_argument("--baseline", default="none", help="each search run's --baseline [none: the single-method runs "
+                   "are the baselines, at the search's whole compute as their fine-tune]")
     p.add_argument("--no-reuse", dest="reuse", action="store_false")
     p.add_argument("--screen", type=int, default=None, help="each search run's --screen N (rung 0) [the tool's "
                    "default: off]")

@@ -262,11 +262,34 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
                              f"{_num(q.get('prior'))} | {q.get('ranking')} |")
     if not any_q:
         lines.append("| (no round was measured) | | | | | | |")
-    lines += ["", "## Rungs: not built yet", "",
-              "No rung's rank correlation with the final fine-tuned accuracy is measured here: the search's rungs "
-              "above the search fidelity do not exist yet, and rung 0 (`--screen`, off by default; this run: "
-              f"{proto.get('screen') or 'off'}) would need final fine-tunes of many screened candidates, which this "
-              "protocol does not make (one final model per run). No number is given rather than an invented one.", ""]
+    rungs = rung_correlations(singles)
+    fidelity = proto["epochs"] if proto["epochs"] is not None else "the tool default"
+    lines += ["", "## Rungs vs the final fine-tune (single-method schemes)", "",
+              "Each single method's scheme as the search's rungs see it, outside its run's compute: rung 0 "
+              "(`--screen`: pruned with no fine-tuning, BatchNorm re-estimated, validation accuracy) and rung 1 "
+              f"(the search fidelity, {fidelity} epochs × the "
+              "scheme's factors), against the same scheme after its whole fine-tune. Per seed, the rank correlation "
+              "over the methods (Spearman ρ, Kendall τ) with the final validation accuracy (what the search may "
+              "use) and the final test accuracy; this run's searches screened: "
+              f"{proto.get('screen') or 'off'}.", "",
+              "| rung | seed | methods | ρ vs final val | τ vs final val | ρ vs final test | τ vs final test |",
+              "|---|---|---|---|---|---|---|"]
+    for rung in ("screen", "search"):
+        for seed, c in sorted(rungs["per_seed"].get(rung, {}).items()):
+            lines.append(f"| {rung} | {seed} | {c['n']} | {_num(c['rho_val'])} | {_num(c['tau_val'])} | "
+                         f"{_num(c['rho_test'])} | {_num(c['tau_test'])} |")
+        m = rungs["mean"].get(rung)
+        if m:
+            lines.append(f"| {rung} | mean ± sd | | {_ms(m['rho_val'], False)} | {_ms(m['tau_val'], False)} | "
+                         f"{_ms(m['rho_test'], False)} | {_ms(m['tau_test'], False)} |")
+    if not rungs["per_seed"]:
+        lines.append("| (no single run with rungs yet) | | | | | | |")
+    lines += ["", "Per method, mean over seeds:", "", "| method | rung 0 val | rung 1 val | final val | final test |",
+              "|---|---|---|---|---|"]
+    for g, v in rungs["methods"].items():
+        lines.append(f"| {g} | {_ms(v['screen'])} | {_ms(v['search'])} | {_ms(v['final_val'])} | "
+                     f"{_ms(v['final_test'])} |")
+    lines.append("")
     # -- targets -------------------------------------------------------------------------------------------------------
     targets = _targets(summary, proto, base)
     lines += ["## Targets", ""] + [f"- {t['text']}" for t in targets]
@@ -274,9 +297,49 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
         lines += ["", "## Failed runs", ""] + [f"- {r['name']}: {r['error'][:300]}" for r in failed]
     lines.append("")
     (results / f"{name}.md").write_text("\n".join(lines))
-    copy = dict(res, summary=summary, paired=tests, targets=targets)
+    copy = dict(res, summary=summary, paired=tests, targets=targets, rungs=rungs)
     (results / f"{name}.json").write_text(json.dumps(copy, indent=1, default=str))
     return copy
+
+
+def rung_correlations(singles: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per rung and seed, Spearman ρ and Kendall τ over the single methods between the rung's validation accuracy
+    and the final validation / test accuracy (scipy); their mean ± sd over seeds; each method's values."""
+    from scipy.stats import kendalltau, spearmanr
+
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    methods: dict[str, dict[str, list[float | None]]] = {}
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for g, rs in singles.items():
+        for r in rs:
+            f = r.get("found") or {}
+            if "error" in r or not r.get("rungs") or f.get("val_accuracy") is None:
+                continue
+            by_seed.setdefault(r["seed"], []).append(r)
+            m = methods.setdefault(g, {"screen": [], "search": [], "final_val": [], "final_test": []})
+            for rung in ("screen", "search"):
+                m[rung].append((r["rungs"].get(rung) or {}).get("val_accuracy"))
+            m["final_val"].append(f.get("val_accuracy"))
+            m["final_test"].append(f.get("test_accuracy"))
+    for seed, rs in by_seed.items():
+        for rung in ("screen", "search"):
+            pts = [((r["rungs"].get(rung) or {}).get("val_accuracy"), r["found"]["val_accuracy"],
+                    r["found"].get("test_accuracy")) for r in rs]
+            pts = [p for p in pts if p[0] is not None and p[2] is not None]
+            if len(pts) < 3:
+                continue
+            x, v, t = (list(c) for c in zip(*pts, strict=True))
+
+            def stat(fn: Any, a: list[float], b: list[float]) -> float | None:
+                value = float(fn(a, b)[0])
+                return None if math.isnan(value) else value
+
+            per_seed.setdefault(rung, {})[seed] = {
+                "n": len(pts), "rho_val": stat(spearmanr, x, v), "tau_val": stat(kendalltau, x, v),
+                "rho_test": stat(spearmanr, x, t), "tau_test": stat(kendalltau, x, t)}
+    mean = {rung: {k: [c[k] for c in cs.values()] for k in ("rho_val", "tau_val", "rho_test", "tau_test")}
+            for rung, cs in per_seed.items()}
+    return {"per_seed": per_seed, "mean": mean, "methods": methods}
 
 
 def _targets(summary: dict[str, Any], proto: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -301,6 +301,7 @@ class SearchRules:
     only_first: tuple[str, ...] = ()
     only_last: tuple[str, ...] = ()
     not_after: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # B -> methods not before B
+    exclude: tuple[str, ...] = ()  # methods the search never proposes (still in the catalogue and the KB)
 
 
 def search_rules(table: dict[str, Any], methods: dict[str, Method]) -> SearchRules:
@@ -317,7 +318,8 @@ def search_rules(table: dict[str, Any], methods: dict[str, Method]) -> SearchRul
     rules = SearchRules(int(table.get("max_length", d.max_length)),
                         float(table.get("max_epochs_factor_sum", d.max_epochs_factor_sum)),
                         names(table.get("only_first", ()), "only_first"),
-                        names(table.get("only_last", ()), "only_last"), not_after)
+                        names(table.get("only_last", ()), "only_last"), not_after,
+                        names(table.get("exclude", ()), "exclude"))
     if rules.max_length < 1 or rules.max_epochs_factor_sum <= 0:
         raise ValidationError("max_length and max_epochs_factor_sum must be positive", field="search")
     return rules

@@ -73,8 +73,9 @@ def search_cmd(
     model: str | None = typer.Option(None, "--model", help="resnet20/32/44/56/110/164, vgg11/13/16/19, ..."),
     data: str | None = typer.Option(None, "--data", help=".npz, CIFAR batches, train/+test/ folders, or 'digits'"),
     target_pr: float | None = typer.Option(None, "--target-pr", help="parameter-reduction target gamma [0.4]"),
-    target_fr: float | None = typer.Option(None, "--target-fr", help="FLOPs-reduction target, a second constraint "
-                                           "[none]"),
+    target_fr: float | None = typer.Option(None, "--target-fr", help="FLOPs-reduction target, a second constraint: "
+                                           "each proposal's pruned shapes are built (rung 0) before it is trained, "
+                                           "and one that misses it is dropped [none]"),
     budget: float | None = typer.Option(None, "--budget", help="search compute in epoch-equivalents of the "
                                         "training split (images through forward + backward; a forward-only image "
                                         "counts 1/3), more than 0 [14]; a run from before counts steps"),

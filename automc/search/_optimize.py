@@ -138,8 +138,9 @@ def _promoted(study: Study, proposals: list[SchemeKey], n: int) -> list[SchemeKe
     """The ``n`` proposals that go to the search fidelity: with ``--screen`` > 1, the best ``n`` by their rung-0
     validation accuracy (``Evaluator.screen``, each written as it finishes and read back on resume), in the
     strategy's order; one that failed its screen, was not screened (budget or time ran out) or whose rung-0 PR or FR
-    misses the targets is never trained. Without screening, all of them."""
-    if int(study.cfg.screen or 1) <= 1 or len(proposals) <= n:
+    misses the targets is never trained. Without screening, all of them; but with ``--target-fr`` every proposal is
+    screened (its pruned shapes give its FLOPs before any fine-tune) and one that misses it is dropped."""
+    if study.cfg.target_fr is None and (int(study.cfg.screen or 1) <= 1 or len(proposals) <= n):
         return proposals
     from automc.catalog import scheme_key
     from automc.kb.states import EVALUATED

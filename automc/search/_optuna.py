@@ -45,6 +45,8 @@ class SchemeEncoding:
         self.length = int(space.max_length)
         self.by_method: dict[str, list[str]] = {}
         for s in space.strategies:  # catalogue order: the grid expanded in product order
+            if s.method in space.excluded:
+                continue
             self.by_method.setdefault(s.method, []).append(s.id)
         self.methods = tuple(self.by_method)
         self._slot = {sid: (m, j) for m, ids in self.by_method.items() for j, sid in enumerate(ids)}

@@ -133,6 +133,7 @@ class RLStrategy(SearchStrategy):
         self.hidden = int(opts["rl_hidden"])
         self.embed = 16
         self.grid = _Grid(context.space.strategies)
+        self._excluded = [i for i, m in enumerate(self.grid.methods) if m in context.space.excluded]
         self.length = int(context.space.max_length)
         self.baseline: float | None = None
         self.learned: set[SchemeKey] = set()
@@ -192,7 +193,9 @@ class RLStrategy(SearchStrategy):
             x = net.start
             for pos in range(self.length):
                 h, c = net.cell(x.unsqueeze(0), (h, c))
-                m = _choice(rng, torch.softmax(self._method_logits(h[0], pos), dim=-1))
+                logits = self._method_logits(h[0], pos).clone()
+                logits[self._excluded] = float("-inf")  # not in _log_prob: a stored scheme may still use one
+                m = _choice(rng, torch.softmax(logits, dim=-1))
                 if m == len(self.grid.methods):
                     break
                 values = tuple(_choice(rng, torch.softmax(head(h[0]), dim=-1)) for head in net.hp_heads[m])

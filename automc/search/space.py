@@ -40,9 +40,12 @@ def share_of(strategy: Strategy) -> float:
 class SearchSpace:
     """The catalogue strategies (stable order) and the rules that make a sequence of them a scheme."""
 
-    def __init__(self, catalog: Catalog | None = None, *, max_length: int | None = None) -> None:
+    def __init__(self, catalog: Catalog | None = None, *, max_length: int | None = None,
+                 exclude: Sequence[str] | None = None) -> None:
         self.catalog = catalog or load_catalog()
         self.rules: SearchRules = self.catalog.search_rules
+        # methods no scheme may use (``[search] exclude``; ``exclude=()`` keeps every method, e.g. for baselines)
+        self.excluded: frozenset[str] = frozenset(self.rules.exclude if exclude is None else exclude)
         self.max_length = int(max_length if max_length is not None else self.rules.max_length)
         self.strategies: list[Strategy] = self.catalog.strategies()
         self.ids: list[str] = [s.id for s in self.strategies]
@@ -103,7 +106,8 @@ class SearchSpace:
         if length >= self.max_length or (methods and methods[-1] in self.rules.only_last):
             return False
         for m in self.methods:
-            if (methods and m in self.rules.only_first) or set(self.rules.not_after.get(m, ())) & set(methods):
+            if m in self.excluded or (methods and m in self.rules.only_first) \
+                    or set(self.rules.not_after.get(m, ())) & set(methods):
                 continue
             v = self._canonical(m, left)
             if v is not None and self._cheapest[(m, v)] <= room + _EPS:
@@ -132,6 +136,8 @@ class SearchSpace:
                     f"{self.rules.max_epochs_factor_sum:g}")
         methods = [self.strategies[self.index[s]].method for s in key]
         for i, m in enumerate(methods):
+            if m in self.excluded:
+                return f"{m} is excluded from the search (catalog.toml [search] exclude)"
             if i > 0 and m in self.rules.only_first:
                 return f"{m} may only start a scheme"
             if i < len(methods) - 1 and m in self.rules.only_last:
@@ -173,7 +179,7 @@ class SearchSpace:
             return none
         if self.closed(key):
             return none
-        ok_method = np.array([not (key and m in self.rules.only_first)
+        ok_method = np.array([m not in self.excluded and not (key and m in self.rules.only_first)
                               and not (set(self.rules.not_after.get(m, ())) & set(methods))
                               for m in self.methods])
         used = sum(self._factor[self.index[s]] for s in key)

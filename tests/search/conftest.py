@@ -20,7 +20,8 @@ def data():
 
 @pytest.fixture(scope="session")
 def space():
-    return SearchSpace()
+    """Every method, the search's excluded ones too (the evaluator evaluates what it is given)."""
+    return SearchSpace(exclude=())
 
 
 @pytest.fixture(scope="module")

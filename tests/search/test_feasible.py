@@ -44,7 +44,8 @@ def test_every_proposal_of_every_strategy_reaches_the_target(name, space):
         proposals = strategy.propose(history, 6, round_rng(1, r))
         assert proposals
         for key in proposals:
-            assert space.feasible(key), space.why_not(key)
+            assert space.feasible(key), space.why_not(key)  # an excluded method (LFB) included
+            assert not {space.strategy(s).method for s in key} & space.excluded
             assert space.pr(key, GAMMA) == pytest.approx(GAMMA)
             assert not history.tried(key)
         proposed += len(proposals)
@@ -62,9 +63,10 @@ SCHEMES = ["SFP(target_ratio_factor=1.0)", "LFB", "NS(target_ratio_factor=0.3) >
 
 
 @pytest.mark.parametrize("text", SCHEMES)
-def test_computed_pr_is_the_measured_pr(text, space):
+def test_computed_pr_is_the_measured_pr(text):
     """Applied with the real methods (no training: the shapes are what counts) to a ResNet-20, a scheme that
     closes the target lands on it, every intermediate step where the computed share says."""
+    space = SearchSpace(exclude=())  # LFB too: --baseline and compress still apply it
     key = space.parse(text)
     assert space.feasible(key)
     data = synthetic(num_classes=4, per_class=24, size=16, seed=0)

@@ -16,13 +16,36 @@ from automc.search.space import SearchSpace
 
 def catalog_with(search: dict) -> Catalog:
     data = tomllib.loads(resources.files("automc.catalog").joinpath("catalog.toml").read_text())
-    data["search"] = {**data["search"], **search}
+    data["search"] = {**data["search"], "exclude": [], **search}
     return Catalog(data)
 
 
 @pytest.fixture(scope="module")
 def space() -> SearchSpace:
-    return SearchSpace()
+    """The catalogue's rules over every method (the rules' tests below; the exclusion has its own)."""
+    return SearchSpace(exclude=())
+
+
+def test_excluded_methods_are_never_proposed_but_stay_in_the_catalogue():
+    """catalog.toml's ``[search] exclude`` (LFB, a measured dominated region): no scheme with it is allowed, no
+    extension, closer or random scheme uses it, no scheme needs it to close; the grid keeps its strategies."""
+    space = SearchSpace()
+    assert space.excluded == {"LFB"} == set(load_catalog().search_rules.exclude)
+    lfb = sid(space, "LFB")
+    assert lfb in space.index and space.strategy(lfb).method == "LFB"
+    assert space.why_not((lfb,)) == "LFB is excluded from the search (catalog.toml [search] exclude)"
+    assert space.why_not((sid(space, "NS(target_ratio_factor=0.3)"), lfb)).startswith("LFB is excluded")
+    assert SearchSpace(exclude=()).allowed((lfb,))
+    rng = np.random.default_rng(0)
+    used = set()
+    for _ in range(300):
+        key = space.random_scheme(rng, int(rng.integers(1, 4)))
+        assert key and space.feasible(key)
+        used |= {space.strategy(s).method for s in key}
+        used |= {space.strategy(s).method for s in space.extensions(key[:-1]) + space.closers(key[:-1])}
+    assert "LFB" not in used and used == set(space.methods) - {"LFB"}
+    with pytest.raises(ValidationError, match="search.exclude"):
+        catalog_with({"exclude": ["NoSuchMethod"]})
 
 
 def sid(space: SearchSpace, text: str) -> str:
