@@ -127,7 +127,7 @@ def run_one(spec: dict[str, Any], proto: dict[str, Any], out: str, store: str | 
 
 def _search_run(spec: dict[str, Any], proto: dict[str, Any], out: Path, store: str | None) -> dict[str, Any]:
     from automc.kb import open_store
-    from automc.search import SearchConfig, search
+    from automc.search import search
 
     name = spec["name"]
     for stale in (out / "stores" / name, out / "runs" / name):  # a run killed in an earlier session starts afresh
@@ -135,15 +135,7 @@ def _search_run(spec: dict[str, Any], proto: dict[str, Any], out: Path, store: s
     run_store = copy_store(store, out / "stores" / name) if store else \
         f"ladybug://{(out / 'stores' / name / 'kb.lbug').resolve()}"
     cache = out / "cache" / name
-    cfg = SearchConfig(model=proto["model"], width=proto["width"], weights=proto["weights"], data=proto["data"],
-                       val_data=proto["val_data"], target_pr=proto["target_pr"], budget=float(proto["budget"]),
-                       epochs=proto["epochs"], final_epochs=proto["final_epochs"], top_k=proto["top_k"],
-                       per_round=proto["per_round"], max_length=proto["max_length"], batch_size=proto["batch_size"],
-                       lr=proto["lr"], reuse=proto["reuse"], baseline=proto["baseline"], device=proto["device"],
-                       seed=int(spec["seed"]), strategy=spec["strategy"], strategy_options=spec["options"] or None,
-                       store=run_store, out=str(out / "runs" / name), cache_dir=str(cache),
-                       # rung 0 (``--screen``, newer than this bench's first version): passed only when set
-                       **({"screen": int(proto["screen"])} if proto.get("screen") else {}))
+    cfg = search_config(spec, proto, run_store, out / "runs" / name, cache)
     try:
         res = search(cfg)
     finally:
@@ -173,6 +165,24 @@ def _search_run(spec: dict[str, Any], proto: dict[str, Any], out: Path, store: s
                                             "compute", "seconds")}
                      for r in rows if r.get("fidelity") == "search"]
     return rec
+
+
+
+def search_config(spec: dict[str, Any], proto: dict[str, Any], store: str, run_out: Path, cache: Path) -> Any:
+    """The ``SearchConfig`` of a search run of the plan (as given: ``config.resolve`` fills the tool's defaults)."""
+    from automc.search import SearchConfig
+
+    return SearchConfig(model=proto["model"], width=proto["width"], weights=proto["weights"], data=proto["data"],
+                        val_data=proto["val_data"], target_pr=proto["target_pr"], budget=float(proto["budget"]),
+                        epochs=proto["epochs"], final_epochs=proto["final_epochs"], top_k=proto["top_k"],
+                        per_round=proto["per_round"], max_length=proto["max_length"], batch_size=proto["batch_size"],
+                        lr=proto["lr"], baseline=proto["baseline"], device=proto["device"],
+                        seed=int(spec["seed"]), strategy=spec["strategy"], strategy_options=spec["options"] or None,
+                        store=store, out=str(run_out), cache_dir=str(cache),
+                        # only progressive learns from other tasks (the tool refuses --reuse for the others)
+                        reuse=bool(proto["reuse"]) and spec["strategy"] == "progressive",
+                        # rung 0 (``--screen``, newer than this bench's first version): passed only when set
+                        **({"screen": int(proto["screen"])} if proto.get("screen") else {}))
 
 
 def found_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -117,7 +117,8 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
              f"{proto['budget']:g} epoch-equivalents of compute, fidelity "
              f"{proto['epochs'] if proto['epochs'] is not None else 'the tool default'} epochs, final fine-tune "
              f"{proto['final_epochs']:g} epochs of the top {proto['top_k']} (distillation from the base), baseline "
-             f"`{proto['baseline']}`, reuse {'on' if proto['reuse'] else 'off'}. The model compared is the one the "
+             f"`{proto['baseline']}`, reuse {'on (progressive only)' if proto['reuse'] else 'off'}. "
+             "The model compared is the one the "
              f"tool reports (best validation accuracy), never chosen by test accuracy.",
              f"- Single methods: {', '.join(proto['singles'])}, each alone at `target_ratio_factor=1.0` with the "
              f"catalogue's middle settings (TP-L2: Torch-Pruning L2 + KD), fine-tuned {total:g} epochs (the search's "

@@ -73,3 +73,24 @@ def test_smoke_runs_saves_skips_finished_runs_and_renders(tmp_path: Path) -> Non
     rendered = json.loads((results / "search_bench16.json").read_text())
     assert rendered["summary"]["progressive"]["per_seed"]["0"] == runs["progressive-0"]["found"]["test_accuracy"]
     assert rendered["paired"]["progressive-0 vs single-SFP-0"]["n"] == runs["base"]["test_images"]
+
+
+def test_every_search_run_of_the_cpu_protocol_is_a_config_the_tool_accepts(tmp_path: Path) -> None:
+    """The full protocol's search runs (reuse on, every strategy and the F_mo ablation) pass the tool's own checks;
+    a run the tool refuses would be a failed run found only hours into the benchmark."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import search_bench
+
+    from automc.search.config import resolve
+
+    weights, data = tmp_path / "w.th", tmp_path / "d.npz"
+    weights.write_bytes(b"")
+    data.write_bytes(b"")
+    args = search_bench.parse(["--weights", str(weights), "--data", str(data), "--out", str(tmp_path / "out")])
+    proto = search_bench.protocol(args)
+    runs = [r for r in search_bench.plan(args) if r["kind"] == "search"]
+    assert {r["group"] for r in runs} == {*search_bench.STRATEGIES, *search_bench.ABLATION} and proto["reuse"]
+    for r in runs:
+        cfg = resolve(search_bench.search_config(r, proto, "ladybug://" + str(tmp_path / "kb.lbug"),
+                                                 tmp_path / r["name"], tmp_path / "cache"), None)
+        assert cfg.strategy == r["strategy"] and cfg.reuse == (r["strategy"] == "progressive")
