@@ -429,7 +429,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.per_round, args.max_length, args.batch_size, args.lr, args.reuse = 3, 1, 64, 0.05, False
         args.seeds, args.strategies, args.ablation, args.singles = args.seeds[:1], ["progressive", "random"], [], \
             ["NS", "SFP"]
-        args.target_acc = "base"
+        args.target_acc, args.baseline = "base", "kb"  # the smoke run also exercises the report's baseline
     s = args.shared
     args.weights = args.weights or s / "models" / f"{args.model}-cifar10.th"
     args.data = args.data or str(s / "datasets" / "cifar10-search.npz")

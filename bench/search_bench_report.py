@@ -284,7 +284,7 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
             lines.append(f"| {rung} | mean ± sd | | {_ms(m['rho_val'], False)} | {_ms(m['tau_val'], False)} | "
                          f"{_ms(m['rho_test'], False)} | {_ms(m['tau_test'], False)} |")
     if not rungs["per_seed"]:
-        lines.append("| (no single run with rungs yet) | | | | | | |")
+        lines.append("| (fewer than 3 single methods with rungs in any seed) | | | | | | |")
     lines += ["", "Per method, mean over seeds:", "", "| method | rung 0 val | rung 1 val | final val | final test |",
               "|---|---|---|---|---|"]
     for g, v in rungs["methods"].items():

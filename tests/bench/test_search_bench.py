@@ -67,7 +67,11 @@ def test_smoke_runs_saves_skips_finished_runs_and_renders(tmp_path: Path) -> Non
     for group in ("progressive", "random", "single-NS", "single-SFP"):
         assert f"| {group} | 0 | `" in md  # its seed-0 row
         assert any(line.startswith(f"| {group} | ") and " ± " in line and "(n=1)" in line for line in md.splitlines())
-    assert "## Exact McNemar tests, per seed" in md and "## Rungs: not built yet" in md and "## Targets" in md
+    assert "## Exact McNemar tests, per seed" in md and "## Rungs vs the final fine-tune" in md and "## Targets" in md
+    for name in ("single-NS-0", "single-SFP-0"):  # each single scheme as rung 0 and rung 1 saw it
+        rungs = runs[name]["rungs"]
+        assert all(0.0 <= rungs[k]["val_accuracy"] <= 1.0 and rungs[k]["compute"] > 0 for k in ("screen", "search"))
+        assert f"| {name[:-2]} | {rungs['screen']['val_accuracy']:.2%} ± 0.00 (n=1) |" in md
     assert (results / "search_bench16_anytime.png").stat().st_size > 0
     assert (results / "search_bench16_final.png").stat().st_size > 0
     rendered = json.loads((results / "search_bench16.json").read_text())
