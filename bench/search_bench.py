@@ -167,7 +167,6 @@ def _search_run(spec: dict[str, Any], proto: dict[str, Any], out: Path, store: s
     return rec
 
 
-
 def search_config(spec: dict[str, Any], proto: dict[str, Any], store: str, run_out: Path, cache: Path) -> Any:
     """The ``SearchConfig`` of a search run of the plan (as given: ``config.resolve`` fills the tool's defaults)."""
     from automc.search import SearchConfig
@@ -258,9 +257,8 @@ def _single_run(spec: dict[str, Any], proto: dict[str, Any], out: Path) -> dict[
             raise RuntimeError(f"{scheme} failed: {result.error}")
         got = {k: result.measured.get(k) for k in ("val_accuracy", "pr", "fr", "test_correct_bits", "test_ids_hash")}
         got["test_accuracy"] = result.test_accuracy
-        return {"scheme": scheme, "epochs": epochs, "compute": meter.epochs, "rungs": rungs,
-                "found": {"scheme": scheme, **got}}
-    return {"scheme": scheme, "epochs": epochs, "compute": meter.epochs, "found": {"scheme": scheme, **got}}
+    return {"scheme": scheme, "epochs": epochs, "compute": meter.epochs, "found": {"scheme": scheme, **got},
+            **({"rungs": rungs} if method != "TP-L2" else {})}
 
 
 def _rungs(key: tuple[str, ...], base: Any, task: Any, proto: dict[str, Any], seed: int, space: Any,
