@@ -25,13 +25,13 @@ class Hyperparameter:
 
     name: str
     description: str
-    type: str  # "float" | "int" | "str"
+    type: str  # "float" | "int" | "str" | "policy" (a word of the domain, or per-layer keep ratios ``0.5:0.25:1``)
     domain: tuple[Any, ...]
 
     def coerce(self, value: Any) -> Value:
         """Return ``value`` in this hyperparameter's type, or raise ``ValidationError``."""
         try:
-            if self.type == "str":
+            if self.type in ("str", "policy"):
                 if not isinstance(value, str):
                     raise TypeError
                 out: Value = value
@@ -50,12 +50,18 @@ class Hyperparameter:
         return out
 
     def in_domain(self, value: Value) -> bool:
+        if self.type == "policy":
+            from automc.catalog.policy import is_policy_text
+
+            return value in self.domain or is_policy_text(str(value))
         if self.type == "str":
             return value in self.domain
         lo, hi = self.domain
         return lo <= value <= hi  # type: ignore[operator]
 
     def domain_text(self) -> str:
+        if self.type == "policy":
+            return " or ".join(self.domain) + " or keep ratios in (0, 1] joined by ':'"
         if self.type == "str":
             return "{" + ", ".join(self.domain) + "}"
         return f"[{self.domain[0]}, {self.domain[1]}]"
@@ -245,8 +251,8 @@ class Catalog:
             key, raw = key.strip(), raw.strip().strip("'\"")
             if key in params:
                 raise ValidationError(f"given twice in {method}(...)", field=key)
-            params[key] = raw if key in self.hyperparameters and self.hyperparameters[key].type == "str" else (
-                _number(raw, key))
+            text = key in self.hyperparameters and self.hyperparameters[key].type in ("str", "policy")
+            params[key] = raw if text else _number(raw, key)
         for k, values in m.grid.items():
             params.setdefault(k, values[len(values) // 2])
         return self.make_strategy(method, params)

@@ -12,6 +12,7 @@ from automc.compress.legr import LearnedGlobalRanking
 from automc.compress.lfb import LFB
 from automc.compress.lma import LMA
 from automc.compress.ns import NetworkSlimming
+from automc.compress.plp import LayerwisePruning
 from automc.compress.sfp import SoftFilterPruning
 
 METHODS: dict[str, type[Method]] = {
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     HOS.name: HOS,
     LFB.name: LFB,
     LMA.name: LMA,
+    LayerwisePruning.name: LayerwisePruning,
 }
 
 __all__ = ["METHODS", "Method", "Task", "TrainBudget", "step_ratio"]

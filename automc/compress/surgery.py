@@ -71,6 +71,12 @@ class Analysis:
         delta = sum(e.numel(removed) - math.prod(e.shape) for e in self._entries.values())
         return self.total_params + delta
 
+    def numel_after(self, param: nn.Parameter, removed: Mapping[str, int]) -> int:
+        """Exact element count of one of the model's parameter tensors after removing ``removed[layer]`` output
+        channels from each layer (unchanged for a tensor no prunable layer touches)."""
+        e = self._entries.get(id(param))
+        return param.numel() if e is None else e.numel(removed)
+
     def removal_cost(self, removed: Mapping[str, int], layer: str) -> int:
         """Parameters removed by taking one more output channel out of ``layer`` (given ``removed``)."""
         after = dict(removed)

@@ -36,7 +36,8 @@ MIN_GAIN = 1e-4  # a held-out loss (of standardised AR) lower by less than this,
 
 def strategy_features(strategies: Sequence[Strategy], catalog: Catalog) -> np.ndarray:
     """Hand-made vectors ``(n, f)``: method one-hot, numeric hyperparameters scaled to [0, 1] by their domain,
-    string hyperparameters one-hot over their domain; zero where a method lacks the hyperparameter."""
+    string hyperparameters one-hot over their domain, a policy 1 when searched per layer; zero where a method lacks
+    the hyperparameter."""
     methods = sorted(catalog.methods)
     columns: dict[tuple[str, Any], int] = {("method", m): i for i, m in enumerate(methods)}
     for name in sorted(catalog.hyperparameters):
@@ -56,6 +57,8 @@ def strategy_features(strategies: Sequence[Strategy], catalog: Catalog) -> np.nd
                 col = columns.get((name, value))
                 if col is not None:
                     out[i, col] = 1.0
+            elif h.type == "policy":  # 1 for an allocation searched per layer, 0 for a rule of the domain
+                out[i, columns[(name, None)]] = float(value not in h.domain)
             else:
                 lo, hi = (float(x) for x in h.domain)
                 out[i, columns[(name, None)]] = (float(value) - lo) / (hi - lo) if hi > lo else 0.0

@@ -8,11 +8,11 @@ from automc.catalog import load_catalog
 from automc.errors import NotFoundError, ValidationError
 
 
-def test_default_grid_has_8934_strategies():
+def test_default_grid_has_the_papers_8934_strategies_and_plps_108():
     cat = load_catalog()
     sizes = {m: len(cat.strategies(m)) for m in cat.methods}
-    assert sizes == {"LMA": 1728, "LeGR": 1152, "NS": 72, "SFP": 90, "HOS": 5832, "LFB": 60}
-    assert cat.n_strategies() == 8934
+    assert sizes == {"LMA": 1728, "LeGR": 1152, "NS": 72, "SFP": 90, "HOS": 5832, "LFB": 60, "PLP": 108}
+    assert cat.n_strategies() == 9042
     ids = [s.id for s in cat.strategies()]
     assert len(set(ids)) == len(ids)
 

@@ -23,7 +23,7 @@ def test_stats_query_and_named_query(kb_copy):
     res = _invoke("kb", "stats", "--store", store, "--json")
     assert res.exit_code == 0
     stats = json.loads(res.stdout)
-    assert stats["nodes"]["Strategy"] == 8934 and stats["nodes"]["Method"] == 6
+    assert stats["nodes"]["Strategy"] == 9042 and stats["nodes"]["Method"] == 7
     res = _invoke("kb", "query", "--named", "strategies-of-method", "--param", "method=SFP", "--store", store, "--json")
     assert res.exit_code == 0 and len(json.loads(res.stdout)) == 90
     res = _invoke("kb", "query", "MATCH (m:Method {name: $m}) RETURN m.name AS name", "--param", "m=LeGR",
@@ -65,7 +65,7 @@ def test_installed_console_script(tmp_path):
     exe = automc_exe()
     assert exe, "the automc console script is not installed"
     out = subprocess.run([exe, "kb", "methods"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "8934 strategies" in out.stdout
+    assert out.returncode == 0 and "9042 strategies" in out.stdout
     # a read-only command on a missing store says so and creates nothing
     out = subprocess.run([exe, "kb", "stats", "--store", f"ladybug://{tmp_path / 'k.lbug'}", "--json"],
                          capture_output=True, text=True, timeout=120)
@@ -78,9 +78,9 @@ def test_write_queries_need_write_and_init_repairs(kb_copy):
     store = f"ladybug://{kb_copy}"
     res = _invoke("kb", "query", "MATCH (n) DETACH DELETE n", "--store", store)
     assert res.exit_code == 1 and "read-only" in res.stderr
-    assert json.loads(_invoke("kb", "stats", "--store", store, "--json").stdout)["nodes"]["Strategy"] == 8934
+    assert json.loads(_invoke("kb", "stats", "--store", store, "--json").stdout)["nodes"]["Strategy"] == 9042
     assert _invoke("kb", "query", "MATCH (n) DETACH DELETE n", "--write", "--store", store).exit_code == 0
     res = _invoke("kb", "stats", "--store", store)
     assert res.exit_code == 1 and "run 'automc kb init' to repair it" in res.stderr
     res = _invoke("kb", "init", "--store", store, "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout)["nodes"]["Strategy"] == 8934
+    assert res.exit_code == 0 and json.loads(res.stdout)["nodes"]["Strategy"] == 9042

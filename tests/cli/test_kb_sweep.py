@@ -180,7 +180,7 @@ def test_query_output_numbers_and_plain_rows(work):
                               "--store", uri, "--json"])
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)
-    assert row["n"] == row["total"] == 8934 and isinstance(row["total"], int)
+    assert row["n"] == row["total"] == 9042 and isinstance(row["total"], int)
     res = runner.invoke(app, ["kb", "query", "MATCH (s:Strategy) RETURN s.id AS id, s.settings AS settings "
                               "ORDER BY size(s.id) DESC LIMIT 3", "--store", uri])
     lines = res.stdout.splitlines()
@@ -188,4 +188,4 @@ def test_query_output_numbers_and_plain_rows(work):
     longest = lines[1].split("\t")
     assert len(longest) == 2 and longest[0].endswith(")") and json.loads(longest[1])
     res = runner.invoke(app, ["kb", "stats", "--store", uri])
-    assert "Strategy\tE1\t8934" in res.stdout.splitlines()
+    assert "Strategy\tE1\t9042" in res.stdout.splitlines()

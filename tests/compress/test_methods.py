@@ -17,7 +17,8 @@ from automc.errors import NotFoundError, ValidationError
 
 MINE = {"NS": {"max_layer_prune_ratio": 0.9, "finetune_epochs_factor": 1.0},
         "SFP": {"sfp_epochs_factor": 1.0, "sfp_update_every": 1},
-        "LeGR": {"max_layer_prune_ratio": 0.9, "finetune_epochs_factor": 1.0, "ea_epochs_factor": 0.5}}
+        "LeGR": {"max_layer_prune_ratio": 0.9, "finetune_epochs_factor": 1.0, "ea_epochs_factor": 0.5},
+        "PLP": {"layer_keep": "uniform", "filter_criterion": "l1_weight", "finetune_epochs_factor": 1.0}}
 
 
 def test_registry_matches_catalogue_names():

@@ -84,5 +84,5 @@ def test_leftover_checkpoint_of_a_dead_writer_is_finished_by_a_read(kb_copy):
     """A shadow file left by a writer killed mid-checkpoint: a read-only open finishes the checkpoint and reads."""
     Path(f"{kb_copy}.shadow").write_bytes(b"")
     with open_store(f"ladybug://{kb_copy}", read_only=True, lock_timeout=5) as s:
-        assert s.stats()["nodes"]["Method"] == 6
+        assert s.stats()["nodes"]["Method"] == 7
     assert not Path(f"{kb_copy}.shadow").exists()

@@ -27,13 +27,13 @@ def test_catalog_write_is_complete_and_idempotent(store):
     cat = load_catalog()
     store.write_catalog(cat)
     first = store.stats()
-    assert first["nodes"]["Method"] == 6
-    assert first["nodes"]["Strategy"] == 8934
+    assert first["nodes"]["Method"] == 7
+    assert first["nodes"]["Strategy"] == 9042
     assert first["nodes"]["Technique"] == len(cat.techniques)
     for rel in KG_RELATIONS:
         assert first["relationships"][rel] > 0, rel
     # every strategy has one method and one setting per hyperparameter
-    assert first["relationships"]["HAS_METHOD"] == 8934
+    assert first["relationships"]["HAS_METHOD"] == 9042
     assert first["relationships"]["HAS_SETTING"] == sum(len(s.settings) for s in cat.strategies())
     store.write_catalog(cat)
     assert store.stats() == first

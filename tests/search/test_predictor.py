@@ -61,7 +61,7 @@ def test_features_cover_the_whole_catalogue():
     strategies = catalog.strategies()
     started = time.perf_counter()
     x = strategy_features(strategies, catalog)
-    assert x.shape[0] == len(strategies) == 8934
+    assert x.shape[0] == len(strategies) == 9042
     assert time.perf_counter() - started < 5
     assert (x >= 0).all() and (x <= 1).all()
     assert len({r.tobytes() for r in x}) == len(strategies)  # every strategy gets its own vector

@@ -57,7 +57,7 @@ def test_default_rules_come_from_the_catalogue(space):
     rules = load_catalog().search_rules
     assert space.max_length == rules.max_length == 5
     assert rules.max_epochs_factor_sum == 4.0
-    assert len(space) == len(space.ids) == 8934 == load_catalog().n_strategies()
+    assert len(space) == len(space.ids) == 9042 == load_catalog().n_strategies()
     assert all(space.index[s] == i for i, s in enumerate(space.ids))
     assert space.strategy(space.ids[7]) is space.strategies[7]
     assert SearchSpace(max_length=2).max_length == 2
@@ -105,7 +105,7 @@ def test_order_rules():
     assert space.feasible((ns, lfb))
     assert space.extensions((ns, hos)) == []  # closed: it reaches the target
     methods = {space.strategy(s).method for s in space.extensions((sfp,))}
-    assert methods == {"SFP", "LeGR", "HOS", "LFB"}
+    assert methods == {"SFP", "LeGR", "HOS", "LFB", "PLP"}
     # HOS may only end a scheme: a HOS step that does not reach the target cannot start one
     assert "no allowed step can close it" in space.why_not((hos,))
 
