@@ -86,16 +86,22 @@ class SchemeResult:
                 "steps": [s.to_dict() for s in self.steps]}
 
 
-def measure(model: nn.Module, task: Task, *, test: bool = True) -> Measurement:
+def measure(model: nn.Module, task: Task, *, test: bool = True, val_images: int | None = None) -> Measurement:
     """Parameters, FLOPs (2 per MAC) and validation/test accuracy of ``model`` on ``task``, with the per-image test
     correctness (``compress.paired``) for paired tests (``test=False``: the test split is not touched, its fields
-    stay 0 and None: a search step)."""
+    stay 0 and None: a search step). ``val_images``: validation accuracy on the split's first that many images."""
     from automc.compress.paired import encode_bits, images_hash, per_image_correct
 
     model.to(task.device)
     correct = per_image_correct(model, task.data, "test", device=task.device) if test else None
     t = Accuracy(int(correct.sum()), int(correct.size)) if correct is not None else None
-    v = evaluate(model, task.data, "val", device=task.device) if task.data.size("val") else t
+    n_val = task.data.size("val")
+    if val_images is not None and 0 < val_images < n_val:
+        batch = min(500, int(val_images))
+        v = evaluate(model, task.data, "val", device=task.device, batch_size=batch,
+                     max_batches=-(-int(val_images) // batch))
+    else:
+        v = evaluate(model, task.data, "val", device=task.device) if n_val else t
     if v is None:
         raise ValueError("the task has neither a validation nor a measured test split")
     return Measurement(count_params(model), count_flops(model, task.data.example_input()), v.top1,

@@ -24,6 +24,8 @@ _STRATEGY_PATHS: dict[str, str] = {
     "evolution": "automc.search.evolution:EvolutionStrategy",
     "tpe": "automc.search.tpe:TPEStrategy",
     "rl": "automc.search.rl:RLStrategy",
+    "amc": "automc.search.amc:AMCStrategy",
+    "seernet": "automc.search.seernet:SeerNetStrategy",
 }
 
 

@@ -54,10 +54,12 @@ class Observation:
 
 @dataclass
 class History:
-    """The base model and every scheme evaluated so far in this run, in evaluation order."""
+    """The base model and every scheme evaluated so far in this run, in evaluation order; ``screened``: every
+    proposal screened at rung 0 (``--screen``, and every proposal of a strategy that learns from rung 0), in order."""
 
     base: Observation
     observations: list[Observation] = field(default_factory=list)
+    screened: list[Observation] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_scheme = {o.scheme: o for o in self.observations}
@@ -96,7 +98,8 @@ class History:
     @classmethod
     def from_rows(cls, base: Observation, rows: Sequence[Mapping[str, Any]]) -> History:
         """A run's history from its stored evaluations (``Store.run_evaluations``, in run order)."""
-        return cls(base, [observation(r) for r in search_rows(rows)])
+        screened = [observation(r) for r in rows if r.get("fidelity") == "screen" and r.get("state") in EVALUATED]
+        return cls(base, [observation(r) for r in search_rows(rows)], screened)
 
 
 def charged_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -151,6 +154,7 @@ class Context:
     transfer: Sequence[SchemeKey] = ()  # front schemes of the most similar past tasks (empty with --no-reuse)
     per_round: int = 10
     options: Mapping[str, Any] = field(default_factory=dict)  # --strategy-option values (``OPTIONS``)
+    layers: Any = None  # the base model's ``compress.layerwise.PolicySpace``, for per-layer strategies only
 
 
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
@@ -238,6 +242,10 @@ class SearchStrategy(ABC):
 
     name: ClassVar[str]
     OPTIONS: ClassVar[Mapping[str, Option]] = {}  # what ``--strategy-option`` may set, by name
+    # a strategy over per-layer policies gets the base model's layers (``Context.layers``); one that learns from
+    # rung 0 has every proposal screened (``History.screened``) and chooses its round's size (``round_size``)
+    per_layer: ClassVar[bool] = False
+    learns_from_screen: ClassVar[bool] = False
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -270,6 +278,15 @@ class SearchStrategy(ABC):
         Each proposal must reach the target (``SearchSpace.feasible``); its prefixes not in the history are
         evaluated first, each charged its compute.
         """
+
+    def screen_images(self) -> int | None:
+        """Validation images of a rung-0 screening of this strategy's proposals (None: the whole split)."""
+        return None
+
+    def round_size(self, n: int, screen: int) -> tuple[int, int]:
+        """How many schemes to ask ``propose`` for and how many of them go to the search fidelity, when the run
+        allows ``n`` steps this round and screens ``screen`` proposals per step (``--screen``)."""
+        return n * screen, n
 
     def observe(self, history: History, new: Sequence[Observation]) -> None:  # noqa: B027 - optional hook
         """After a round's evaluations were added to ``history``."""

@@ -78,6 +78,7 @@ def _strategy(study: Study) -> tuple[Any, dict[str, Any]]:
 
 def _context(study: Study) -> tuple[Context, dict[str, Any]]:
     """The strategy's context; with reuse, the prior steps of other tasks, transfer schemes and embeddings."""
+    from automc.search import STRATEGIES
     from automc.search.reuse import ensure_embeddings, load_prior, task_vector
 
     cfg = study.cfg
@@ -92,7 +93,14 @@ def _context(study: Study) -> tuple[Context, dict[str, Any]]:
             prior, transfer = tuple(p.records), tuple(p.transfer)
             info = {"evaluations": int(p.evaluations), "tasks": int(p.tasks), "transfer": len(p.transfer),
                     "experience": [scheme_text(k) for k in p.experience], "embeddings": embed_info}
+    layers = None
+    if STRATEGIES[str(cfg.strategy)].per_layer:  # the base model's prunable layers, counted without training
+        from automc.compress.layerwise import PolicySpace
+
+        ev = study.evaluator
+        layers = PolicySpace(ev.base_model, ev.task.data.example_input())
     ctx = Context(space=study.space, target_pr=float(cfg.target_pr), seed=int(cfg.seed), task=study.task,
+                  layers=layers,
                   target_fr=None if cfg.target_fr is None else float(cfg.target_fr),
                   task_vector=task_vector(study.task, float(cfg.target_pr)), embeddings=embeddings, prior=prior,
                   transfer=transfer, per_round=int(cfg.per_round), options=dict(cfg.strategy_options or {}))
@@ -120,9 +128,10 @@ def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
     while study.steps_allowed() > 0:
         if study.time_up():
             return "time limit reached"
-        n = min(int(cfg.per_round), study.steps_allowed())
-        raw = strategy.propose(study.history, n * int(cfg.screen or 1), round_rng(int(cfg.seed), study.round))
-        proposals = _promoted(study, raw, n)
+        asked, n = strategy.round_size(min(int(cfg.per_round), study.steps_allowed()), int(cfg.screen or 1))
+        raw = strategy.propose(study.history, asked, round_rng(int(cfg.seed), study.round))
+        proposals = _promoted(study, raw, n, screen_all=strategy.learns_from_screen,
+                              screen_images=strategy.screen_images(), executor=executor)
         new = _round(study, executor, proposals, strategy.predictions(study.history, proposals))
         screened_out = bool(raw) and not proposals  # rung 0 dropped them all: the next round proposes anew
         if not new and not screened_out and not study.time_up() and study.steps_allowed() > 0:
@@ -134,13 +143,17 @@ def _rounds(study: Study, strategy: Any, executor: Executor) -> str:
     return ""
 
 
-def _promoted(study: Study, proposals: list[SchemeKey], n: int) -> list[SchemeKey]:
-    """The ``n`` proposals that go to the search fidelity: with ``--screen`` > 1, the best ``n`` by their rung-0
-    validation accuracy (``Evaluator.screen``, each written as it finishes and read back on resume), in the
-    strategy's order; one that failed its screen, was not screened (budget or time ran out) or whose rung-0 PR or FR
-    misses the targets is never trained. Without screening, all of them; but with ``--target-fr`` every proposal is
-    screened (its pruned shapes give its FLOPs before any fine-tune) and one that misses it is dropped."""
-    if study.cfg.target_fr is None and (int(study.cfg.screen or 1) <= 1 or len(proposals) <= n):
+def _promoted(study: Study, proposals: list[SchemeKey], n: int, *, screen_all: bool = False,
+              screen_images: int | None = None, executor: Executor | None = None) -> list[SchemeKey]:
+    """The ``n`` proposals that go to the search fidelity: with ``--screen`` > 1 (or ``screen_all``: a strategy that
+    learns from rung 0), the best ``n`` by their rung-0 validation accuracy (``_screen``: through the executor, each
+    written as it finishes, added to ``History.screened`` and read back on resume), in the strategy's order; one that
+    failed its screen, was not screened (budget or time ran out) or whose rung-0 PR or FR misses the targets is never
+    trained.
+    Without screening, all of them; but with ``--target-fr`` every proposal is screened (its pruned shapes give its
+    FLOPs before any fine-tune) and one that misses it is dropped. ``screen_images``: the validation images of a
+    screen (all when None; the strategy's choice, ``SearchStrategy.screen_images``)."""
+    if not screen_all and study.cfg.target_fr is None and (int(study.cfg.screen or 1) <= 1 or len(proposals) <= n):
         return proposals
     from automc.catalog import scheme_key
     from automc.kb.states import EVALUATED
@@ -149,26 +162,63 @@ def _promoted(study: Study, proposals: list[SchemeKey], n: int) -> list[SchemeKe
     with study.opened() as s:
         known = {scheme_key(r["scheme"]): r for r in s.run_evaluations(study.id)
                  if r.get("fidelity") == "screen" and r.get("state") in EVALUATED}
+    rows = _screen(study, executor, [tuple(k) for k in proposals if tuple(k) not in known], screen_images)
     score: list[float] = []
     for key in proposals:
-        row = known.get(tuple(key))
-        if row is None and study.steps_allowed() > 0 and not study.time_up():
-            token = study.begin(key, fidelity="screen", round_=study.round)
-            try:
-                result = study.evaluator.screen(key)
-                check_interrupt()
-            except BaseException as e:
-                study.cut_short([token], e)
-                raise
-            study.end(token, result, study.round)
-            study.emit("screen", study.round, f"{'ok' if result.ok else 'FAIL'} {scheme_text(key)} (rung 0)")
-            row = {"state": result.state, "val_accuracy": result.val_accuracy, "pr": result.pr, "fr": result.fr}
+        row = known.get(tuple(key)) or rows.get(tuple(key))
         ok = row is not None and row["state"] == State.COMPLETE and row.get("val_accuracy") is not None
         # the pruned shapes are built at rung 0: a proposal whose FLOPs miss --target-fr is not trained
         ok = ok and meets(row.get("pr"), row.get("fr"), float(study.cfg.target_pr), study.cfg.target_fr)
         score.append(float(row["val_accuracy"]) if ok else float("-inf"))
     best = [i for i in sorted(range(len(proposals)), key=lambda i: (-score[i], i))[:n] if score[i] > float("-inf")]
     return [proposals[i] for i in sorted(best)]
+
+
+def _screen(study: Study, executor: Executor | None, keys: Sequence[SchemeKey], screen_images: int | None
+            ) -> dict[SchemeKey, dict[str, Any]]:
+    """Screen ``keys`` through ``executor`` (at most one per worker in flight, each started only while the budget
+    and time allow, in order), writing each as it finishes; their results by scheme. They join
+    ``History.screened`` in ``keys``' order, whatever order they finished in, so that ``--workers`` changes when a
+    screening runs, not what a strategy learns from it."""
+    from automc.search.step import as_screen
+
+    if executor is None:
+        from automc.search.executors import SerialExecutor
+
+        executor = SerialExecutor(study.evaluator.context(portable=False))
+    pending = list(keys)
+    running: dict[SchemeKey, Token] = {}
+    done: dict[SchemeKey, tuple[EvalResult, Observation]] = {}
+
+    def finish(key: SchemeKey, result: EvalResult) -> None:
+        result = result if result.fidelity == "screen" else as_screen(result)
+        done[key] = (result, study.end(running.pop(key), result, study.round))
+        study.emit("screen", study.round, f"{'ok' if result.ok else 'FAIL'} {scheme_text(key)} (rung 0)")
+
+    try:
+        while True:
+            while pending and len(running) < executor.workers and study.steps_allowed() > 0 \
+                    and not study.time_up():
+                key = pending.pop(0)
+                running[key] = study.begin(key, fidelity="screen", round_=study.round)
+                job = study.evaluator.prepare_screen(key, val_images=screen_images)
+                if isinstance(job, EvalResult):
+                    finish(key, job)
+                else:
+                    executor.submit(job)
+            if not running:
+                break
+            outcome = executor.wait()
+            check_interrupt()
+            finish(tuple(outcome.result.scheme), outcome.result)
+    except BaseException as e:
+        executor.cancel()
+        study.cut_short(list(running.values()), e)
+        raise
+    finally:
+        study.history.screened.extend(done[k][1] for k in keys if k in done)
+    return {k: {"state": r.state, "val_accuracy": r.val_accuracy, "pr": r.pr, "fr": r.fr}
+            for k, (r, _) in done.items()}
 
 
 def _walk(proposals: Iterable[Sequence[str]], history: History | None = None) -> Iterator[SchemeKey]:

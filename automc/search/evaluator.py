@@ -26,6 +26,7 @@ from automc.search._base import SchemeKey
 from automc.search.cache import ModelCache
 from automc.search.step import (
     EvalResult,
+    ScreenJob,
     StepJob,
     StepOutcome,
     WorkerContext,
@@ -185,14 +186,11 @@ class Evaluator:
             self.cache.put(scheme[:i], model, meta)
         return model, meta
 
-    def screen(self, scheme: Sequence[str], *, recalibration_images: int = SCREEN_IMAGES) -> EvalResult:
-        """Rung 0 of ``scheme`` (``fidelity="screen"``): its steps after its longest cached prefix applied with no
-        fine-tuning (every ``*_epochs_factor`` times 0 epochs, the same per-step seeds), BatchNorm statistics
-        re-estimated on ``recalibration_images`` training images, validation accuracy measured. Never cached and
-        never remembered as a failure: a cheap look that decides which proposals get the search fidelity."""
-        from automc.compress.compute import metered
-        from automc.compress.layers import recalibrate_bn
-        from automc.compress.scheme import apply_step, measure
+    def prepare_screen(self, scheme: Sequence[str], *, recalibration_images: int = SCREEN_IMAGES,
+                       val_images: int | None = None) -> ScreenJob | EvalResult:
+        """The job of ``scheme``'s rung 0 (``step.screen``): its steps after its longest cached prefix, from that
+        prefix's model; or its FAILED result at once (a scheme the rules forbid, a prefix that cannot be built)."""
+        from automc.compress.saving import describe
 
         key, t0 = tuple(scheme), time.perf_counter()
         why = self.space.why_not(key)
@@ -201,28 +199,27 @@ class Evaluator:
         start = len(key) - 1
         while start > 0 and key[:start] not in self.cache:
             start -= 1
-        base = self.base_measurement()  # measured once per run, never the screen's compute
-        with metered(self.task.data) as meter:
-            try:
-                model, _ = self._replay(key[:start])
-                task = dataclasses.replace(self.task, budget=dataclasses.replace(self.task.budget, epochs=0.0))
-                for i in range(start + 1, len(key) + 1):
-                    model = apply_step(model, self.space.strategy(key[i - 1]), task,
-                                       params_original=base.params, seed=step_seed(self.seed, key[:i]),
-                                       methods=self.methods)[0]
-                batch = int(self.task.budget.batch_size)
-                model.to(self.task.device)
-                recalibrate_bn(model, (x for x, _ in self.task.data.batches(
-                    "train", batch, augment=False, max_batches=max(1, -(-int(recalibration_images) // batch)))))
-                m = measure(model, self.task, test=False)
-            except DiskError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a proposal that cannot be screened is simply not promoted
-                r = self._failed(key, reason(e), time.perf_counter() - t0, fidelity="screen")
-                return dataclasses.replace(r, epochs=0.0, compute=meter.epochs)
-        return completed(key, m, None, base, task, run_seed=self.seed,
-                         seconds=time.perf_counter() - t0, train_seconds=0.0, fidelity="screen",
-                         data_fraction=self.data_fraction, compute=meter.epochs)
+        self.base_measurement()  # measured once per run, never the screen's compute
+        try:
+            model, _ = self._replay(key[:start])  # cached: loaded, not trained
+        except DiskError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a proposal that cannot be screened is simply not promoted
+            return dataclasses.replace(self._failed(key, reason(e), time.perf_counter() - t0, fidelity="screen"),
+                                       epochs=0.0, compute=0.0)
+        steps = tuple((self.space.strategy(key[i - 1]), step_seed(self.seed, key[:i]))
+                      for i in range(start + 1, len(key) + 1))
+        return ScreenJob(key, steps, cpu_state(model), describe(model), int(recalibration_images), val_images)
+
+    def screen(self, scheme: Sequence[str], *, recalibration_images: int = SCREEN_IMAGES,
+               val_images: int | None = None) -> EvalResult:
+        """Rung 0 of ``scheme`` (``fidelity="screen"``) in this process: its steps after its longest cached prefix
+        applied with no fine-tuning (every ``*_epochs_factor`` times 0 epochs, the same per-step seeds), BatchNorm
+        statistics re-estimated on ``recalibration_images`` training images, validation accuracy measured (on the
+        first ``val_images`` validation images when given). Never cached and never remembered as a failure: a
+        cheap look that decides which proposals get the search fidelity."""
+        job = self.prepare_screen(scheme, recalibration_images=recalibration_images, val_images=val_images)
+        return job if isinstance(job, EvalResult) else execute(job, self.context(portable=False)).result
 
     def model(self, scheme: Sequence[str]) -> nn.Module:
         """The (search-fidelity) model of ``scheme``; raises what rebuilding it raises."""

@@ -1,10 +1,11 @@
 """The search space as data: the catalogue's grid strategies and the ``[search]`` rules of ``catalog.toml``.
 
 A scheme (``SchemeKey``) is a tuple of strategy ids. It is allowed when it has at most ``max_length`` steps,
-every step is a grid strategy, the sum of its strategies' ``*_epochs_factor`` values stays within
-``max_epochs_factor_sum``, an ``only_first`` method only starts it, nothing follows an ``only_last`` method,
-no method B comes anywhere after a method listed in ``not_after[B]``, and it reaches the target γ or can still
-reach it in one more step.
+every step is a grid strategy or a policy strategy (a grid strategy with its ``policy`` hyperparameter set to a
+per-layer policy found by a per-layer search: ``PLP(layer_keep=0.5:0.25:...)``), the sum of its strategies'
+``*_epochs_factor`` values stays within ``max_epochs_factor_sum``, an ``only_first`` method only starts it, nothing
+follows an ``only_last`` method, no method B comes anywhere after a method listed in ``not_after[B]``, and it reaches
+the target γ or can still reach it in one more step.
 
 A strategy's ``target_ratio_factor`` is its absolute share of γ (``compress.base.step_ratio``), so a scheme's PR is
 computed, not predicted: ``γ · min(1, Σ shares)``. The step that brings the sum to 1 closes the scheme (nothing may
@@ -67,19 +68,54 @@ class SearchSpace:
 
     # -- lookup ------------------------------------------------------------------------------------------
     def strategy(self, strategy_id: str) -> Strategy:
-        """The grid strategy with this id; raises ``NotFoundError``."""
+        """The grid or policy strategy with this id; raises ``NotFoundError``."""
         i = self.index.get(strategy_id)
-        if i is None:
-            raise NotFoundError(f"strategy {strategy_id!r} is not in the catalogue grid")
-        return self.strategies[i]
+        if i is not None:
+            return self.strategies[i]
+        s = self._policies.get(strategy_id) if hasattr(self, "_policies") else None
+        if s is None:
+            s = self._policy_strategy(strategy_id)
+            if s is None:
+                raise NotFoundError(f"strategy {strategy_id!r} is not in the catalogue grid")
+            self._policies = {**getattr(self, "_policies", {}), strategy_id: s}
+        return s
+
+    def _policy_strategy(self, strategy_id: str) -> Strategy | None:
+        """The policy strategy ``strategy_id`` names (its policy hyperparameter off the grid, every other value on
+        it, written in the catalogue's canonical form), or None."""
+        from automc.errors import ValidationError
+
+        try:
+            s = self.catalog.parse_strategy(strategy_id)
+        except (ValidationError, NotFoundError):
+            return None
+        grid = self.catalog.method(s.method).grid
+        hps = self.catalog.hyperparameters
+        free = [k for k in grid if hps[k].type == "policy"]
+        if s.id != strategy_id or not free or len(s.settings) != len(grid):
+            return None
+        return s if all(v in grid[k] for k, v in s.settings if k not in free) else None
+
+    def is_strategy(self, strategy_id: str) -> bool:
+        """Whether ``strategy_id`` is a grid or a policy strategy."""
+        try:
+            self.strategy(strategy_id)
+        except NotFoundError:
+            return False
+        return True
 
     def epochs_factor(self, strategy_id: str) -> float:
         """Sum of the strategy's ``*_epochs_factor`` values; raises ``NotFoundError`` off the grid."""
-        return epochs_factor_of(self.strategy(strategy_id))
+        i = self.index.get(strategy_id)
+        return float(self._factor[i]) if i is not None else epochs_factor_of(self.strategy(strategy_id))
+
+    def _share_of(self, strategy_id: str) -> float:
+        i = self.index.get(strategy_id)
+        return float(self._share[i]) if i is not None else share_of(self.strategy(strategy_id))
 
     def share(self, scheme: Sequence[str]) -> float:
         """The sum of the scheme's shares of γ, at most 1 (1: the scheme reaches γ)."""
-        return min(1.0, float(sum(self._share[self.index[s]] for s in scheme)))
+        return min(1.0, float(sum(self._share_of(s) for s in scheme)))
 
     def closed(self, scheme: Sequence[str]) -> bool:
         """Whether the scheme's shares reach γ (its last step closes the target)."""
@@ -128,13 +164,13 @@ class SearchSpace:
         if len(key) > self.max_length:
             return f"{len(key)} steps, more than the maximum {self.max_length}"
         for s in key:
-            if s not in self.index:
+            if not self.is_strategy(s):
                 return f"strategy {s} is not in the catalogue grid"
-        total = sum(self._factor[self.index[s]] for s in key)
+        total = sum(self.epochs_factor(s) for s in key)
         if total > self.rules.max_epochs_factor_sum + _EPS:
             return (f"its epochs factors sum to {total:g}, more than the maximum "
                     f"{self.rules.max_epochs_factor_sum:g}")
-        methods = [self.strategies[self.index[s]].method for s in key]
+        methods = [self.strategy(s).method for s in key]
         for i, m in enumerate(methods):
             if m in self.excluded:
                 return f"{m} is excluded from the search (catalog.toml [search] exclude)"
@@ -151,7 +187,7 @@ class SearchSpace:
         """Why ``key`` breaks the target rules (module docstring), or None."""
         reached = 0.0
         for i, s in enumerate(key, 1):
-            share = float(self._share[self.index[s]])
+            share = self._share_of(s)
             if reached >= 1.0 - _EPS:
                 return f"it reaches the target at step {i - 1}; nothing may follow"
             if reached + share > 1.0 + _EPS:
@@ -174,7 +210,7 @@ class SearchSpace:
         none = np.zeros(len(self.strategies), bool)
         if len(key) + 1 > self.max_length or not self.allowed(key):
             return none
-        methods = [self.strategies[self.index[s]].method for s in key]
+        methods = [self.strategy(s).method for s in key]
         if methods and methods[-1] in self.rules.only_last:
             return none
         if self.closed(key):
@@ -182,7 +218,7 @@ class SearchSpace:
         ok_method = np.array([m not in self.excluded and not (key and m in self.rules.only_first)
                               and not (set(self.rules.not_after.get(m, ())) & set(methods))
                               for m in self.methods])
-        used = sum(self._factor[self.index[s]] for s in key)
+        used = sum(self.epochs_factor(s) for s in key)
         mask = ok_method[self._method] & (self._factor <= self.rules.max_epochs_factor_sum + _EPS - used)
         left = 1.0 - self.share(key)
         closes = self._share >= left - _EPS

@@ -104,6 +104,20 @@ class StepJob:
 
 
 @dataclass(frozen=True)
+class ScreenJob:
+    """Rung 0 of one proposal, as plain data: the model of its longest cached prefix, the strategies after it with
+    their step seeds (applied with no fine-tuning), and how to score it: BatchNorm re-estimated on
+    ``recalibration_images`` training images, validation accuracy on the first ``val_images`` (all when None)."""
+
+    scheme: SchemeKey
+    steps: tuple[tuple[Strategy, int], ...]
+    parent_state: dict[str, torch.Tensor]
+    parent_arch: dict[str, Any]
+    recalibration_images: int
+    val_images: int | None = None
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """What ``execute`` sends back: the result (COMPLETE or FAILED with its reason) and, when COMPLETE, the child."""
 
@@ -172,12 +186,15 @@ def rebuild_model(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], te
     return model.eval()
 
 
-def execute(job: StepJob, ctx: WorkerContext) -> StepOutcome:
-    """Rebuild the parent, apply the job's strategy, measure the child: what every executor runs for a step.
+def execute(job: StepJob | ScreenJob, ctx: WorkerContext) -> StepOutcome:
+    """Rebuild the parent, apply the job's strategy, measure the child: what every executor runs for a step (and
+    for a screening, ``screen``).
 
     Never raises for a bad candidate: any exception of the step is a FAILED outcome with the reason. The step's
     compute (the method's training and searches, measuring validation accuracy) is counted by ``compress.compute``.
     """
+    if isinstance(job, ScreenJob):
+        return screen(job, ctx)
     from automc.compress.compute import metered
     from automc.compress.saving import describe
     from automc.compress.scheme import apply_step, measure
@@ -198,6 +215,40 @@ def execute(job: StepJob, ctx: WorkerContext) -> StepOutcome:
                        seconds=time.perf_counter() - t0, train_seconds=train_s, fidelity="search",
                        data_fraction=ctx.data_fraction, compute=meter.epochs)
     return StepOutcome(result, cpu_state(child), describe(child), m, worker_name())
+
+
+def screen(job: ScreenJob, ctx: WorkerContext) -> StepOutcome:
+    """Rung 0 of a proposal (``fidelity="screen"``): its new steps with no fine-tuning (every epochs factor times 0,
+    the same per-step seeds), BatchNorm re-estimated, validation accuracy measured; no child model comes back
+    (a screening is never cached). A failure is a FAILED outcome with its compute."""
+    from automc.compress.compute import metered
+    from automc.compress.layers import recalibrate_bn
+    from automc.compress.scheme import apply_step, measure
+
+    t0 = time.perf_counter()
+    task = dataclasses.replace(ctx.task, budget=dataclasses.replace(ctx.task.budget, epochs=0.0))
+    with metered(task.data) as meter:
+        try:
+            model = rebuild_model(job.parent_arch, job.parent_state, ctx.base_model)
+            for strategy, seed in job.steps:
+                model = apply_step(model, strategy, task, params_original=ctx.base.params, seed=seed,
+                                   methods=ctx.methods)[0]
+            batch = int(task.budget.batch_size)
+            model.to(task.device)
+            recalibrate_bn(model, (x for x, _ in task.data.batches(
+                "train", batch, augment=False, max_batches=max(1, -(-int(job.recalibration_images) // batch)))))
+            m = measure(model, task, test=False, val_images=job.val_images)
+        except Exception as e:  # noqa: BLE001 - a proposal that cannot be screened is simply not promoted
+            out = ctx.failed(job.scheme, reason(e), time.perf_counter() - t0, compute=meter.epochs)
+            return dataclasses.replace(out, result=as_screen(out.result))
+    result = completed(job.scheme, m, None, ctx.base, task, run_seed=ctx.run_seed, seconds=time.perf_counter() - t0,
+                       train_seconds=0.0, fidelity="screen", data_fraction=ctx.data_fraction, compute=meter.epochs)
+    return StepOutcome(result, measured=m, worker=worker_name())
+
+
+def as_screen(result: EvalResult) -> EvalResult:
+    """``result`` (a failure made for a step: a lost worker, a refused scheme) as the screening it was."""
+    return dataclasses.replace(result, fidelity="screen", epochs=0.0)
 
 
 def completed(scheme: SchemeKey, m: Measurement, parent: Measurement | None, base: Measurement, task: Task, *,

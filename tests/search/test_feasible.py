@@ -3,18 +3,22 @@ applying it with the real methods."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from automc.compress.base import Task, TrainBudget
 from automc.compress.data import synthetic
+from automc.compress.layerwise import PolicySpace
 from automc.compress.metrics import count_params
 from automc.compress.models import build_model
 from automc.compress.scheme import apply_scheme
 from automc.search import STRATEGIES
 from automc.search._base import Context, History, Observation, round_rng
 from automc.search._optimize import _walk
+from automc.search._perlayer import policy_of
 from automc.search.objective import PR_TOLERANCE, feasible, ranked
 from automc.search.space import SearchSpace
 
@@ -33,11 +37,19 @@ def fake(space: SearchSpace, key, r: int) -> Observation:
     return Observation(key, "COMPLETE", float(0.9 - 0.3 * pr + 0.05 * rng.random()), pr, pr * 0.8, round=r)
 
 
+@pytest.fixture(scope="module")
+def layers() -> PolicySpace:
+    """A ResNet-20's prunable layers, for the strategies that search per-layer policies."""
+    torch.manual_seed(0)
+    return PolicySpace(build_model("resnet20", 10), torch.randn(1, 3, 32, 32))
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_proposal_of_every_strategy_reaches_the_target(name, space):
+def test_every_proposal_of_every_strategy_reaches_the_target(name, space, layers):
+    cls = STRATEGIES[name]
     options = {"candidates": 60, "fit_steps": 10, "warm_steps": 10} if name == "progressive" else {}
-    strategy = STRATEGIES[name](Context(space=space, target_pr=GAMMA, seed=1, per_round=6, options=options,
-                                        task_vector=(0.0,) * 8))
+    strategy = cls(Context(space=space, target_pr=GAMMA, seed=1, per_round=6, options=options,
+                           task_vector=(0.0,) * 8, layers=layers if cls.per_layer else None))
     history = History(Observation((), "COMPLETE", 0.9, 0.0, 0.0, params=1000.0))
     proposed = 0
     for r in range(3):
@@ -48,10 +60,16 @@ def test_every_proposal_of_every_strategy_reaches_the_target(name, space):
             assert not {space.strategy(s).method for s in key} & space.excluded
             assert space.pr(key, GAMMA) == pytest.approx(GAMMA)
             assert not history.tried(key)
+            policy = policy_of(space, key)
+            assert (policy is not None) == cls.per_layer  # a per-layer policy, which meets γ as computed
+            assert policy is None or layers.meets(policy, GAMMA)
         proposed += len(proposals)
         new = []
         for key in _walk(proposals, history):
-            history.add(obs := fake(space, key, r))
+            obs = fake(space, key, r)
+            if cls.learns_from_screen:  # its proposals are screened at rung 0 first
+                history.screened.append(dataclasses.replace(obs, evaluation_id=f"s{len(history.screened)}"))
+            history.add(obs)
             new.append(obs)
         strategy.observe(history, new)
     assert proposed >= 12

@@ -46,6 +46,8 @@ def test_screening_trains_nothing_and_measures_validation_only(data, space, tmp_
     recal = min(n_train, math.ceil(SCREEN_IMAGES / batch) * batch)
     assert r.compute == pytest.approx(FORWARD_ONLY * (recal + data.size("val")) / n_train)
     assert dataclasses.replace(ev.screen(key), seconds=0.0) == dataclasses.replace(r, seconds=0.0)  # same seeds
+    few = ev.screen(key, val_images=16)  # a per-layer strategy's cheaper look: the first 16 validation images
+    assert few.compute == pytest.approx(FORWARD_ONLY * (recal + 16) / n_train) and few.pr == r.pr
     assert ev.screen(space.parse("NS(target_ratio_factor=0.5) > LMA(target_ratio_factor=0.5)")).ok
     bad = ev.screen(space.parse("NS(target_ratio_factor=0.5) > NS(target_ratio_factor=0.7)"))
     assert bad.state == State.FAILED and bad.error.startswith("not allowed:")

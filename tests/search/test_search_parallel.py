@@ -101,3 +101,39 @@ def test_a_worker_killed_mid_search_costs_one_evaluation_and_the_search_finishes
     if not lost:
         assert [(r["state"], r["params"]) for r in rows] == [(r["state"], r["params"]) for r in expected]
         assert [f["scheme"] for f in res.front] == [f["scheme"] for f in serial.front]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="finds Ray's worker processes through /proc")
+@pytest.mark.parametrize("strategy", ["amc", "seernet"])
+def test_two_workers_screen_an_episode_batch_side_by_side_and_learn_what_one_learns(inputs, tmp_path, strategy):
+    """A per-layer strategy's round of rung-0 screenings goes to the workers together (two run at once), and the
+    strategy sees them in its own order: the same episodes, scores and promotions as one worker."""
+    batch = "amc_episodes" if strategy == "amc" else "seernet_policies"
+    runs, busy = {}, {1: 0, 2: 0}
+    for workers in (1, 2):
+        stop = threading.Event()
+
+        def sample(w: int = workers, stop: threading.Event = stop) -> None:  # the most step workers busy at once
+            while not stop.is_set():
+                busy[w] = max(busy[w], len(_step_workers()))
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        cfg = config(inputs, tmp_path / f"w{workers}", strategy=strategy, max_steps=2, per_round=1, workers=workers,
+                     seed=3, strategy_options={batch: 4, f"{strategy}_warmup": 4, f"{strategy}_val_images": 0})
+        try:
+            res = search(cfg)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        with open_store(cfg.store) as s:
+            runs[workers] = s.run_evaluations(res.run_id)
+    one, two = runs[1], runs[2]
+    assert [r["scheme"] for r in one] == [r["scheme"] for r in two]  # same episodes, same promotions
+    assert [(r["fidelity"], r["state"], r["params"]) for r in one] == [(r["fidelity"], r["state"], r["params"])
+                                                                        for r in two]
+    screens = [r for r in two if r["fidelity"] == "screen"]
+    assert len(screens) == 8 and all(r["rung"] == 0 for r in screens)
+    assert busy[2] == 2  # the batch ran side by side (one worker runs in the driver: no Ray worker at all)
