@@ -54,7 +54,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("progressive", "random", "evolution", "tpe", "rl")
+STRATEGIES = ("progressive", "random", "evolution", "tpe", "rl", "amc", "seernet")
+PER_LAYER = ("amc", "seernet")  # each also gets a ``uniform-<strategy>-<seed>`` run: its policy against uniform
 # the F_mo ablation: progressive ranking its candidates by the prior only, and in random order
 ABLATION = {"progressive-prior": {"ranking": "prior"}, "progressive-random": {"ranking": "random"}}
 SINGLE = ("NS", "SFP", "LeGR", "HOS", "LFB", "LMA", "TP-L2")
@@ -77,17 +78,29 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     for seed in args.seeds:
         for strategy in args.strategies:
             runs.append({"name": f"{strategy}-{seed}", "group": strategy, "kind": "search", "strategy": strategy,
-                         "options": {}, "seed": seed})
+                         "options": _per_layer_options(strategy, args), "seed": seed})
         for group in args.ablation:
             runs.append({"name": f"{group}-{seed}", "group": group, "kind": "search", "strategy": "progressive",
                          "options": dict(ABLATION[group]), "seed": seed})
         for method in args.singles:
             runs.append({"name": f"single-{method}-{seed}", "group": f"single-{method}", "kind": "single",
                          "method": method, "seed": seed})
+        for strategy in (s for s in args.strategies if s in PER_LAYER):
+            runs.append({"name": f"uniform-{strategy}-{seed}", "group": f"uniform-{strategy}", "kind": "uniform",
+                         "of": f"{strategy}-{seed}", "seed": seed})
     if args.only:
         wanted = set(args.only)
         runs = [r for r in runs if r["name"] in wanted or r["group"] in wanted]
     return runs
+
+
+def _per_layer_options(strategy: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A per-layer strategy's round size and warm-up when ``--per-layer-episodes`` sets them (smoke mode does)."""
+    n = getattr(args, "per_layer_episodes", None)
+    if strategy not in PER_LAYER or n is None:
+        return {}
+    batch = "amc_episodes" if strategy == "amc" else "seernet_policies"
+    return {batch: int(n), f"{strategy}_warmup": int(n)}
 
 
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,7 +111,7 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
             "single_epochs": args.budget + args.final_epochs, "top_k": args.top_k, "per_round": args.per_round,
             "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr, "reuse": args.reuse,
             "baseline": args.baseline, "screen": args.screen, "device": args.device, "threads": args.threads,
-            "target_acc": args.target_acc,
+            "target_acc": args.target_acc, "per_layer_episodes": args.per_layer_episodes,
             "seeds": list(args.seeds), "strategies": list(args.strategies), "ablation": list(args.ablation),
             "singles": list(args.singles), "smoke": bool(args.smoke)}
 
@@ -116,6 +129,8 @@ def run_one(spec: dict[str, Any], proto: dict[str, Any], out: str, store: str | 
             rec = _search_run(spec, proto, Path(out), store)
         elif spec["kind"] == "single":
             rec = _single_run(spec, proto, Path(out))
+        elif spec["kind"] == "uniform":
+            rec = _uniform_run(spec, proto, Path(out))
         else:
             rec = _base_run(proto)
     except Exception as e:  # noqa: BLE001 - a failed run is a result to report, not a reason to stop the bench
@@ -261,6 +276,49 @@ def _single_run(spec: dict[str, Any], proto: dict[str, Any], out: Path) -> dict[
             **({"rungs": rungs} if method != "TP-L2" else {})}
 
 
+def _uniform_run(spec: dict[str, Any], proto: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The per-layer policy a search run found against one ratio for every layer at the same PR (the same PLP
+    criterion and epochs factor), both applied from the base model with the same final fine-tune (``final_epochs``,
+    the search's reapply path, metered); the report tests them paired on the same test images."""
+    import tempfile
+
+    from automc.catalog import scheme_key
+    from automc.compress.compute import metered
+    from automc.compress.layerwise import PolicySpace
+    from automc.search._perlayer import plp_scheme, policy_of
+    from automc.search.evaluator import Evaluator
+    from automc.search.space import SearchSpace
+
+    parent = load_results(out / RESULTS).get("runs", {}).get(spec["of"], {})
+    if "error" in parent or not (parent.get("found") or {}).get("scheme"):
+        raise RuntimeError(f"needs {spec['of']} finished first (run again after it)")
+    space = SearchSpace(exclude=())
+    key = scheme_key(parent["found"]["scheme"])
+    policy = policy_of(space, key)
+    if policy is None:
+        raise RuntimeError(f"{spec['of']} reported no per-layer policy: {parent['found']['scheme']}")
+    seed = int(spec["seed"])
+    data, base, task = _task(proto, seed, float(proto["final_epochs"]))
+    layers = PolicySpace(base, data.example_input())
+    params = space.strategy(key[0]).params
+    uniform = plp_scheme(space, layers.uniform(layers.pr(policy)), str(params["filter_criterion"]),
+                         float(params["finetune_epochs_factor"]))
+    rec: dict[str, Any] = {"of": spec["of"], "epochs": float(proto["final_epochs"])}
+    for label, k in (("learned", key), ("uniform", uniform)):
+        with tempfile.TemporaryDirectory(dir=out) as cache:
+            ev = Evaluator(base, task, cache_dir=cache, seed=seed, space=space)
+            ev.base_measurement(task)  # outside the meter, as everywhere
+            with metered(data) as meter:
+                result, _ = ev.final(k, task)
+        if not result.ok:
+            raise RuntimeError(f"{label} {k[0]} failed: {result.error}")
+        rec[label] = {"scheme": k[0], "compute": meter.epochs, "test_accuracy": result.test_accuracy,
+                      **{f: result.measured.get(f) for f in ("val_accuracy", "pr", "fr", "test_correct_bits",
+                                                             "test_ids_hash")}}
+    rec["found"] = rec["uniform"]
+    return rec
+
+
 def _rungs(key: tuple[str, ...], base: Any, task: Any, proto: dict[str, Any], seed: int, space: Any,
            cache: Path) -> dict[str, Any]:
     """What the search's rungs see of this scheme (validation accuracy at rung 0, the screen, and rung 1, the search
@@ -356,6 +414,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     store = None
     if any(r["kind"] == "search" for r in todo) and not args.smoke:
         store = prepare_store(args.out, embed=True)
+    # a uniform run compares its search run's policy: it starts once every other run of this invocation is done
+    for phase in ([r for r in todo if r["kind"] != "uniform"], [r for r in todo if r["kind"] == "uniform"]):
+        if phase:
+            _pool(phase, args, proto, store, res, path)
+    return res
+
+
+def _pool(todo: list[dict[str, Any]], args: argparse.Namespace, proto: dict[str, Any], store: str | None,
+          res: dict[str, Any], path: Path) -> None:
+    """Run ``todo`` side by side (``--jobs``), each in its own process, saving each record as it finishes."""
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as ex:
         futs = {ex.submit(run_one, r, proto, str(args.out.resolve()), store): r for r in todo}
         for fut in as_completed(futs):
@@ -370,7 +438,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             acc = (rec.get("found") or {}).get("test_accuracy", rec.get("test_accuracy"))
             what = rec.get("error") or (f"test accuracy {acc:.2%}" if acc is not None else "no model")
             print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {what} in {rec.get('wall', 0):.0f} s", flush=True)
-    return res
 
 
 def _fixed(proto: dict[str, Any]) -> dict[str, Any]:
@@ -400,6 +467,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", default="none", help="each search run's --baseline [none: the single-method runs "
                    "are the baselines, at the search's whole compute as their fine-tune]")
     p.add_argument("--no-reuse", dest="reuse", action="store_false")
+    p.add_argument("--per-layer-episodes", type=int, default=None, help="amc/seernet: policies screened per round "
+                   "and random warm-up policies [the tool's defaults]")
     p.add_argument("--screen", type=int, default=None, help="each search run's --screen N (rung 0) [the tool's "
                    "default: off]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -425,8 +494,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.weights = smoke_weights(args.out)
         args.budget, args.final_epochs, args.epochs = 0.5, 0.3, 0.2
         args.per_round, args.max_length, args.batch_size, args.lr, args.reuse = 3, 1, 64, 0.05, False
-        args.seeds, args.strategies, args.ablation, args.singles = args.seeds[:1], ["progressive", "random"], [], \
-            ["NS", "SFP"]
+        args.seeds, args.strategies, args.ablation, args.singles = args.seeds[:1], ["progressive", "random", "amc"], \
+            [], ["NS", "SFP"]
+        args.per_layer_episodes = 1  # a screening costs a third of an epoch of digits: one fits the smoke budget
         args.target_acc, args.baseline = "base", "kb"  # the smoke run also exercises the report's baseline
     s = args.shared
     args.weights = args.weights or s / "models" / f"{args.model}-cifar10.th"

@@ -291,6 +291,24 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
         lines.append(f"| {g} | {_ms(v['screen'])} | {_ms(v['search'])} | {_ms(v['final_val'])} | "
                      f"{_ms(v['final_test'])} |")
     lines.append("")
+    # -- per-layer vs uniform -----------------------------------------------------------------------------------------
+    uniforms = _groups(runs, "uniform")
+    if uniforms:
+        lines += ["## Per-layer policy vs one ratio for every layer (same PR, same criterion, same final fine-tune)",
+                  "", "Each per-layer search's reported policy and the uniform policy of (at least) its PR, both "
+                  "applied from the base model with the final fine-tune; exact McNemar on the same test images.", "",
+                  "| strategy | seed | learned test | uniform test | learned PR | uniform PR | learned − uniform |",
+                  "|---|---|---|---|---|---|---|"]
+        for g, rs in uniforms.items():
+            for r in rs:
+                a, b = r.get("learned") or {}, r.get("uniform") or {}
+                lines.append(f"| {g.removeprefix('uniform-')} | {r['seed']} | {_pct(a.get('test_accuracy'))} | "
+                             f"{_pct(b.get('test_accuracy'))} | {_num(a.get('pr'))} | {_num(b.get('pr'))} | "
+                             f"{_cell(paired(a, b))} |")
+            lines.append(f"| {g.removeprefix('uniform-')} | mean | "
+                         f"{_ms([(r.get('learned') or {}).get('test_accuracy') for r in rs])} | "
+                         f"{_ms([(r.get('uniform') or {}).get('test_accuracy') for r in rs])} | | | |")
+        lines.append("")
     # -- targets -------------------------------------------------------------------------------------------------------
     targets = _targets(summary, proto, base)
     lines += ["## Targets", ""] + [f"- {t['text']}" for t in targets]

@@ -29,15 +29,15 @@ def test_smoke_runs_saves_skips_finished_runs_and_renders(tmp_path: Path) -> Non
     assert first.returncode == 0, first.stderr[-3000:]
     res = json.loads((out / "search_bench.json").read_text())
     proto = res["protocol"]
-    assert proto["smoke"] and proto["seeds"] == [0] and proto["strategies"] == ["progressive", "random"]
+    assert proto["smoke"] and proto["seeds"] == [0] and proto["strategies"] == ["progressive", "random", "amc"]
     assert proto["single_epochs"] == pytest.approx(proto["budget"] + proto["final_epochs"])
     assert res["machine"]["cpu"] and res["machine"]["torch"]
     runs = res["runs"]
-    assert set(runs) == {"base", "progressive-0", "random-0", "single-NS-0", "single-SFP-0"}
+    assert set(runs) == {"base", "progressive-0", "random-0", "amc-0", "single-NS-0", "single-SFP-0", "uniform-amc-0"}
     assert not [n for n, r in runs.items() if "error" in r], {n: r.get("error") for n, r in runs.items()}
     gamma = proto["target_pr"]
     hashes = {runs["base"]["test_ids_hash"]}
-    for name in ("progressive-0", "random-0", "single-NS-0", "single-SFP-0"):
+    for name in ("progressive-0", "random-0", "amc-0", "single-NS-0", "single-SFP-0", "uniform-amc-0"):
         r = runs[name]
         assert r["seed"] == 0 and r["wall"] > 0
         found = r["found"]
@@ -51,6 +51,11 @@ def test_smoke_runs_saves_skips_finished_runs_and_renders(tmp_path: Path) -> Non
         assert r["compute"] > 0 and all(p["compute"] is not None for p in r["points"])
         assert r["baseline"].get("summary")
     assert runs["progressive-0"]["quality"]  # F_mo's per-round measures, from the stored strategy state
+    # the per-layer policy amc reported and the uniform policy of its PR, each with the same final fine-tune
+    uni = runs["uniform-amc-0"]
+    assert uni["of"] == "amc-0" and uni["learned"]["scheme"] == runs["amc-0"]["found"]["scheme"].split(" > ")[0]
+    assert "layer_keep=" in uni["uniform"]["scheme"] and uni["uniform"]["pr"] >= uni["learned"]["pr"] - 0.01
+    assert uni["learned"]["compute"] == pytest.approx(uni["uniform"]["compute"], rel=0.05)  # the same final budget
     for name in ("single-NS-0", "single-SFP-0"):
         assert runs[name]["kind"] == "single" and runs[name]["epochs"] == proto["single_epochs"]
         assert runs[name]["compute"] > 0
@@ -68,6 +73,7 @@ def test_smoke_runs_saves_skips_finished_runs_and_renders(tmp_path: Path) -> Non
         assert f"| {group} | 0 | `" in md  # its seed-0 row
         assert any(line.startswith(f"| {group} | ") and " ± " in line and "(n=1)" in line for line in md.splitlines())
     assert "## Exact McNemar tests, per seed" in md and "## Rungs vs the final fine-tune" in md and "## Targets" in md
+    assert "## Per-layer policy vs one ratio for every layer" in md and "| amc | 0 | " in md
     for name in ("single-NS-0", "single-SFP-0"):  # each single scheme as rung 0 and rung 1 saw it
         rungs = runs[name]["rungs"]
         assert all(0.0 <= rungs[k]["val_accuracy"] <= 1.0 and rungs[k]["compute"] > 0 for k in ("screen", "search"))
