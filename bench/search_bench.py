@@ -193,8 +193,9 @@ def search_config(spec: dict[str, Any], proto: dict[str, Any], store: str, run_o
                         lr=proto["lr"], baseline=proto["baseline"], device=proto["device"],
                         seed=int(spec["seed"]), strategy=spec["strategy"], strategy_options=spec["options"] or None,
                         store=store, out=str(run_out), cache_dir=str(cache),
-                        # only progressive learns from other tasks (the tool refuses --reuse for the others)
-                        reuse=bool(proto["reuse"]) and spec["strategy"] == "progressive",
+                        # only progressive and the per-layer strategies learn from other tasks (the tool refuses
+                        # --reuse for the others)
+                        reuse=bool(proto["reuse"]) and spec["strategy"] in ("progressive", *PER_LAYER),
                         # rung 0 (``--screen``, newer than this bench's first version): passed only when set
                         **({"screen": int(proto["screen"])} if proto.get("screen") else {}))
 

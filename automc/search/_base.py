@@ -246,6 +246,7 @@ class SearchStrategy(ABC):
     # rung 0 has every proposal screened (``History.screened``) and chooses its round's size (``round_size``)
     per_layer: ClassVar[bool] = False
     learns_from_screen: ClassVar[bool] = False
+    reuses: ClassVar[bool] = False  # learns from other tasks (``Context.prior`` / ``transfer``): --reuse applies
 
     def __init__(self, context: Context) -> None:
         self.context = context

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from automc.search._base import Context, History, Observation, Option, SchemeKey, SearchStrategy
-from automc.search._perlayer import plp_scheme, policy_of
+from automc.search._perlayer import plp_scheme, policy_of, transferred
 from automc.search.rl import _from_json, _to_json
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class AMCStrategy(SearchStrategy):
     name: ClassVar[str] = "amc"
     per_layer: ClassVar[bool] = True
     learns_from_screen: ClassVar[bool] = True
+    reuses: ClassVar[bool] = True
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "amc_episodes": Option("int", 16, "episodes screened per round", low=1),
         "amc_promote": Option("int", 1, "of each round's episodes, how many best go to the search fidelity", low=1),
@@ -107,6 +108,7 @@ class AMCStrategy(SearchStrategy):
         self.updates = 0
         self._agent: Any = None
         self._restore: set[str] | None = None
+        self._transfer = transferred(context)
 
     # -- the agent -------------------------------------------------------------------------------------------
     def _ensure(self) -> Any:
@@ -142,9 +144,11 @@ class AMCStrategy(SearchStrategy):
             scaled = self._agent.actor(torch.as_tensor(state[None], dtype=torch.float32)).numpy()
         return float(self._agent.policy.unscale_action(scaled)[0, 0])
 
-    def _episode(self, rng: np.random.Generator, explore: bool, widen: int = 0) -> tuple[float, ...]:
+    def _episode(self, rng: np.random.Generator, explore: bool, widen: int = 0,
+                 actions: Sequence[float] | None = None) -> tuple[float, ...]:
         """One walk: random actions in warm-up, else the actor's with truncated-normal noise (``widen`` doubles its
-        width that many times: the walk repeated a known policy); each action clipped to its layer's wall."""
+        width that many times: the walk repeated a known policy), or ``actions`` as given (a policy transferred from
+        a similar task); each action clipped to its layer's wall."""
         lo = self.walk.min_keep
         sigma = float(self.options["amc_noise"]) * float(self.options["amc_noise_decay"]) ** self.episodes
         sigma = max(sigma, MIN_NOISE) * 2.0 ** widen if widen else sigma
@@ -153,7 +157,9 @@ class AMCStrategy(SearchStrategy):
         policy: list[float] = []
         layers = self.walk.layers
         for t in range(len(self.walk)):
-            if explore:
+            if actions is not None:
+                a = float(actions[t])
+            elif explore:
                 a = float(rng.uniform(lo, 1.0))
             else:
                 a = _truncated_normal(rng, self._act(self.walk.state(policy)), sigma, lo, 1.0)
@@ -226,6 +232,12 @@ class AMCStrategy(SearchStrategy):
         o = self.options
         tried = {o_.scheme for o_ in history.screened} | {o_.scheme for o_ in history}
         out: list[SchemeKey] = []
+        # warm-up starts from the policies of the most similar past tasks (--reuse), mapped stage by stage
+        for actions in self._transfer if self.episodes < int(o["amc_warmup"]) else []:
+            scheme = plp_scheme(self.context.space, self._episode(rng, True, actions=actions),
+                                str(o["amc_criterion"]), float(o["amc_epochs_factor"]))
+            if len(out) < n and scheme not in tried and scheme not in out:
+                out.append(scheme)
         repeats = 0
         for _ in range(20 * n):
             if len(out) >= n:

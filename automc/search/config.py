@@ -248,6 +248,13 @@ def step_cap(cfg: SearchConfig) -> int | None:
     return None if cfg.max_steps is None else int(cfg.max_steps)
 
 
+def _reuses(strategy: str) -> bool:
+    """Whether ``strategy`` learns from other tasks (``SearchStrategy.reuses``)."""
+    from automc.search import STRATEGIES
+
+    return strategy in STRATEGIES and bool(STRATEGIES[strategy].reuses)
+
+
 def _check_combinations(given: SearchConfig, cfg: SearchConfig) -> None:
     """Flags that another flag would make ineffective are refused, never ignored (``given``: as passed)."""
     if cfg.val_data and cfg.val_from == "train":
@@ -256,9 +263,9 @@ def _check_combinations(given: SearchConfig, cfg: SearchConfig) -> None:
     if given.train_epochs is not None and cfg.weights:
         raise ValidationError("a base model is trained only without --weights; drop one of them",
                               field="--train-epochs")
-    if given.reuse and cfg.strategy != "progressive":
-        raise ValidationError(f"only the progressive strategy learns from other tasks; {cfg.strategy} would "
-                              f"ignore it", field="--reuse")
+    if given.reuse and not _reuses(str(cfg.strategy)):
+        raise ValidationError(f"only the progressive, amc and seernet strategies learn from other tasks; "
+                              f"{cfg.strategy} would ignore it", field="--reuse")
     if given.baseline is not None and str(given.baseline).strip().lower() != "none" and not (
             cfg.final_epochs and cfg.top_k):
         raise ValidationError("the baseline gets the final fine-tune, which --final-epochs 0 or --top-k 0 skips; "

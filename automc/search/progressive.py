@@ -103,6 +103,7 @@ class ProgressiveStrategy(SearchStrategy):
     """F_mo-guided progressive search; ``context.options`` may override the defaults of ``OPTIONS``."""
 
     name = "progressive"
+    reuses: ClassVar[bool] = True
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "candidates": Option("int", 300, "(parent, strategy) pairs F_mo scores per round", low=1),
         "front_share": Option("float", 0.8, "share of candidate parents drawn from the Pareto front", low=0, high=1),

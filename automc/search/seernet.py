@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from automc.search._base import Context, History, Option, SchemeKey, SearchStrategy
-from automc.search._perlayer import plp_scheme, policy_of
+from automc.search._perlayer import plp_scheme, policy_of, transferred
 
 if TYPE_CHECKING:
     import torch
@@ -111,6 +111,7 @@ class SeerNetStrategy(SearchStrategy):
     name: ClassVar[str] = "seernet"
     per_layer: ClassVar[bool] = True
     learns_from_screen: ClassVar[bool] = True
+    reuses: ClassVar[bool] = True
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "seernet_policies": Option("int", 16, "policies screened per round", low=1),
         "seernet_promote": Option("int", 1, "of each round's policies, how many best go to the search fidelity",
@@ -142,6 +143,7 @@ class SeerNetStrategy(SearchStrategy):
         self.quality: list[dict[str, Any]] = []  # per round: the predictor's rank correlation on the new labels
         self._predictor: PolicyPredictor | None = None
         self._fitted_on = 0
+        self._transfer = transferred(context)
 
     def _labelled(self, history: History) -> tuple[np.ndarray, np.ndarray]:
         rows = [(policy_of(self.context.space, o.scheme), o) for o in history.screened]
@@ -238,6 +240,9 @@ class SeerNetStrategy(SearchStrategy):
             k_exploit = round(n * float(o["seernet_exploit"]))
             candidates += self._exploit(predictor, history, k_exploit, rng) if k_exploit else []
             candidates += self._uncertain(predictor, n - k_exploit, rng) if n > k_exploit else []
+        elif len(history.screened) < int(o["seernet_warmup"]):  # warm-up starts from similar tasks' policies
+            pr, fr, lo = self._target()
+            candidates += [self.layers.project(p, pr, fr, min_keep=lo) for p in self._transfer]
         candidates += [self._random(rng) for _ in range(4 * n)]  # warm-up, or what the guided ones repeat
         tried = {x.scheme for x in history.screened} | {x.scheme for x in history}
         out: list[SchemeKey] = []

@@ -287,7 +287,8 @@ def test_search_on_digits_selects_on_the_given_val_data(tmp_path):
 @pytest.mark.parametrize(("extra", "message"), [
     (["--val-from", "train"], "error: --val-from: train would carve the validation split out of the training data"),
     (["--train-epochs", "3"], "error: --train-epochs: a base model is trained only without --weights"),
-    (["--reuse"], "error: --reuse: only the progressive strategy learns from other tasks; random would ignore it"),
+    (["--reuse"], "error: --reuse: only the progressive, amc and seernet strategies learn from other tasks; random "
+                  "would ignore it"),
     (["--gpus-per-worker", "0.5"], "error: --gpus-per-worker: applies to Ray workers only"),
 ])
 def test_a_flag_another_flag_makes_ineffective_is_refused(inputs, tmp_path, extra, message):

@@ -223,3 +223,31 @@ def test_sigkill_mid_search_then_resume_keeps_every_finished_episode(tmp_path, n
         with open_store(store) as s:
             learned = set(s.load_run(run["id"]).strategy_state["learned"])
         assert learned == episodes  # the resumed agent learnt from the killed session's episodes too
+
+
+def test_a_policy_maps_onto_another_depth_stage_by_stage() -> None:
+    from automc.search._perlayer import stagewise
+
+    resnet20 = [16] * 3 + [32] * 3 + [64] * 3
+    resnet56 = (0.9,) * 9 + (0.6,) * 9 + (0.3,) * 9
+    assert stagewise(resnet56, resnet20) == pytest.approx((0.9,) * 3 + (0.6,) * 3 + (0.3,) * 3)
+    assert stagewise((0.5, 0.7, 0.9), [8] * 2 + [16] * 2 + [32] * 2) == (0.5, 0.5, 0.7, 0.7, 0.9, 0.9)
+    assert stagewise((0.4, 0.6), resnet20) == (0.4,) * 3 + (0.6,) * 6  # a short source: its last ratio goes on
+    assert stagewise((0.1, 0.2, 0.3), [8, 8, 16]) == (0.1, 0.2, 0.3)  # the same length: as it is
+
+
+@pytest.mark.parametrize("name", ["amc", "seernet"])
+def test_the_first_policies_come_from_the_most_similar_tasks(layers, space, name):
+    """``--reuse``: a ResNet-56 policy found on another task (``Context.transfer``) is this ResNet-20's first
+    proposal, mapped stage by stage and put on the budget; grid schemes in the transfer are ignored."""
+    from automc.search._perlayer import plp_scheme, stagewise
+
+    deep = (1.0,) * 9 + (0.5,) * 9 + (0.2,) * 9  # prunes the last stage hardest
+    transfer = (space.parse("SFP(target_ratio_factor=1.0)"), plp_scheme(space, deep, "l1_weight", 1.0))
+    cls = AMCStrategy if name == "amc" else SeerNetStrategy
+    strategy = cls(Context(space=space, target_pr=0.4, seed=0, layers=layers, transfer=transfer))
+    first = policy_of(space, strategy.propose(base_history(), 4, round_rng(0, 0))[0])
+    mapped = stagewise(deep, layers.channels)
+    assert layers.meets(first, 0.4)
+    expected = layers.clip(mapped, 0.4) if name == "amc" else layers.project(mapped, 0.4)
+    assert first == expected and first[-1] < first[0]
