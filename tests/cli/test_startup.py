@@ -47,7 +47,7 @@ def test_kb_help_and_stats_import_no_heavy_package(kb_copy):
     assert result == {"code": 0, "heavy": []} and "embed" in text
     result, text = _probe("kb", "stats", "--store", f"ladybug://{kb_copy}", "--json")
     assert result == {"code": 0, "heavy": []}
-    assert json.loads(text)["nodes"]["Strategy"] == 8934
+    assert json.loads(text)["nodes"]["Strategy"] == 9042
 
 
 def test_version():
