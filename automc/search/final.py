@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 def fine_tune(study: Study) -> None:
     """The final models of the top-k schemes (best validation accuracy among those meeting the targets,
     ``objective``), each trained ``final_epochs`` in total on all the training data (``final_mode``: re-applied from
-    the base model, or the searched model polished; skipped by final_epochs 0)."""
+    the base model, or the searched model polished; skipped by final_epochs 0). When no search step was evaluated
+    (a budget spent on screenings), the top-k screened schemes by rung-0 accuracy, re-applied from the base."""
     from automc.search.objective import ranked
 
     cfg = study.cfg
@@ -41,6 +42,10 @@ def fine_tune(study: Study) -> None:
         done = {r["scheme"] for r in s.run_evaluations(study.id)
                 if r["fidelity"] == "final" and r["state"] == State.COMPLETE}
     best = ranked(study.history.complete(), cfg.target_pr, cfg.target_fr)
+    mode = final_mode(cfg)
+    if not best:  # the budget ended before any step: the best screenings (AMC fine-tunes its best episode)
+        best = ranked([o for o in study.history.screened if o.ok], cfg.target_pr, cfg.target_fr)
+        mode = "reapply"  # there is no searched model to polish
     todo = [o for o in best[: int(cfg.top_k)] if scheme_text(o.scheme) not in done]
     task = final_task(study) if todo else None
     for o in todo:
@@ -48,7 +53,7 @@ def fine_tune(study: Study) -> None:
         study.emit("final", study.round, f"final fine-tune of {text}")
         token = study.begin(o.scheme, fidelity="final", round_=study.round, task=task)
         try:
-            result, model = study.evaluator.final(o.scheme, task, mode=final_mode(cfg))
+            result, model = study.evaluator.final(o.scheme, task, mode=mode)
             check_interrupt()
             if result.ok and cfg.out:  # saved before it is recorded: a recorded final model exists
                 _save_model(model, Path(cfg.out) / "final" / study.space.to_scheme(o.scheme).id, task, text,

@@ -251,3 +251,22 @@ def test_the_first_policies_come_from_the_most_similar_tasks(layers, space, name
     assert layers.meets(first, 0.4)
     expected = layers.clip(mapped, 0.4) if name == "amc" else layers.project(mapped, 0.4)
     assert first == expected and first[-1] < first[0]
+
+
+def test_a_budget_spent_on_screenings_still_ends_with_a_final_model(tmp_path):
+    """The budget ends inside the first round, before any promotion: the best screened policy gets the final
+    fine-tune (re-applied from the base model), as AMC fine-tunes its best episode."""
+    from automc.search import search
+    from tests.search.test_study import config
+
+    inputs = write_inputs(tmp_path, seed=4)
+    cfg = config(inputs, tmp_path / "run", strategy="amc", budget=0.5, max_steps=None, final_epochs=0.3, top_k=1,
+                 strategy_options={"amc_episodes": 8, "amc_warmup": 8})
+    res = search(cfg)
+    with open_store(cfg.store) as s:
+        rows = s.run_evaluations(res.run_id)
+    screens = [r for r in rows if r["fidelity"] == "screen" and r["state"] == State.COMPLETE]
+    finals = [r for r in rows if r["fidelity"] == "final"]
+    assert screens and not search_rows(rows) and len(finals) == 1 and finals[0]["state"] == State.COMPLETE
+    best = max(screens, key=lambda r: (r["val_accuracy"], r["pr"]))
+    assert finals[0]["scheme"] == best["scheme"] and finals[0]["accuracy"] is not None
