@@ -89,7 +89,8 @@ class SchemeResult:
 def measure(model: nn.Module, task: Task, *, test: bool = True, val_images: int | None = None) -> Measurement:
     """Parameters, FLOPs (2 per MAC) and validation/test accuracy of ``model`` on ``task``, with the per-image test
     correctness (``compress.paired``) for paired tests (``test=False``: the test split is not touched, its fields
-    stay 0 and None: a search step). ``val_images``: validation accuracy on the split's first that many images."""
+    stay 0 and None: a search step). ``val_images``: validation accuracy on the split's first that many images
+    (up to one image per batch more when they do not split into equal batches of at most 500)."""
     from automc.compress.paired import encode_bits, images_hash, per_image_correct
 
     model.to(task.device)
@@ -97,9 +98,10 @@ def measure(model: nn.Module, task: Task, *, test: bool = True, val_images: int 
     t = Accuracy(int(correct.sum()), int(correct.size)) if correct is not None else None
     n_val = task.data.size("val")
     if val_images is not None and 0 < val_images < n_val:
-        batch = min(500, int(val_images))
-        v = evaluate(model, task.data, "val", device=task.device, batch_size=batch,
-                     max_batches=-(-int(val_images) // batch))
+        # equal batches of at most 500 covering the first val_images images (a few more when it does not divide)
+        n_batches = -(-int(val_images) // 500)
+        v = evaluate(model, task.data, "val", device=task.device, batch_size=-(-int(val_images) // n_batches),
+                     max_batches=n_batches)
     else:
         v = evaluate(model, task.data, "val", device=task.device) if n_val else t
     if v is None:

@@ -149,10 +149,9 @@ def _promoted(study: Study, proposals: list[SchemeKey], n: int, *, screen_all: b
     learns from rung 0), the best ``n`` by their rung-0 validation accuracy (``_screen``: through the executor, each
     written as it finishes, added to ``History.screened`` and read back on resume), in the strategy's order; one that
     failed its screen, was not screened (budget or time ran out) or whose rung-0 PR or FR misses the targets is never
-    trained.
-    Without screening, all of them; but with ``--target-fr`` every proposal is screened (its pruned shapes give its
-    FLOPs before any fine-tune) and one that misses it is dropped. ``screen_images``: the validation images of a
-    screen (all when None; the strategy's choice, ``SearchStrategy.screen_images``)."""
+    trained. Without screening, all of them; but with ``--target-fr`` every proposal is screened (its pruned shapes
+    give its FLOPs before any fine-tune) and one that misses it is dropped. ``screen_images``: the validation images
+    of a screen (all when None; the strategy's choice, ``SearchStrategy.screen_images``)."""
     if not screen_all and study.cfg.target_fr is None and (int(study.cfg.screen or 1) <= 1 or len(proposals) <= n):
         return proposals
     from automc.catalog import scheme_key

@@ -55,8 +55,7 @@ class LayerWalk:
     def state(self, prefix: Sequence[float]) -> np.ndarray:
         """The state at layer ``len(prefix)`` (after the last layer: the last layer's, as the terminal state)."""
         t = min(len(prefix), len(self) - 1)
-        rest = [1.0] * (len(self) - len(prefix))
-        params = self.layers.params_of([*prefix, *rest][:len(self)]) if len(prefix) <= len(self) else 0
+        params = self.layers.params_of([*prefix, *[1.0] * (len(self) - len(prefix))])
         reduced = 1.0 - params / self.layers.base_params
         to_go = max(0.0, self.target_pr - reduced)
         previous = prefix[-1] if prefix else 1.0

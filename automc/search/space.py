@@ -51,6 +51,7 @@ class SearchSpace:
         self.strategies: list[Strategy] = self.catalog.strategies()
         self.ids: list[str] = [s.id for s in self.strategies]
         self.index: dict[str, int] = {sid: i for i, sid in enumerate(self.ids)}
+        self._policies: dict[str, Strategy] = {}  # policy strategies met so far (off the grid), by id
         self.methods: list[str] = list(self.catalog.methods)
         method_pos = {m: i for i, m in enumerate(self.methods)}
         self._method = np.array([method_pos[s.method] for s in self.strategies], np.int64)
@@ -72,12 +73,12 @@ class SearchSpace:
         i = self.index.get(strategy_id)
         if i is not None:
             return self.strategies[i]
-        s = self._policies.get(strategy_id) if hasattr(self, "_policies") else None
+        s = self._policies.get(strategy_id)
         if s is None:
             s = self._policy_strategy(strategy_id)
             if s is None:
                 raise NotFoundError(f"strategy {strategy_id!r} is not in the catalogue grid")
-            self._policies = {**getattr(self, "_policies", {}), strategy_id: s}
+            self._policies[strategy_id] = s
         return s
 
     def _policy_strategy(self, strategy_id: str) -> Strategy | None:

@@ -75,6 +75,17 @@ def base_history() -> History:
     return History(Observation((), State.COMPLETE, 0.9, 0.0, 0.0))
 
 
+def drive(strategy, space, history: History, rounds: int, n: int, seed: int = 0) -> list[float]:
+    """``rounds`` rounds of ``n`` proposals, each screened with the planted accuracy; the accuracies in order."""
+    returns = []
+    for r in range(rounds):
+        for key in strategy.propose(history, n, round_rng(seed, r)):
+            returns.append(planted(policy_of(space, key)))
+            screened(history, key, returns[-1], r)
+        strategy.observe(history, [])
+    return returns
+
+
 @pytest.mark.parametrize("target_fr", [None, 0.45])
 @pytest.mark.parametrize("name", sorted(MAKE))
 def test_every_policy_meets_the_targets_as_computed_and_as_measured(model, layers, space, name, target_fr):
@@ -109,13 +120,7 @@ def test_the_return_rises_on_a_planted_reward(layers, space, name):
     """DDPG's episodes, and SeerNet's guided policies, find what a planted reward pays for."""
     strategy = amc(space, layers, amc_episodes=8, amc_warmup=16, amc_noise=0.3, amc_noise_decay=0.95) \
         if name == "amc" else seernet(space, layers, seernet_policies=8, seernet_warmup=16)
-    history = base_history()
-    returns = []
-    for r in range(10 if name == "amc" else 6):
-        for key in strategy.propose(history, 8, round_rng(3, r)):
-            returns.append(planted(policy_of(space, key)))
-            screened(history, key, returns[-1], r)
-        strategy.observe(history, [])
+    returns = drive(strategy, space, base_history(), 10 if name == "amc" else 6, 8, seed=3)
     warmup, last = np.mean(returns[:16]), np.mean(returns[-16:])
     assert last > warmup + 0.2, (warmup, last)
 
@@ -149,10 +154,7 @@ def test_a_restored_agent_continues_where_the_stored_one_stood(layers, space):
     strategy proposes what the original would have."""
     a = amc(space, layers, amc_episodes=4, amc_warmup=4)
     history = base_history()
-    for r in range(3):
-        for key in a.propose(history, 4, round_rng(0, r)):
-            screened(history, key, planted(policy_of(space, key)), r)
-        a.observe(history, [])
+    drive(a, space, history, 3, 4)
     state = json.loads(json.dumps(a.state_dict()))  # as the store keeps it
     b = amc(space, layers, seed=99, amc_episodes=4, amc_warmup=4)  # other initial weights: all must come from state
     b.load_state_dict(state)
@@ -164,10 +166,7 @@ def test_a_restored_agent_continues_where_the_stored_one_stood(layers, space):
 def test_a_restored_seernet_refits_the_same_predictor(layers, space):
     a = seernet(space, layers, seernet_policies=4, seernet_warmup=4)
     history = base_history()
-    for r in range(3):
-        for key in a.propose(history, 4, round_rng(0, r)):
-            screened(history, key, planted(policy_of(space, key)), r)
-        a.observe(history, [])
+    drive(a, space, history, 3, 4)
     b = seernet(space, layers, seernet_policies=4, seernet_warmup=4)
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     assert b.propose(history, 4, round_rng(0, 3)) == a.propose(history, 4, round_rng(0, 3))
