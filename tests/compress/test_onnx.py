@@ -22,7 +22,8 @@ TINY = {"NS": {"finetune_epochs_factor": 0.2},
         "LeGR": {"finetune_epochs_factor": 0.2, "ea_epochs_factor": 0.4},
         "HOS": {"kd_finetune_epochs_factor": 0.0, "finetune_epochs_factor": 0.2},
         "LFB": {"finetune_epochs_factor": 0.2},
-        "LMA": {"finetune_epochs_factor": 0.2}}
+        "LMA": {"finetune_epochs_factor": 0.2},
+        "PLP": {"finetune_epochs_factor": 0.2}}
 REPLACES = {"HOS": lowrank.Tucker2Conv, "LFB": lowrank.FilterBasisConv, "LMA": lma.MultiSegmentActivation}
 
 
