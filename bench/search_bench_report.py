@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 PR_TOLERANCE = 0.005  # a method lands within a few tenths of a point of its ratio; below this it missed γ
+BASELINE_STRATEGIES = ("random", "evolution", "tpe", "rl")  # what progressive must beat (issue 16's target)
 
 
 def _groups(runs: dict[str, Any], kind: str) -> dict[str, list[dict[str, Any]]]:
@@ -103,7 +104,9 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
     searches, singles = _groups(runs, "search"), _groups(runs, "single")
     base = runs.get("base") if "error" not in runs.get("base", {"error": ""}) else None
     results.mkdir(parents=True, exist_ok=True)
+    # what ran, from the runs themselves (the stored protocol keeps the lists of the last invocation only)
     seeds = sorted({r["seed"] for r in runs.values() if r.get("kind") != "base"})
+    ablation = [g for g in searches if g.startswith("progressive-")]
     total = float(proto["budget"]) + float(proto["final_epochs"])
     smoke = ", smoke mode" if proto.get("smoke") else ""
     width = f" (width {proto['width']})" if proto.get("width") else ""
@@ -112,19 +115,20 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
              f"- Model `{proto['model']}`{width}, weights "
              f"`{Path(str(proto['weights'])).name}`, data `{Path(str(proto['data'])).name}` (selection on its "
              f"validation part, test accuracy of final models only), γ = {gamma} (PR ≥ γ - {PR_TOLERANCE} counts).",
-             f"- Search runs: {', '.join(proto['strategies'])}"
-             f"{' and the F_mo ablation ' + ', '.join(proto['ablation']) if proto['ablation'] else ''}; search budget "
+             f"- Search runs: {', '.join(g for g in searches if not g.startswith('progressive-'))}"
+             f"{' and the F_mo ablation ' + ', '.join(ablation) if ablation else ''}; search budget "
              f"{proto['budget']:g} epoch-equivalents of compute, fidelity "
              f"{proto['epochs'] if proto['epochs'] is not None else 'the tool default'} epochs, final fine-tune "
              f"{proto['final_epochs']:g} epochs of the top {proto['top_k']} (distillation from the base), baseline "
-             f"`{proto['baseline']}`, reuse {'on (progressive only)' if proto['reuse'] else 'off'}. "
+             f"`{proto['baseline']}`, reuse {'on (progressive, amc, seernet)' if proto['reuse'] else 'off'}. "
              "The model compared is the one the "
              f"tool reports (best validation accuracy), never chosen by test accuracy.",
-             f"- Single methods: {', '.join(proto['singles'])}, each alone at `target_ratio_factor=1.0` with the "
-             f"catalogue's middle settings (TP-L2: Torch-Pruning L2 + KD), fine-tuned {total:g} epochs (the search's "
+             f"- Single methods: {', '.join(g.removeprefix('single-') for g in singles)}, each alone at "
+             f"`target_ratio_factor=1.0` with the catalogue's middle settings (TP-L2: Torch-Pruning L2 + KD), "
+             f"fine-tuned {total:g} epochs (the search's "
              f"budget + final fine-tune), distilling from the base.",
-             f"- Seeds {', '.join(map(str, proto['seeds']))}; device {proto['device']}, {proto['threads']} torch "
-             f"threads per run.",
+             f"- Seeds {', '.join(map(str, seeds))} (each table names a run's seed); device {proto['device']}, "
+             f"{proto['threads']} torch threads per run.",
              f"- Machine: {mach.get('gpu') or 'CPU only'}; {mach.get('cpu')} ({mach.get('cores')} cores); torch "
              f"{mach.get('torch')}, Python {mach.get('python')}.", ""]
     if base:
@@ -405,7 +409,7 @@ def _targets(summary: dict[str, Any], proto: dict[str, Any], base: dict[str, Any
                     "text": f"{'MET' if pm >= goal else 'MISSED'}: progressive {pm:.2%} mean vs the target "
                             f"{goal:.2%}"})
     rivals = {g: _common(prog, s) for g, s in summary.items() if s["kind"] == "search"
-              and g in proto["strategies"] and g != "progressive" and s["mean"] is not None}
+              and g in BASELINE_STRATEGIES and s["mean"] is not None}
     rivals = {g: m for g, m in rivals.items() if m}
     if rivals:
         worse = [g for g, (p_mean, r_mean, _) in rivals.items() if r_mean > p_mean]
