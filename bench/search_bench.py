@@ -19,8 +19,9 @@ Protocol (fixed before running; written at the top of the results markdown and i
   their final test accuracy (the rungs' rank correlation with the final).
 - Every run is its own process (``--jobs`` side by side), saved to ``<out>/search_bench.json`` as it finishes; a
   finished run is skipped when the command is run again (so the benchmark spans sessions), a failed one is recorded
-  with its error and tried again on the next run. ``--only NAME...`` runs a subset (a run's name, e.g.
-  ``random-1``, or its group, e.g. ``single-SFP`` or ``progressive``).
+  with its error and tried again on the next run. ``--from-results`` takes the runs of a committed results JSON as
+  finished, where the ``--out`` folder of an earlier session is gone. ``--only NAME...`` runs a subset (a run's
+  name, e.g. ``random-1``, or its group, e.g. ``single-SFP`` or ``progressive``).
 
 Commands. CPU protocol (hours on 2 cores; the results are rendered into bench/results/):
 
@@ -408,6 +409,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     res["protocol"] = proto
     res.setdefault("machine", machine())
     res.setdefault("runs", {})
+    if args.from_results:
+        adopt(res, load_results(args.from_results), str(args.from_results))
     todo = [r for r in plan(args) if "error" in res["runs"].get(r["name"], {"error": ""})]
     save_results(path, res)
     if not todo:
@@ -420,6 +423,18 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if phase:
             _pool(phase, args, proto, store, res, path)
     return res
+
+
+def adopt(res: dict[str, Any], done: dict[str, Any], where: str) -> int:
+    """Take the finished runs of a rendered results file (``--from-results``) as done: the raw ``--out`` folder of
+    an earlier session may be gone, but its runs' records are committed. Refused for another protocol."""
+    if not done.get("runs"):
+        raise SystemExit(f"error: {where} holds no runs")
+    if _fixed(done.get("protocol") or {}) != _fixed(res["protocol"]):
+        raise SystemExit(f"error: {where} holds runs of another protocol")
+    new = {k: v for k, v in done["runs"].items() if "error" not in v and k not in res["runs"]}
+    res["runs"].update(new)
+    return len(new)
 
 
 def _pool(todo: list[dict[str, Any]], args: argparse.Namespace, proto: dict[str, Any], store: str | None,
@@ -486,6 +501,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny model on digits, tiny budgets, 1 seed, 2 strategies, "
                    "2 single methods (a few minutes on 2 cores)")
     p.add_argument("--out", type=Path, default=Path("bench/out/search"))
+    p.add_argument("--from-results", type=Path, default=None, metavar="JSON", help="count the finished runs of a "
+                   "rendered results file (e.g. bench/results/search_bench16.json) as done: a benchmark spans "
+                   "sessions even where the --out folder did not survive")
     p.add_argument("--render", type=Path, default=None, help="render a --out folder into --results and exit")
     p.add_argument("--results", type=Path, default=Path("bench/results"))
     p.add_argument("--name", default="search_bench16", help="file stem of the rendered results [search_bench16]")

@@ -127,3 +127,34 @@ def test_targets_compare_groups_on_the_seeds_both_finished() -> None:
     summary["single-NS"] = group("single", {"0": 0.895, "1": 0.85})
     by = {t["target"]: t for t in _targets(summary, proto, None)}
     assert by["best single method"]["met"] is False and "seed 1: 80.00% vs 85.00%" in by["best single method"]["text"]
+
+
+def test_from_results_adopts_finished_runs_of_the_same_protocol_only(tmp_path: Path) -> None:
+    """A fresh --out folder seeded from a committed results JSON skips its finished runs, retries its failed ones,
+    keeps runs already in the folder, and refuses a results file of another protocol with one line."""
+    weights, data = tmp_path / "w.th", tmp_path / "d.npz"
+    out = tmp_path / "out"
+    args = ["--weights", str(weights), "--data", str(data), "--out", str(out), "--seeds", "0", "--only", "base"]
+    sys.path.insert(0, str(REPO / "bench"))
+    import search_bench
+
+    proto = search_bench.protocol(search_bench.parse(args))
+    committed = tmp_path / "search_bench16.json"
+    committed.write_text(json.dumps({"protocol": proto, "summary": {}, "runs": {
+        "base": {"name": "base", "test_accuracy": 0.9}, "random-0": {"name": "random-0", "error": "killed"}}}))
+    res = {"protocol": proto, "runs": {"single-NS-0": {"name": "single-NS-0"}}}
+    assert search_bench.adopt(res, json.loads(committed.read_text()), str(committed)) == 1
+    assert set(res["runs"]) == {"base", "single-NS-0"}  # the failed run is not adopted: it runs again
+
+    done = _bench(*args, "--from-results", str(committed))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test accuracy" not in done.stdout  # base was adopted, so nothing ran
+    assert json.loads((out / "search_bench.json").read_text())["runs"]["base"]["test_accuracy"] == 0.9
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"protocol": {**proto, "budget": 30.0}, "runs": {"base": {}}}))
+    refused = _bench("--weights", str(weights), "--data", str(data), "--out", str(tmp_path / "out2"), "--seeds", "0",
+                     "--only", "base", "--from-results", str(other))
+    assert refused.returncode != 0 and "other.json holds runs of another protocol" in refused.stderr
+    assert not (tmp_path / "out2" / "search_bench.json").exists() or \
+        not json.loads((tmp_path / "out2" / "search_bench.json").read_text())["runs"]
