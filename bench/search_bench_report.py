@@ -86,6 +86,16 @@ def _cell(t: dict[str, Any] | None) -> str:
     return f"{t['diff'] * 100:+.2f} pp (p={t['p_value']:.2g})"
 
 
+def _code_line(runs: dict[str, Any]) -> str:
+    """Which automc commit each group ran (runs record it since the field was added; older ones say so)."""
+    by: dict[str, set[str]] = {}
+    for r in runs.values():
+        if r.get("kind") != "base":
+            by.setdefault(r.get("code") or "not recorded", set()).add(r.get("group", "?"))
+    return "- Code (automc commit per group): " + "; ".join(
+        f"`{c}`: {', '.join(sorted(gs))}" for c, gs in sorted(by.items())) + "."
+
+
 def load(out: Path) -> dict[str, Any]:
     return json.loads((Path(out) / "search_bench.json").read_text())
 
@@ -130,7 +140,7 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
              f"- Seeds {', '.join(map(str, seeds))} (each table names a run's seed); device {proto['device']}, "
              f"{proto['threads']} torch threads per run.",
              f"- Machine: {mach.get('gpu') or 'CPU only'}; {mach.get('cpu')} ({mach.get('cores')} cores); torch "
-             f"{mach.get('torch')}, Python {mach.get('python')}.", ""]
+             f"{mach.get('torch')}, Python {mach.get('python')}.", _code_line(runs), ""]
     if base:
         lines += [f"Base model: {base['test_accuracy']:.2%} test accuracy on {base['test_images']} images, "
                   f"{base['params']:,} parameters.", ""]
