@@ -153,7 +153,7 @@ def run_one(spec: dict[str, Any], proto: dict[str, Any], out: str, store: str | 
     except Exception as e:  # noqa: BLE001 - a failed run is a result to report, not a reason to stop the bench
         rec = {"error": f"{type(e).__name__}: {e}"[:2000]}
     rec.update(name=spec["name"], group=spec["group"], kind=spec["kind"], seed=spec["seed"], wall=time.time() - t0,
-               code=code_version(), finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+               code=code_version(), cpu=machine()["cpu"], finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return rec
 
 

@@ -86,14 +86,17 @@ def _cell(t: dict[str, Any] | None) -> str:
     return f"{t['diff'] * 100:+.2f} pp (p={t['p_value']:.2g})"
 
 
-def _code_line(runs: dict[str, Any]) -> str:
-    """Which automc commit each group ran (runs record it since the field was added; older ones say so)."""
-    by: dict[str, set[str]] = {}
+def _code_line(runs: dict[str, Any], machine: dict[str, Any]) -> str:
+    """Which automc commit and which CPU each group ran on: runs made in several sessions may differ in both, and
+    another CPU's kernels change the floating-point path (a run without a ``cpu`` field ran on the file's machine)."""
+    by: dict[tuple[str, str], dict[str, set[int]]] = {}
     for r in runs.values():
         if r.get("kind") != "base":
-            by.setdefault(r.get("code") or "not recorded", set()).add(r.get("group", "?"))
-    return "- Code (automc commit per group): " + "; ".join(
-        f"`{c}`: {', '.join(sorted(gs))}" for c, gs in sorted(by.items())) + "."
+            key = (r.get("code") or "not recorded", r.get("cpu") or str(machine.get("cpu")))
+            by.setdefault(key, {}).setdefault(r.get("group", "?"), set()).add(int(r.get("seed", 0)))
+    return "- Code (automc commit) and CPU per run (group seeds): " + "; ".join(
+        f"`{c}` on {cpu}: " + ", ".join(f"{g} {','.join(map(str, sorted(ss)))}" for g, ss in sorted(gs.items()))
+        for (c, cpu), gs in sorted(by.items())) + "."
 
 
 def load(out: Path) -> dict[str, Any]:
@@ -140,7 +143,7 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
              f"- Seeds {', '.join(map(str, seeds))} (each table names a run's seed); device {proto['device']}, "
              f"{proto['threads']} torch threads per run.",
              f"- Machine: {mach.get('gpu') or 'CPU only'}; {mach.get('cpu')} ({mach.get('cores')} cores); torch "
-             f"{mach.get('torch')}, Python {mach.get('python')}.", _code_line(runs), ""]
+             f"{mach.get('torch')}, Python {mach.get('python')}.", _code_line(runs, mach), ""]
     if base:
         lines += [f"Base model: {base['test_accuracy']:.2%} test accuracy on {base['test_images']} images, "
                   f"{base['params']:,} parameters.", ""]
