@@ -72,16 +72,16 @@ def machine(device: str | None = None) -> dict[str, Any]:
 
 
 def code_version() -> str:
-    """The commit of the automc code a run imports (``+dirty`` when its tree has changes), so the records of runs
-    made with different code in one results file say which was which."""
+    """The commit of the automc code a run imports (``+dirty`` when ``automc/`` has changes), so the records of
+    runs made with different code in one results file say which was which."""
     import automc
 
     repo = Path(automc.__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
+                                "automc"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -140,6 +140,7 @@ def run_one(spec: dict[str, Any], proto: dict[str, Any], out: str, store: str | 
     import torch
 
     torch.set_num_threads(int(proto["threads"]))
+    code = code_version()  # at the start: the checkout may move on while a run trains
     t0 = time.time()
     try:
         if spec["kind"] == "search":
@@ -153,7 +154,7 @@ def run_one(spec: dict[str, Any], proto: dict[str, Any], out: str, store: str | 
     except Exception as e:  # noqa: BLE001 - a failed run is a result to report, not a reason to stop the bench
         rec = {"error": f"{type(e).__name__}: {e}"[:2000]}
     rec.update(name=spec["name"], group=spec["group"], kind=spec["kind"], seed=spec["seed"], wall=time.time() - t0,
-               code=code_version(), cpu=machine()["cpu"], finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+               code=code, cpu=machine()["cpu"], finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return rec
 
 
