@@ -450,7 +450,8 @@ def adopt(res: dict[str, Any], done: dict[str, Any], where: str) -> int:
     if _fixed(done.get("protocol") or {}) != _fixed(res["protocol"]):
         raise SystemExit(f"error: {where} holds runs of another protocol")
     new = {k: v for k, v in done["runs"].items() if "error" not in v and k not in res["runs"]}
-    res["runs"].update(new)
+    cpu = (done.get("machine") or {}).get("cpu")
+    res["runs"].update({k: {"cpu": cpu, **v} if cpu else v for k, v in new.items()})  # a run names its own CPU
     return len(new)
 
 

@@ -140,11 +140,12 @@ def test_from_results_adopts_finished_runs_of_the_same_protocol_only(tmp_path: P
 
     proto = search_bench.protocol(search_bench.parse(args))
     committed = tmp_path / "search_bench16.json"
-    committed.write_text(json.dumps({"protocol": proto, "summary": {}, "runs": {
+    committed.write_text(json.dumps({"protocol": proto, "summary": {}, "machine": {"cpu": "Other CPU"}, "runs": {
         "base": {"name": "base", "test_accuracy": 0.9}, "random-0": {"name": "random-0", "error": "killed"}}}))
     res = {"protocol": proto, "runs": {"single-NS-0": {"name": "single-NS-0"}}}
     assert search_bench.adopt(res, json.loads(committed.read_text()), str(committed)) == 1
     assert set(res["runs"]) == {"base", "single-NS-0"}  # the failed run is not adopted: it runs again
+    assert res["runs"]["base"]["cpu"] == "Other CPU"  # it keeps the machine it ran on, not this one
 
     done = _bench(*args, "--from-results", str(committed))
     assert done.returncode == 0, done.stderr[-3000:]
