@@ -327,7 +327,7 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
                          f"{_ms([(r.get('uniform') or {}).get('test_accuracy') for r in rs])} | | | |")
         lines.append("")
     # -- targets -------------------------------------------------------------------------------------------------------
-    targets = _targets(summary, proto, base)
+    targets = _targets(summary, proto, base) + _perlayer_targets(summary, uniforms)
     lines += ["## Targets", ""] + [f"- {t['text']}" for t in targets]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {r['name']}: {r['error'][:300]}" for r in failed]
@@ -430,6 +430,42 @@ def _targets(summary: dict[str, Any], proto: dict[str, Any], base: dict[str, Any
                     "text": f"{'MET' if not worse else 'MISSED'}: "
                             + ", ".join(f"progressive {p_mean:.2%} vs {g} {r_mean:.2%} (seeds {_seeds(seeds)})"
                                         for g, (p_mean, r_mean, seeds) in rivals.items())})
+    return out
+
+
+def _perlayer_targets(summary: dict[str, Any], uniforms: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Issue 17's targets: a learned per-layer policy beats uniform at the same PR and final fine-tune (higher mean,
+    lower on no seed, and significantly higher on at least one: exact McNemar p < 0.05), and the best of amc,
+    seernet and progressive beats every single method at equal total compute (mean over the shared seeds)."""
+    out: list[dict[str, Any]] = []
+    for g, rs in uniforms.items():
+        pairs = [(r["seed"], r.get("learned") or {}, r.get("uniform") or {}) for r in rs if "error" not in r]
+        pairs = [(sd, a, b) for sd, a, b in pairs
+                 if a.get("test_accuracy") is not None and b.get("test_accuracy") is not None]
+        if not pairs:
+            continue
+        tests = [paired(a, b) for _, a, b in pairs]
+        la = sum(a["test_accuracy"] for _, a, _ in pairs) / len(pairs)
+        ua = sum(b["test_accuracy"] for _, _, b in pairs) / len(pairs)
+        lower = [sd for sd, a, b in pairs if a["test_accuracy"] < b["test_accuracy"]]
+        won = [t for t in tests if t and t["diff"] > 0 and t["p_value"] < 0.05]
+        met = la > ua and not lower and bool(won)
+        ps = ", ".join(f"{t['p_value']:.2g}" if t else "–" for t in tests)
+        out.append({"target": f"{g} beats uniform", "met": met,
+                    "text": f"{'MET' if met else 'MISSED'}: {g.removeprefix('uniform-')}'s policy {la:.2%} vs "
+                            f"uniform at its PR {ua:.2%} (mean of {len(pairs)} seeds; lower on seeds "
+                            f"{_seeds(lower) if lower else 'none'}; per-seed p {ps})"})
+    searches = {g: summary[g] for g in ("amc", "seernet", "progressive") if summary.get(g, {}).get("mean") is not None}
+    singles = {g: s for g, s in summary.items() if s["kind"] == "single" and s["mean"] is not None}
+    if uniforms and searches and singles:
+        best = max(searches, key=lambda g: searches[g]["mean"])
+        common = {g: _common(searches[best], s) for g, s in singles.items()}
+        common = {g: m for g, m in common.items() if m}
+        beaten = [g for g, (m, sm, _) in common.items() if sm > m]
+        out.append({"target": "per-layer or progressive beats every single method", "met": not beaten,
+                    "text": f"{'MET' if not beaten else 'MISSED'}: the best of {', '.join(searches)} by mean is "
+                            f"{best} ({searches[best]['mean']:.2%}); single methods above it on the shared seeds: "
+                            + (", ".join(f"{g} {common[g][1]:.2%}" for g in beaten) if beaten else "none")})
     return out
 
 

@@ -159,3 +159,37 @@ def test_from_results_adopts_finished_runs_of_the_same_protocol_only(tmp_path: P
     assert refused.returncode != 0 and "other.json holds runs of another protocol" in refused.stderr
     assert not (tmp_path / "out2" / "search_bench.json").exists() or \
         not json.loads((tmp_path / "out2" / "search_bench.json").read_text())["runs"]
+
+
+def test_per_layer_targets_need_a_significant_win_on_no_seed_lower() -> None:
+    """Learned beats uniform only with a higher mean, no seed lower and an exact McNemar win (p < 0.05) on one seed;
+    the best of amc/seernet/progressive is checked against every single method on the shared seeds."""
+    import numpy as np
+
+    from automc.compress.paired import encode_bits
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from search_bench_report import _perlayer_targets
+
+    def model(correct: int, n: int = 400) -> dict:
+        bits = np.zeros(n, dtype=bool)
+        bits[:correct] = True
+        return {"test_accuracy": correct / n, "test_correct_bits": encode_bits(bits), "test_ids_hash": "h"}
+
+    def uniform(seed: int, learned: int, uni: int) -> dict:
+        return {"seed": seed, "learned": model(learned), "uniform": model(uni)}
+
+    summary = {"amc": {"kind": "search", "per_seed": {"0": 0.9, "1": 0.9}, "mean": 0.9},
+               "single-NS": {"kind": "single", "per_seed": {"0": 0.89, "1": 0.92}, "mean": 0.905}}
+    # seed 0: +10 pp (40 images only the learned policy gets: p << 0.05); seed 1: +0.5 pp
+    got = _perlayer_targets(summary, {"uniform-amc": [uniform(0, 360, 320), uniform(1, 362, 360)]})
+    by = {t["target"]: t for t in got}
+    assert by["uniform-amc beats uniform"]["met"] is True
+    assert by["per-layer or progressive beats every single method"]["met"] is False  # NS 90.5% > amc 90%
+    assert "single-NS 90.50%" in by["per-layer or progressive beats every single method"]["text"]
+    # the same means, but lower on seed 1: missed
+    got = _perlayer_targets(summary, {"uniform-amc": [uniform(0, 364, 320), uniform(1, 358, 360)]})
+    assert got[0]["met"] is False and "lower on seeds 1" in got[0]["text"]
+    # higher on every seed but significant on none: missed
+    got = _perlayer_targets(summary, {"uniform-amc": [uniform(0, 321, 320), uniform(1, 361, 360)]})
+    assert got[0]["met"] is False
