@@ -86,7 +86,7 @@ def _cell(t: dict[str, Any] | None) -> str:
     return f"{t['diff'] * 100:+.2f} pp (p={t['p_value']:.2g})"
 
 
-def _code_line(runs: dict[str, Any], machine: dict[str, Any]) -> str:
+def _provenance_line(runs: dict[str, Any], machine: dict[str, Any]) -> str:
     """Which automc commit and which CPU each group ran on: runs made in several sessions may differ in both, and
     another CPU's kernels change the floating-point path (a run without a ``cpu`` field ran on the file's machine)."""
     by: dict[tuple[str, str], dict[str, set[int]]] = {}
@@ -143,7 +143,7 @@ def render(out: Path, results: Path, name: str = "search_bench16") -> dict[str, 
              f"- Seeds {', '.join(map(str, seeds))} (each table names a run's seed); device {proto['device']}, "
              f"{proto['threads']} torch threads per run.",
              f"- Machine: {mach.get('gpu') or 'CPU only'}; {mach.get('cpu')} ({mach.get('cores')} cores); torch "
-             f"{mach.get('torch')}, Python {mach.get('python')}.", _code_line(runs, mach), ""]
+             f"{mach.get('torch')}, Python {mach.get('python')}.", _provenance_line(runs, mach), ""]
     if base:
         lines += [f"Base model: {base['test_accuracy']:.2%} test accuracy on {base['test_images']} images, "
                   f"{base['params']:,} parameters.", ""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BACKENDS = ["ladybug", "neo4j"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started as a background job (``pytest &`` from a script) inherits SIGINT ignored, and so would every
+    child it starts: the Ctrl-C tests' children would never see their SIGINT. A handler is reset to the default in
+    an exec'd child, so give this process Python's own one."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

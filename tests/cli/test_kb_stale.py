@@ -76,7 +76,7 @@ def test_compress_stopped_by_ctrl_c_is_interrupted_not_failed(tmp_path):
         child.kill()
         child.wait()
     with open_store(uri, read_only=True) as s:
-        # seen once in a full run under load: no evaluation in any of these states; say what the store holds
+        # when the child never saw its SIGINT (it was ignored), no evaluation is in any of these states
         held = s.query("MATCH (e:Evaluation) RETURN e.id AS id, e.state AS state, e.error AS error", {})
         why = f"evaluations {held}; exit {child.returncode}; child stderr: {err[-2000:]}"
         assert s.evaluations(state=State.RUNNING) == [] and s.evaluations(state=State.FAILED) == [], why
